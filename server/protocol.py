@@ -1,0 +1,575 @@
+"""The chat wire protocol, version 1 (PROTOCOL.md), without any I/O.
+
+How this works: a TCP stream carries frames, each a 4-byte big-endian
+length and a UTF-8 JSON object with a string ``type``. ``FrameDecoder``
+buffers whatever bytes arrive and hands back whole payload objects;
+``parse_message`` turns a payload into one of the frozen dataclasses below
+(or ``Unknown``); ``encode`` turns a dataclass back into frame bytes.
+Nothing here touches a socket, a thread or Tk, so the server, the desktop
+client and any test harness share it.
+
+Errors say whose fault they are: ``RemoteProtocolError`` means the peer
+broke the rules (its ``code`` is the wire error code to answer with),
+``LocalProtocolError`` means we tried to send something illegal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, NamedTuple, Self
+
+PROTOCOL_VERSION = 1
+DEFAULT_PORT = 12345
+
+# Frame limits. A client's largest honest frame is a `say` of 4,000 code
+# points of up to 4 UTF-8 bytes each, JSON-escaped (~24 KiB worst case),
+# so 64 KiB leaves room. The server's largest frame is a welcome listing a
+# big room (10,000 names of 32 code points fit in 1 MiB).
+HEADER = struct.Struct(">I")
+MAX_CLIENT_FRAME = 64 * 1024
+MAX_SERVER_FRAME = 1024 * 1024
+
+MAX_NAME_LENGTH = 32
+MAX_TEXT_LENGTH = 4000
+
+# Server policy numbers that PROTOCOL.md fixes, shared so that clients can
+# pace themselves (rate limit) and notice a dead peer (keep-alive) alike.
+RATE_BURST = 20
+RATE_PER_SECOND = 5.0
+HANDSHAKE_TIMEOUT = 10.0
+IDLE_PING_AFTER = 30.0
+IDLE_TIMEOUT = 90.0
+DEFAULT_HISTORY = 100
+DEFAULT_MAX_QUEUE = 1024 * 1024
+
+
+class ErrorCode(StrEnum):
+    """The stable, machine-readable ``code`` of an ``error`` frame."""
+
+    BAD_FRAME = "bad-frame"
+    BAD_FIELD = "bad-field"
+    NAME_TAKEN = "name-taken"
+    NAME_INVALID = "name-invalid"
+    PROTOCOL_VERSION = "protocol-version"
+    NOT_JOINED = "not-joined"
+    ALREADY_JOINED = "already-joined"
+    TIMEOUT = "timeout"
+    TEXT_INVALID = "text-invalid"
+    NO_SUCH_USER = "no-such-user"
+    RATE_LIMITED = "rate-limited"
+    UNKNOWN_TYPE = "unknown-type"
+    SERVER_FULL = "server-full"
+
+
+# Errors after which the server closes the connection; every other error
+# leaves it open for the client to try again.
+FATAL_ERRORS = frozenset(
+    {ErrorCode.BAD_FRAME, ErrorCode.PROTOCOL_VERSION, ErrorCode.TIMEOUT, ErrorCode.SERVER_FULL}
+)
+
+
+class LeaveReason(StrEnum):
+    """Why a user left the room: the ``reason`` of a ``left`` frame."""
+
+    QUIT = "quit"
+    DISCONNECTED = "disconnected"
+    TIMEOUT = "timeout"
+    TOO_SLOW = "too-slow"
+    ERROR = "error"
+    KICKED = "kicked"
+
+
+class ProtocolError(Exception):
+    """A rule of the protocol was broken; ``code`` is the wire error code."""
+
+    def __init__(self, code: str, message: str, in_reply_to: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.in_reply_to = in_reply_to
+
+    @property
+    def fatal(self) -> bool:
+        """Whether the connection must be closed after this error."""
+        return self.code in FATAL_ERRORS
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the rules (a bad frame, field, name or text)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol does not allow."""
+
+
+# --------------------------------------------------------------------------
+# Names and text
+
+
+_NAME_PUNCTUATION = frozenset("_-.")
+
+
+def normalize_name(name: str) -> str:
+    """Return ``name`` in the form the server keeps (NFC), or raise.
+
+    Raises ``RemoteProtocolError`` with code ``name-invalid`` and a reason
+    written for people when the name breaks the rules of PROTOCOL.md.
+    """
+    nfc = unicodedata.normalize("NFC", name)
+    if not nfc:
+        raise RemoteProtocolError(ErrorCode.NAME_INVALID, "A name cannot be empty.")
+    if len(nfc) > MAX_NAME_LENGTH:
+        raise RemoteProtocolError(
+            ErrorCode.NAME_INVALID, f"A name can be at most {MAX_NAME_LENGTH} characters long."
+        )
+    if unicodedata.category(nfc[0]).startswith("M"):
+        raise RemoteProtocolError(
+            ErrorCode.NAME_INVALID, "A name cannot start with a combining mark."
+        )
+    for char in nfc:
+        if unicodedata.category(char)[0] not in "LMN" and char not in _NAME_PUNCTUATION:
+            shown = "a space" if char == " " else repr(char)
+            raise RemoteProtocolError(
+                ErrorCode.NAME_INVALID,
+                f"A name can only hold letters, digits and _ - . (not {shown}).",
+            )
+    return nfc
+
+
+def name_identity(name: str) -> str:
+    """The key under which two spellings of a name are the same name."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+def sort_names(names: list[str]) -> list[str]:
+    """Sort names the way every user list is sorted: identity, then name."""
+    return sorted(names, key=lambda name: (name_identity(name), name))
+
+
+# Cc characters but tab and newline, and the bidi overrides and isolates.
+_TEXT_REMOVED = dict.fromkeys(
+    [c for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)]
+    + [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+)
+# A JSON escape can smuggle in a lone surrogate, which no UTF-8 peer can
+# receive; such text is refused rather than passed on.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """Return message text as the server keeps it, or raise ``text-invalid``."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_TEXT_REMOVED)
+    if _LONE_SURROGATE.search(text):
+        raise RemoteProtocolError(ErrorCode.TEXT_INVALID, "The text holds invalid characters.")
+    if not text or text.isspace():
+        raise RemoteProtocolError(ErrorCode.TEXT_INVALID, "The message is empty.")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise RemoteProtocolError(
+            ErrorCode.TEXT_INVALID,
+            f"The message is {len(text)} characters long; the limit is {MAX_TEXT_LENGTH}.",
+        )
+    return text
+
+
+# --------------------------------------------------------------------------
+# Messages
+
+
+class _Field(NamedTuple):
+    attr: str
+    key: str  # the name on the wire (``from`` is a Python keyword)
+    kind: str  # a key of _KIND_CHECKS
+    required: bool
+
+
+# JSON booleans are Python bools, which are ints too: every check is exact.
+_KIND_CHECKS = {
+    "str": lambda v: type(v) is str,
+    "int": lambda v: type(v) is int,
+    "bool": lambda v: type(v) is bool,
+    "number": lambda v: type(v) is int or type(v) is float,
+    "names": lambda v: type(v) is list and all(type(x) is str for x in v),
+}
+_KIND_WORDS = {
+    "str": "a string",
+    "int": "an integer",
+    "bool": "true or false",
+    "number": "a number",
+    "names": "a list of strings",
+}
+
+
+def _req(attr: str, kind: str, key: str | None = None) -> _Field:
+    return _Field(attr, key or attr, kind, True)
+
+
+def _opt(attr: str, kind: str) -> _Field:
+    return _Field(attr, attr, kind, False)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every message; ``TYPE`` is its wire ``type``."""
+
+    TYPE: ClassVar[str] = ""
+    FIELDS: ClassVar[tuple[_Field, ...]] = ()
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Self:
+        """Build the message from a decoded payload, or raise ``bad-field``."""
+        values = {}
+        for f in cls.FIELDS:
+            value = obj.get(f.key)
+            if value is None:  # an optional field whose value is null is absent
+                if f.required:
+                    raise _bad_field(cls.TYPE, f"`{f.key}` is missing.")
+                continue
+            if not _KIND_CHECKS[f.kind](value):
+                raise _bad_field(cls.TYPE, f"`{f.key}` must be {_KIND_WORDS[f.kind]}.")
+            values[f.attr] = tuple(value) if f.kind == "names" else value
+        return cls(**values)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The payload object; optional fields that are unset are left out."""
+        obj: dict[str, Any] = {"type": self.TYPE}
+        for f in self.FIELDS:
+            value = getattr(self, f.attr)
+            if f.required or (value is not None and value is not False):
+                obj[f.key] = value
+        return obj
+
+
+def _bad_field(type_: str, message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(ErrorCode.BAD_FIELD, message, in_reply_to=type_)
+
+
+@dataclass(frozen=True, slots=True)
+class _Echo(Message):
+    """A ping or pong; every field but ``type`` is carried in ``extra``."""
+
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Self:
+        return cls({k: v for k, v in obj.items() if k != "type"})
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE} | {k: v for k, v in self.extra.items() if k != "type"}
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(_Echo):
+    """``ping``: either side asks for a ``pong`` that echoes ``extra``."""
+
+    TYPE = "ping"
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(_Echo):
+    """``pong``: the answer to a ping, echoing the ping's ``extra`` fields."""
+
+    TYPE = "pong"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """``hello`` (client): ask to join as ``name`` speaking ``protocol``."""
+
+    TYPE = "hello"
+    FIELDS = (_req("name", "str"), _req("protocol", "int"))
+    name: str
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Say(Message):
+    """``say`` (client): ``text`` to the room, or to the user ``to``; ``action`` for /me."""
+
+    TYPE = "say"
+    FIELDS = (_req("text", "str"), _opt("action", "bool"), _opt("to", "str"))
+    text: str
+    action: bool = False
+    to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rename(Message):
+    """``rename`` (client): change one's own name to ``name``."""
+
+    TYPE = "rename"
+    FIELDS = (_req("name", "str"),)
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Who(Message):
+    """``who`` (client): ask for the ``users`` list."""
+
+    TYPE = "who"
+
+
+@dataclass(frozen=True, slots=True)
+class Bye(Message):
+    """``bye`` (client): leave the room and close."""
+
+    TYPE = "bye"
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """``welcome`` (server): joined as ``name``; ``history_count`` history messages follow."""
+
+    TYPE = "welcome"
+    FIELDS = (
+        _req("name", "str"),
+        _req("users", "names"),
+        _req("history_count", "int"),
+        _opt("motd", "str"),
+    )
+    name: str
+    users: tuple[str, ...]
+    history_count: int = 0
+    motd: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage(Message):
+    """``message`` (server): message ``id`` from ``sender`` (wire ``from``) at ``ts``.
+
+    ``action`` marks a /me, ``to`` a private message, ``history`` a replay
+    sent right after ``welcome``.
+    """
+
+    TYPE = "message"
+    FIELDS = (
+        _req("id", "int"),
+        _req("sender", "str", key="from"),
+        _req("text", "str"),
+        _req("ts", "number"),
+        _opt("action", "bool"),
+        _opt("to", "str"),
+        _opt("history", "bool"),
+    )
+    id: int
+    sender: str
+    text: str
+    ts: float
+    action: bool = False
+    to: str | None = None
+    history: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Joined(Message):
+    """``joined`` (server): ``name`` entered the room at ``ts``."""
+
+    TYPE = "joined"
+    FIELDS = (_req("name", "str"), _req("ts", "number"))
+    name: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Left(Message):
+    """``left`` (server): ``name`` left the room at ``ts`` for ``reason`` (a ``LeaveReason``)."""
+
+    TYPE = "left"
+    FIELDS = (_req("name", "str"), _req("reason", "str"), _req("ts", "number"))
+    name: str
+    reason: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Renamed(Message):
+    """``renamed`` (server): the user ``old`` is now called ``new``."""
+
+    TYPE = "renamed"
+    FIELDS = (_req("old", "str"), _req("new", "str"), _req("ts", "number"))
+    old: str
+    new: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Users(Message):
+    """``users`` (server): everyone in the room, sorted."""
+
+    TYPE = "users"
+    FIELDS = (_req("users", "names"),)
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """``error`` (server): ``code`` (an ``ErrorCode``), a human ``message``, and
+    the ``in_reply_to`` type of the frame that caused it, when known."""
+
+    TYPE = "error"
+    FIELDS = (_req("code", "str"), _req("message", "str"), _opt("in_reply_to", "str"))
+    code: str
+    message: str
+    in_reply_to: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: ProtocolError) -> Error:
+        """The error frame that answers ``exc``."""
+        return cls(exc.code, exc.message, exc.in_reply_to)
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    """``shutdown`` (server): the server is stopping; ``message`` says why."""
+
+    TYPE = "shutdown"
+    FIELDS = (_req("message", "str"),)
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown(Message):
+    """A payload whose ``type`` the receiver does not know; ``fields`` is all of it."""
+
+    type: str
+    fields: Mapping[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**self.fields, "type": self.type}
+
+
+def _table(*classes: type[Message]) -> Mapping[str, type[Message]]:
+    return {cls.TYPE: cls for cls in classes}
+
+
+CLIENT_MESSAGES = _table(Hello, Say, Rename, Who, Ping, Pong, Bye)
+"""The types a client sends, by wire ``type``."""
+
+SERVER_MESSAGES = _table(
+    Welcome, ChatMessage, Joined, Left, Renamed, Users, Error, Shutdown, Ping, Pong
+)
+"""The types the server sends, by wire ``type``."""
+
+
+def parse_message(payload: Mapping[str, Any], table: Mapping[str, type[Message]]) -> Message:
+    """Turn a decoded payload into a message from ``table`` (or ``Unknown``).
+
+    Raises ``RemoteProtocolError`` code ``bad-field`` (not fatal) when a
+    known type has a missing or mistyped field.
+    """
+    cls = table.get(payload["type"])
+    if cls is None:
+        return Unknown(payload["type"], payload)
+    return cls.from_wire(payload)
+
+
+# --------------------------------------------------------------------------
+# Framing
+
+
+def encode(message: Message, max_frame: int = MAX_SERVER_FRAME) -> bytes:
+    """The frame (length prefix and payload) that carries ``message``.
+
+    Raises ``LocalProtocolError`` when the payload would exceed ``max_frame``.
+    """
+    obj = message.to_wire()
+    try:
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        payload = text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (say, echoed in a ping) has no UTF-8 form; JSON's
+        # \u escapes carry it faithfully.
+        payload = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise LocalProtocolError("bad-message", f"Cannot encode {message!r}: {exc}") from exc
+    if len(payload) > max_frame:
+        raise LocalProtocolError(
+            "frame-too-large",
+            f"A {message.TYPE} frame of {len(payload)} bytes exceeds {max_frame}.",
+        )
+    return HEADER.pack(len(payload)) + payload
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_payload(payload: bytes) -> dict[str, Any]:
+    """Decode one frame's payload bytes into a JSON object with a string ``type``.
+
+    Raises ``RemoteProtocolError`` code ``bad-frame`` when it is not one.
+    """
+    try:
+        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "The frame is not UTF-8.") from None
+    except (ValueError, RecursionError):
+        # ValueError covers malformed JSON and over-long integers;
+        # RecursionError, arrays nested thousands deep.
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "The frame is not valid JSON.") from None
+    if type(obj) is not dict:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "The frame is not a JSON object.")
+    if type(obj.get("type")) is not str:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "The frame has no string `type`.")
+    return obj
+
+
+class FrameDecoder:
+    """Reassembles frames from a byte stream split anywhere.
+
+    Feed bytes with ``receive_data``; call ``next_payload`` until it returns
+    ``None`` (more data needed). A broken frame raises
+    ``RemoteProtocolError`` (code ``bad-frame``); the stream cannot be
+    resynchronised after that, so every later call raises it again.
+    """
+
+    # Consumed bytes are dropped from the front of the buffer in bulk, not
+    # per frame, so many small frames in one read cost one memmove.
+    _COMPACT_AT = 64 * 1024
+
+    def __init__(self, max_frame: int) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._pos = 0
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buffer) - self._pos
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes that arrived from the peer."""
+        if self._pos >= self._COMPACT_AT:
+            del self._buffer[: self._pos]
+            self._pos = 0
+        self._buffer += data
+
+    def next_payload(self) -> dict[str, Any] | None:
+        """The next whole payload object, or ``None`` until more data arrives."""
+        if self._error is not None:
+            raise self._error
+        start = self._pos
+        if len(self._buffer) - start < HEADER.size:
+            return None
+        (length,) = HEADER.unpack_from(self._buffer, start)
+        if not 1 <= length <= self.max_frame:
+            self._error = RemoteProtocolError(
+                ErrorCode.BAD_FRAME,
+                f"A frame must be 1 to {self.max_frame} bytes long, not {length}.",
+            )
+            raise self._error
+        end = start + HEADER.size + length
+        if len(self._buffer) < end:
+            return None
+        self._pos = end
+        try:
+            return decode_payload(bytes(self._buffer[start + HEADER.size : end]))
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
