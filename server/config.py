@@ -1,0 +1,54 @@
+"""Server settings, with the defaults PROTOCOL.md prescribes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.protocol import (
+    DEFAULT_HISTORY,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_PORT,
+    HANDSHAKE_TIMEOUT,
+    IDLE_PING_AFTER,
+    IDLE_TIMEOUT,
+    RATE_BURST,
+    RATE_PER_SECOND,
+)
+
+DEFAULT_MAX_CLIENTS = 10_000
+# Python runs one thread at a time, but socket calls release that lock, so
+# a second I/O thread overlaps one client's system calls with another's
+# frame handling.
+DEFAULT_IO_THREADS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token bucket: ``burst`` tokens, refilled at ``per_second``."""
+
+    burst: int = RATE_BURST
+    per_second: float = RATE_PER_SECOND
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything the server can be told; the command line maps onto it.
+
+    ``host`` ``None`` listens on every interface (IPv4 and IPv6 where the
+    OS allows one dual-stack socket). ``port`` 0 picks a free port.
+    ``rate_limit`` ``None`` turns rate limiting off (for benchmarks).
+    The timeouts are in seconds; tests shorten them.
+    """
+
+    host: str | None = None
+    port: int = DEFAULT_PORT
+    max_clients: int = DEFAULT_MAX_CLIENTS
+    history: int = DEFAULT_HISTORY
+    motd: str | None = None
+    rate_limit: RateLimit | None = RateLimit()
+    max_queue: int = DEFAULT_MAX_QUEUE
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    idle_ping_after: float = IDLE_PING_AFTER
+    idle_timeout: float = IDLE_TIMEOUT
+    io_threads: int = DEFAULT_IO_THREADS
+    shutdown_message: str = "The server is shutting down"

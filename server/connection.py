@@ -1,0 +1,405 @@
+"""One client connection: frames in, room actions, owed bytes out.
+
+How this works: a ``Connection`` belongs to one I/O thread (an ``IOLoop``),
+which calls ``on_readable``, ``on_writable``, ``flush`` and ``check_timers``;
+no other thread touches it but through ``notify``. Its life is
+
+    GREETING --hello--> JOINED --bye / error / timeout / too slow--> CLOSING --> CLOSED
+
+Incoming bytes go through a ``FrameDecoder``; each payload is checked
+against the connection's state, rate-limited, parsed and handed to the
+``Room``. Every reply goes through the room too (``Room.send``), so that it
+takes its place in the same ordered stream as the broadcasts. ``flush``
+pulls owed bytes from the room and writes them without blocking; if the
+peer stops reading and its backlog passes the room's bound, it is dropped
+as ``too-slow`` at once.
+
+Closing is graceful where it can be: the last frames (an error, a
+shutdown) are written, our side is shut down, and the peer gets up to
+``CLOSE_GRACE`` seconds to close its side, so that its unread input does
+not make the kernel reset the connection and destroy those frames.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from server.config import RateLimit, ServerConfig
+from server.protocol import (
+    CLIENT_MESSAGES,
+    MAX_CLIENT_FRAME,
+    PROTOCOL_VERSION,
+    Bye,
+    Error,
+    ErrorCode,
+    FrameDecoder,
+    Hello,
+    LeaveReason,
+    Message,
+    Ping,
+    Pong,
+    ProtocolError,
+    RemoteProtocolError,
+    Rename,
+    Say,
+    Shutdown,
+    Who,
+    clean_text,
+    normalize_name,
+    parse_message,
+)
+from server.room import Outbox, Room
+
+if TYPE_CHECKING:
+    from server.server import IOLoop
+
+logger = logging.getLogger("server")
+
+RECV_SIZE = 256 * 1024
+SEND_CHUNK = 256 * 1024
+CLOSE_GRACE = 2.0  # seconds a closing peer gets to read its last frames
+
+# Frames a client may send before it has been welcomed.
+_GREETING_TYPES = frozenset({Hello.TYPE, Ping.TYPE, Bye.TYPE})
+_RATE_LIMITED_TYPES = frozenset({Say.TYPE, Rename.TYPE})
+
+
+class State(enum.Enum):
+    GREETING = "greeting"
+    JOINED = "joined"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class TokenBucket:
+    """The per-connection rate limit of PROTOCOL.md: starts full."""
+
+    __slots__ = ("_per_second", "_size", "_stamp", "_tokens")
+
+    def __init__(self, limit: RateLimit, now: float) -> None:
+        self._size = float(limit.burst)
+        self._per_second = limit.per_second
+        self._tokens = self._size
+        self._stamp = now
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one."""
+        self._tokens = min(self._size, self._tokens + (now - self._stamp) * self._per_second)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+def format_address(address: Any) -> str:
+    """``host:port`` for IPv4, ``[host]:port`` for IPv6."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)
+
+
+class Connection:
+    """One client's socket and its place in the room. Owned by one ``IOLoop`` thread."""
+
+    __slots__ = (
+        "_bucket",
+        "_close_deadline",
+        "_eof_sent",
+        "_last_heard",
+        "_opened",
+        "_peer_closed",
+        "_ping_due",
+        "_unsent",
+        "_waiting_to_write",
+        "config",
+        "decoder",
+        "loop",
+        "name",
+        "outbox",
+        "peer",
+        "room",
+        "sock",
+        "state",
+    )
+
+    def __init__(
+        self, sock: socket.socket, address: Any, loop: IOLoop, room: Room, config: ServerConfig
+    ) -> None:
+        now = time.monotonic()
+        self.sock = sock
+        self.peer = format_address(address)
+        self.loop = loop
+        self.room = room
+        self.config = config
+        self.name: str | None = None  # set by the room
+        self.outbox = Outbox()
+        self.decoder = FrameDecoder(MAX_CLIENT_FRAME)
+        self.state = State.GREETING
+        self._bucket = None if config.rate_limit is None else TokenBucket(config.rate_limit, now)
+        self._opened = now
+        self._last_heard = now
+        self._ping_due = now + config.idle_ping_after
+        self._unsent = memoryview(b"")
+        self._waiting_to_write = False
+        self._close_deadline = 0.0
+        self._eof_sent = False
+        self._peer_closed = False
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.who} {self.state.value}>"
+
+    @property
+    def who(self) -> str:
+        """The peer as a log line names it."""
+        return self.peer if self.name is None else f"{self.name} ({self.peer})"
+
+    # -- called by the room, from any thread --------------------------------
+
+    def notify(self) -> None:
+        """Frames for this connection alone are waiting: flush soon. Any thread."""
+        self.loop.mark_dirty(self)
+
+    # -- events from the loop ----------------------------------------------
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            logger.debug("%s: receive failed: %s", self.who, exc)
+            self.abort(LeaveReason.DISCONNECTED)
+            return
+        if not data:
+            self._peer_closed = True
+            if self.state is State.CLOSING:
+                self.abort(None)
+            else:
+                self.close(LeaveReason.DISCONNECTED)
+            return
+        if self.state is State.CLOSING:
+            return  # closing: input is read only so that it is not reset
+        now = time.monotonic()
+        self._last_heard = now
+        self._ping_due = now + self.config.idle_ping_after
+        self.decoder.receive_data(data)
+        while self.state is State.GREETING or self.state is State.JOINED:
+            try:
+                payload = self.decoder.next_payload()
+            except RemoteProtocolError as exc:
+                self.fail(exc, LeaveReason.ERROR)
+                return
+            if payload is None:
+                return
+            self._dispatch(payload, now)
+
+    def on_writable(self) -> None:
+        self._waiting_to_write = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what the room holds for this peer, as far as the socket takes it."""
+        if self.state is State.CLOSED:
+            return
+        if self._waiting_to_write:
+            # The socket is full; only watch that the backlog stays bounded.
+            if self.room.overrun(self, len(self._unsent)):
+                self._drop_too_slow()
+            return
+        while True:
+            if not self._unsent:
+                chunk = self.room.pull(self, SEND_CHUNK)
+                if chunk is None:
+                    self._drop_too_slow()
+                    return
+                if not chunk:
+                    break
+                self._unsent = memoryview(chunk)
+            try:
+                sent = self.sock.send(self._unsent)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                logger.debug("%s: send failed: %s", self.who, exc)
+                self.abort(LeaveReason.DISCONNECTED)
+                return
+            self._unsent = self._unsent[sent:]
+            if self._unsent:
+                self._waiting_to_write = True
+                self.loop.want_write(self, True)
+                if self.room.overrun(self, len(self._unsent)):
+                    self._drop_too_slow()
+                return
+        self.loop.want_write(self, False)
+        if self.state is State.CLOSING:
+            self._finish_close()
+
+    def check_timers(self, now: float) -> None:
+        """Apply the handshake, keep-alive and closing deadlines."""
+        config = self.config
+        if self.state is State.GREETING:
+            if now - self._opened >= config.handshake_timeout:
+                self.fail(
+                    RemoteProtocolError(
+                        ErrorCode.TIMEOUT,
+                        f"No successful hello within {config.handshake_timeout:g} seconds.",
+                    ),
+                    None,
+                )
+        elif self.state is State.JOINED:
+            if now - self._last_heard >= config.idle_timeout:
+                self.fail(
+                    RemoteProtocolError(
+                        ErrorCode.TIMEOUT,
+                        f"Nothing arrived for {config.idle_timeout:g} seconds.",
+                    ),
+                    LeaveReason.TIMEOUT,
+                )
+            elif now >= self._ping_due:
+                self._ping_due = now + config.idle_ping_after
+                self.room.send(self, Ping())
+        elif self.state is State.CLOSING and now >= self._close_deadline:
+            self.abort(None)
+
+    # -- ending ------------------------------------------------------------
+
+    def fail(self, error: ProtocolError, reason: LeaveReason | None) -> None:
+        """Answer ``error``; if it is fatal, close, telling the room ``reason``."""
+        level = logging.WARNING if error.fatal else logging.INFO
+        logger.log(level, "%s: %s: %s", self.who, error.code, error.message)
+        self.room.send(self, Error.from_exception(error))
+        if error.fatal:
+            self.close(reason)
+
+    def close(self, reason: LeaveReason | None, goodbye: Message | None = None) -> None:
+        """Leave the room (announced with ``reason``) and close after what is owed.
+
+        ``goodbye`` is a last frame to send first (the server's shutdown).
+        """
+        if self.state is State.CLOSING or self.state is State.CLOSED:
+            return
+        self._leave(reason)
+        if goodbye is not None:
+            self.room.send(self, goodbye)
+        self.state = State.CLOSING
+        self._close_deadline = time.monotonic() + CLOSE_GRACE
+        self.flush()
+
+    def shut_down(self, message: str) -> None:
+        """The server is stopping: send ``shutdown`` and close. The room is closed already."""
+        self.close(LeaveReason.DISCONNECTED, Shutdown(message))
+
+    def _finish_close(self) -> None:
+        """Everything owed is written: send our FIN, then wait for the peer's."""
+        if not self._eof_sent:
+            self._eof_sent = True
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self.abort(None)
+                return
+        if self._peer_closed:
+            self.abort(None)
+
+    def _drop_too_slow(self) -> None:
+        logger.warning(
+            "%s: stopped reading; more than %d bytes queued", self.who, self.room.max_backlog
+        )
+        self.abort(LeaveReason.TOO_SLOW)
+
+    def abort(self, reason: LeaveReason | None = None) -> None:
+        """Close at once; whatever is still owed is discarded."""
+        if self.state is State.CLOSED:
+            return
+        self._leave(reason)
+        self.state = State.CLOSED
+        self._unsent = memoryview(b"")
+        self.loop.discard(self)
+        self.sock.close()
+
+    def _leave(self, reason: LeaveReason | None) -> None:
+        if self.state is not State.JOINED:
+            return
+        self.room.leave(self, reason or LeaveReason.DISCONNECTED)
+        self.loop.left_room(self)
+        logger.info(
+            "%s left (%s), %d online", self.who, reason or LeaveReason.DISCONNECTED, len(self.room)
+        )
+
+    # -- frames from the peer ----------------------------------------------
+
+    def _dispatch(self, payload: dict[str, Any], now: float) -> None:
+        kind = payload["type"]
+        try:
+            if self.state is State.GREETING:
+                if kind not in _GREETING_TYPES:
+                    raise RemoteProtocolError(
+                        ErrorCode.NOT_JOINED, "Join first: send hello with your name."
+                    )
+            elif kind == Hello.TYPE:
+                raise RemoteProtocolError(ErrorCode.ALREADY_JOINED, "You have already joined.")
+            elif kind not in CLIENT_MESSAGES:
+                raise RemoteProtocolError(
+                    ErrorCode.UNKNOWN_TYPE, f"This server does not know {kind!r} frames."
+                )
+            elif (
+                kind in _RATE_LIMITED_TYPES
+                and self._bucket is not None
+                and not self._bucket.take(now)
+            ):
+                raise RemoteProtocolError(
+                    ErrorCode.RATE_LIMITED, "You are sending too fast; slow down."
+                )
+            message = parse_message(payload, CLIENT_MESSAGES)
+            self._HANDLERS[type(message)](self, message)
+        except RemoteProtocolError as exc:
+            if exc.in_reply_to is None:
+                exc.in_reply_to = kind
+            self.fail(exc, LeaveReason.ERROR)
+
+    def _on_hello(self, hello: Hello) -> None:
+        if hello.protocol != PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                ErrorCode.PROTOCOL_VERSION,
+                f"This server speaks protocol version {PROTOCOL_VERSION}, not {hello.protocol}.",
+            )
+        self.room.join(self, normalize_name(hello.name))
+        self.state = State.JOINED
+        self.loop.joined_room(self)
+        logger.info("%s joined, %d online", self.who, len(self.room))
+
+    def _on_say(self, say: Say) -> None:
+        self.room.say(self, clean_text(say.text), action=say.action, to=say.to)
+
+    def _on_rename(self, rename: Rename) -> None:
+        old = self.room.rename(self, normalize_name(rename.name))
+        logger.info("%s is now %s", old, self.name)
+
+    def _on_who(self, _who: Who) -> None:
+        self.room.send_users(self)
+
+    def _on_ping(self, ping: Ping) -> None:
+        self.room.send(self, Pong(ping.extra))
+
+    def _on_pong(self, _pong: Pong) -> None:
+        pass  # arriving at all is what counts (_last_heard)
+
+    def _on_bye(self, _bye: Bye) -> None:
+        self.close(LeaveReason.QUIT)
+
+    _HANDLERS: ClassVar[dict[type[Message], Callable[[Connection, Any], None]]] = {
+        Hello: _on_hello,
+        Say: _on_say,
+        Rename: _on_rename,
+        Who: _on_who,
+        Ping: _on_ping,
+        Pong: _on_pong,
+        Bye: _on_bye,
+    }

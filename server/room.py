@@ -1,0 +1,382 @@
+"""The one shared room: who is in it, what they said, and what each is owed.
+
+How this works: every frame meant for the whole room (a message, a join, a
+leave, a rename) is encoded once and appended to a ``BroadcastLog``, one
+byte stream for everybody. Each member's ``Outbox`` holds a cursor into
+that log plus a short queue of frames for that member alone (its welcome,
+replies, private messages), each tagged with the log position it must
+follow, so every member receives its frames in the server's order. A
+member that falls more than ``max_backlog`` bytes behind is *overrun*:
+``pull`` answers ``None`` and its connection drops it as ``too-slow``. That
+bound also lets the log forget everything older than ``max_backlog``.
+
+All state here is guarded by one lock. No method does socket I/O: a
+connection pulls its next bytes under the lock and writes them outside it.
+The room calls ``Member.notify`` (private frames waiting) and the
+``on_broadcast`` hook (the log grew) after releasing the lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from server.protocol import (
+    DEFAULT_HISTORY,
+    DEFAULT_MAX_QUEUE,
+    ChatMessage,
+    ErrorCode,
+    Joined,
+    LeaveReason,
+    Left,
+    Message,
+    RemoteProtocolError,
+    Renamed,
+    Users,
+    Welcome,
+    encode,
+    name_identity,
+)
+
+
+class BroadcastLog:
+    """An append-only byte stream of frames, of which only the tail is kept.
+
+    Positions are absolute offsets since the log began; ``base`` is the
+    oldest position still held.
+    """
+
+    __slots__ = ("_base", "_buffer")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._base = 0
+
+    @property
+    def base(self) -> int:
+        return self._base
+
+    @property
+    def end(self) -> int:
+        return self._base + len(self._buffer)
+
+    @property
+    def held(self) -> int:
+        """Bytes currently kept in memory."""
+        return len(self._buffer)
+
+    def append(self, frame: bytes) -> None:
+        self._buffer += frame
+
+    def read(self, start: int, stop: int) -> bytes:
+        """The bytes between two positions, both at or after ``base``."""
+        return bytes(self._buffer[start - self._base : stop - self._base])
+
+    def forget_before(self, position: int) -> None:
+        """Drop the bytes before ``position``; nobody may read them again."""
+        count = position - self._base
+        if count > 0:
+            del self._buffer[:count]
+            self._base = position
+
+
+class Outbox:
+    """What one member has yet to receive, in order. Guarded by the room's lock.
+
+    ``cursor`` is the member's position in the broadcast log (``None`` for
+    a connection that is not in the room); ``_direct`` holds frames for it
+    alone, each after the log position it was queued at.
+    """
+
+    __slots__ = ("_direct", "_direct_bytes", "cursor")
+
+    def __init__(self) -> None:
+        self.cursor: int | None = None
+        self._direct: deque[tuple[int, bytes]] = deque()
+        self._direct_bytes = 0
+
+    def backlog(self, log: BroadcastLog) -> int:
+        """Bytes queued for this member."""
+        unread = 0 if self.cursor is None else log.end - self.cursor
+        return unread + self._direct_bytes
+
+    def overrun(self, log: BroadcastLog, max_backlog: int) -> bool:
+        """Whether more than ``max_backlog`` bytes are queued (or were lost)."""
+        if self.cursor is not None and self.cursor < log.base:
+            return True
+        return self.backlog(log) > max_backlog
+
+    def put(self, log: BroadcastLog, frame: bytes) -> None:
+        """Queue a frame for this member alone, after everything logged so far."""
+        self._direct.append((log.end, frame))
+        self._direct_bytes += len(frame)
+
+    def take(self, log: BroadcastLog, max_bytes: int) -> bytes:
+        """Remove and return up to about ``max_bytes`` of what is queued, in order."""
+        parts: list[bytes] = []
+        size = 0
+        direct = self._direct
+        while direct and size < max_bytes:
+            position, frame = direct[0]
+            if self.cursor is not None and position > self.cursor:
+                parts.append(log.read(self.cursor, position))
+                size += position - self.cursor
+                self.cursor = position
+            direct.popleft()
+            self._direct_bytes -= len(frame)
+            parts.append(frame)
+            size += len(frame)
+        if not direct and self.cursor is not None and size < max_bytes:
+            stop = min(log.end, self.cursor + max_bytes - size)
+            if stop > self.cursor:
+                parts.append(log.read(self.cursor, stop))
+                self.cursor = stop
+        return b"".join(parts)
+
+    def subscribe(self, log: BroadcastLog) -> None:
+        """Start receiving the log from its current end."""
+        self.cursor = log.end
+
+    def unsubscribe(self, log: BroadcastLog) -> None:
+        """Stop following the log, keeping what was already owed as direct frames."""
+        if self.cursor is None:
+            return
+        if self.cursor < log.base:  # overrun: what it was owed is gone
+            self._direct.clear()
+            self._direct_bytes = 0
+            self.cursor = None
+            return
+        owed = self.take(log, log.end - self.cursor + self._direct_bytes)
+        self.cursor = None
+        if owed:
+            self._direct.append((0, owed))
+            self._direct_bytes += len(owed)
+
+
+class Member(Protocol):
+    """What the room needs of a connection (a fake one will do in tests)."""
+
+    name: str | None
+    outbox: Outbox
+
+    def notify(self) -> None:
+        """Private frames are waiting: have the owning thread flush them. Any thread."""
+
+
+class _HistoryEntry:
+    """A past public message; its history frame is encoded on first demand."""
+
+    __slots__ = ("_frame", "message")
+
+    def __init__(self, message: ChatMessage) -> None:
+        self.message = message
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = encode(_as_history(self.message))
+        return self._frame
+
+
+def _as_history(message: ChatMessage) -> ChatMessage:
+    return ChatMessage(
+        message.id, message.sender, message.text, message.ts, message.action, history=True
+    )
+
+
+class Room:
+    """The chat room: members by name identity, public history, message ids.
+
+    Every public method is thread-safe and may be called from any thread.
+    Names passed in must already be normalised (``protocol.normalize_name``)
+    and text cleaned (``protocol.clean_text``).
+    """
+
+    # The log is trimmed back to max_backlog bytes once it holds this many
+    # times that, so trimming is rare and its memmove cost amortised.
+    _TRIM_FACTOR = 2
+
+    def __init__(
+        self,
+        *,
+        history: int = DEFAULT_HISTORY,
+        motd: str | None = None,
+        max_backlog: int = DEFAULT_MAX_QUEUE,
+        on_broadcast: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.motd = motd
+        self.max_backlog = max_backlog
+        self._on_broadcast = on_broadcast
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._log = BroadcastLog()
+        self._members: dict[str, Member] = {}
+        self._roster: list[tuple[str, str]] = []  # (identity, name), kept sorted
+        self._history: deque[_HistoryEntry] = deque(maxlen=history)
+        self._last_id = 0
+        self._closed = False
+
+    # -- queries ---------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def users(self) -> tuple[str, ...]:
+        """Everyone in the room, sorted by identity, then name."""
+        with self._lock:
+            return self._users()
+
+    def pull(self, member: Member, max_bytes: int) -> bytes | None:
+        """Take up to about ``max_bytes`` owed to ``member``, or ``None`` if it is overrun."""
+        with self._lock:
+            outbox = member.outbox
+            if outbox.overrun(self._log, self.max_backlog):
+                return None
+            return outbox.take(self._log, max_bytes)
+
+    def overrun(self, member: Member, unsent: int) -> bool:
+        """Whether ``member`` is more than ``max_backlog`` behind.
+
+        ``unsent`` counts bytes the caller pulled earlier but could not yet
+        write; they are part of the member's backlog too.
+        """
+        with self._lock:
+            return member.outbox.overrun(self._log, self.max_backlog - unsent)
+
+    # -- changes ---------------------------------------------------------
+
+    def join(self, member: Member, name: str) -> None:
+        """Add ``member`` as ``name``: ``joined`` to the others, ``welcome`` and history to it.
+
+        Raises ``RemoteProtocolError`` ``name-taken``.
+        """
+        with self._lock:
+            identity = name_identity(name)
+            if identity in self._members:
+                raise _name_taken(name)
+            member.name = name
+            self._members[identity] = member
+            bisect.insort(self._roster, (identity, name))
+            self._broadcast(Joined(name, self._clock()))
+            member.outbox.subscribe(self._log)
+            welcome = Welcome(name, self._users(), len(self._history), self.motd)
+            self._put(member, encode(welcome))
+            for entry in self._history:
+                self._put(member, entry.frame)
+        self._on_broadcast()
+        member.notify()
+
+    def leave(self, member: Member, reason: LeaveReason) -> None:
+        """Remove ``member`` (if present) and tell the others why. Idempotent."""
+        with self._lock:
+            if member.name is None or self._members.get(name_identity(member.name)) is not member:
+                return
+            identity = name_identity(member.name)
+            del self._members[identity]
+            self._roster.remove((identity, member.name))
+            member.outbox.unsubscribe(self._log)
+            if not self._closed:
+                self._broadcast(Left(member.name, reason, self._clock()))
+        self._on_broadcast()
+
+    def rename(self, member: Member, name: str) -> str:
+        """Rename ``member``; every member gets ``renamed``. Returns the old name.
+
+        Raises ``RemoteProtocolError`` ``name-taken``.
+        """
+        with self._lock:
+            old = member.name
+            assert old is not None, "only a member can rename"
+            old_identity, identity = name_identity(old), name_identity(name)
+            if identity != old_identity and identity in self._members:
+                raise _name_taken(name)
+            del self._members[old_identity]
+            self._roster.remove((old_identity, old))
+            member.name = name
+            self._members[identity] = member
+            bisect.insort(self._roster, (identity, name))
+            self._broadcast(Renamed(old, name, self._clock()))
+        self._on_broadcast()
+        return old
+
+    def say(self, member: Member, text: str, *, action: bool = False, to: str | None = None) -> int:
+        """Send a message from ``member`` to the room, or privately ``to`` a user.
+
+        Returns the message id. Raises ``RemoteProtocolError`` ``no-such-user``.
+        """
+        with self._lock:
+            sender = member.name
+            assert sender is not None, "only a member can speak"
+            recipient = None
+            if to is not None:
+                recipient = self._members.get(name_identity(to))
+                if recipient is None:
+                    raise RemoteProtocolError(
+                        ErrorCode.NO_SUCH_USER, f"Nobody called {to} is in the room.", "say"
+                    )
+            self._last_id += 1
+            message = ChatMessage(
+                self._last_id,
+                sender,
+                text,
+                self._clock(),
+                action,
+                None if recipient is None else recipient.name,
+            )
+            if recipient is None:
+                self._broadcast(message)
+                self._history.append(_HistoryEntry(message))
+            else:
+                frame = encode(message)
+                self._put(member, frame)
+                if recipient is not member:
+                    self._put(recipient, frame)
+        if recipient is None:
+            self._on_broadcast()
+        else:
+            member.notify()
+            if recipient is not member:
+                recipient.notify()
+        return message.id
+
+    def send(self, member: Member, message: Message) -> None:
+        """Queue ``message`` for ``member`` alone (a reply, an error, a ping)."""
+        frame = encode(message)
+        with self._lock:
+            self._put(member, frame)
+        member.notify()
+
+    def send_users(self, member: Member) -> None:
+        """Answer ``who``: queue the user list for ``member``."""
+        with self._lock:
+            self._put(member, encode(Users(self._users())))
+        member.notify()
+
+    def close(self) -> None:
+        """The server is stopping: later departures are not announced."""
+        with self._lock:
+            self._closed = True
+
+    # -- helpers (the lock is held) ---------------------------------------
+
+    def _users(self) -> tuple[str, ...]:
+        return tuple(name for _, name in self._roster)
+
+    def _broadcast(self, message: Message) -> None:
+        log = self._log
+        log.append(encode(message))
+        if log.held > self._TRIM_FACTOR * self.max_backlog:
+            log.forget_before(log.end - self.max_backlog)
+
+    def _put(self, member: Member, frame: bytes) -> None:
+        member.outbox.put(self._log, frame)
+
+
+def _name_taken(name: str) -> RemoteProtocolError:
+    return RemoteProtocolError(ErrorCode.NAME_TAKEN, f"The name {name} is already in use.")

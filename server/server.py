@@ -1,0 +1,460 @@
+"""The threaded chat server: listening sockets, I/O threads, start and stop.
+
+How this works: the thread that calls ``serve_forever`` accepts
+connections and deals each to one of ``config.io_threads`` ``IOLoop``
+threads. Each loop serves its connections with one selector (epoll,
+kqueue or select): it reads and handles their frames, and writes what the
+``Room`` owes them. A thread per connection would cost a stack per
+client and a wake-up per delivered message; a few loops hold thousands of
+clients and write each one's pending frames in one call.
+
+Threads meet only in the room (one lock, no socket I/O under it) and in
+each loop's wake-up queue: when the room's broadcast log grows, every loop
+is woken once and flushes all of its members; a frame for one member
+wakes just that member's loop.
+
+The life cycle follows ``socketserver``: construct (binds, so ``port`` is
+known), ``serve_forever()`` in some thread, ``shutdown()`` from another (or
+``stop_soon()`` from a signal handler), ``server_close()``, or use it as a
+context manager. Stopping sends every client ``shutdown``, closes every
+connection and joins every thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from server.config import ServerConfig
+from server.connection import Connection, State
+from server.protocol import ErrorCode, RemoteProtocolError
+from server.room import Room
+
+logger = logging.getLogger("server")
+
+LISTEN_BACKLOG = 4096  # the kernel caps it at somaxconn; join bursts need room
+ACCEPT_BATCH = 256  # accepts per wake-up, so that a stop request is seen soon
+TIMER_TICK = 0.25  # seconds between checks of handshake, keep-alive and close deadlines
+SHUTDOWN_GRACE = 1.0  # seconds clients get to take the shutdown frame
+
+_FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class IOLoop:
+    """One thread serving many connections. ``adopt``, ``mark_dirty``,
+    ``broadcast_pending`` and ``stop`` may be called from any thread; the
+    rest only from the loop's own thread (that is, from its connections).
+    """
+
+    def __init__(
+        self, index: int, room: Room, config: ServerConfig, on_release: Callable[[], None]
+    ) -> None:
+        self.room = room
+        self.config = config
+        self._on_release = on_release
+        self._selector = selectors.DefaultSelector()
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._wake_out.setblocking(False)
+        self._selector.register(self._wake_in, selectors.EVENT_READ, None)
+        self._connections: set[Connection] = set()
+        self._members: set[Connection] = set()
+        self._refused: set[Connection] = set()
+        # Work handed over by other threads; deque appends and pops are atomic.
+        self._new: deque[tuple[socket.socket, Any, bool]] = deque()
+        self._dirty: deque[Connection] = deque()
+        self._broadcast = False
+        self._stop_message: str | None = None
+        self._woken = False
+        self._thread_id: int | None = None
+        self.thread = threading.Thread(target=self._run, name=f"chat-io-{index}", daemon=True)
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    # -- any thread -------------------------------------------------------
+
+    def adopt(self, sock: socket.socket, address: Any, *, refuse: bool = False) -> None:
+        """Take over a freshly accepted socket (to refuse it as ``server-full``)."""
+        self._new.append((sock, address, refuse))
+        self._wake()
+
+    def mark_dirty(self, conn: Connection) -> None:
+        """``conn`` has frames of its own waiting."""
+        self._dirty.append(conn)
+        self._wake()
+
+    def broadcast_pending(self) -> None:
+        """The room's log grew: flush every member."""
+        self._broadcast = True
+        self._wake()
+
+    def stop(self, message: str) -> None:
+        """Send every connection ``shutdown`` with ``message``, close them all, end."""
+        self._stop_message = message
+        self._wake()
+
+    def _wake(self) -> None:
+        # The loop's own thread runs its queues before it sleeps again, and
+        # one pending wake-up byte is enough for any number of requests:
+        # the loop clears _woken before it looks at the queues.
+        if self._thread_id == threading.get_ident() or self._woken:
+            return
+        self._woken = True
+        try:
+            self._wake_out.send(b"\0")
+        except OSError:
+            pass  # the buffer is full (a wake-up is pending) or the loop is gone
+
+    # -- the loop's own thread (called by its connections) ------------------
+
+    def want_write(self, conn: Connection, wanted: bool) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0)
+        if self._selector.get_key(conn.sock).events != events:
+            self._selector.modify(conn.sock, events, conn)
+
+    def joined_room(self, conn: Connection) -> None:
+        self._members.add(conn)
+
+    def left_room(self, conn: Connection) -> None:
+        self._members.discard(conn)
+
+    def discard(self, conn: Connection) -> None:
+        """``conn`` is closing its socket: forget it."""
+        self._members.discard(conn)
+        self._connections.discard(conn)
+        self._selector.unregister(conn.sock)
+        if conn in self._refused:
+            self._refused.discard(conn)
+        else:
+            self._on_release()
+
+    # -- the loop ----------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        """Release the loop's own resources once its thread has ended."""
+        self._selector.close()
+        self._wake_in.close()
+        self._wake_out.close()
+        while self._new:  # accepted but never adopted: the loop never ran
+            self._new.popleft()[0].close()
+
+    def _run(self) -> None:
+        self._thread_id = threading.get_ident()
+        next_tick = time.monotonic() + TIMER_TICK
+        try:
+            while self._stop_message is None:
+                busy = self._new or self._dirty or self._broadcast
+                self._handle_events(0 if busy else max(0.0, next_tick - time.monotonic()))
+                self._run_queues()
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TIMER_TICK
+                    for conn in list(self._connections):
+                        conn.check_timers(now)
+            self._shut_down(self._stop_message)
+        except Exception:
+            logger.exception("I/O thread failed; closing its connections")
+            for conn in list(self._connections):
+                conn.abort()
+
+    def _handle_events(self, timeout: float) -> None:
+        for key, mask in self._selector.select(timeout):
+            conn = key.data
+            if conn is None:
+                self._drain_wake_ups()
+                continue
+            if mask & selectors.EVENT_READ:
+                conn.on_readable()
+            if mask & selectors.EVENT_WRITE and conn.state is not State.CLOSED:
+                conn.on_writable()
+
+    def _drain_wake_ups(self) -> None:
+        try:
+            while self._wake_in.recv(4096):
+                pass
+        except OSError:
+            pass  # drained (EWOULDBLOCK)
+
+    def _run_queues(self) -> None:
+        self._woken = False
+        while self._new:
+            sock, address, refuse = self._new.popleft()
+            self._open(sock, address, refuse)
+        if self._broadcast:
+            self._broadcast = False
+            for conn in list(self._members):
+                conn.flush()
+        while self._dirty:
+            self._dirty.popleft().flush()
+
+    def _open(self, sock: socket.socket, address: Any, refuse: bool) -> None:
+        conn = Connection(sock, address, self, self.room, self.config)
+        self._connections.add(conn)
+        self._selector.register(sock, selectors.EVENT_READ, conn)
+        if refuse:
+            self._refused.add(conn)
+            conn.fail(
+                RemoteProtocolError(ErrorCode.SERVER_FULL, "The server is full; try again later."),
+                None,
+            )
+
+    def _shut_down(self, message: str) -> None:
+        for conn in list(self._connections):
+            conn.shut_down(message)
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while self._connections:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._handle_events(min(remaining, TIMER_TICK))
+            self._run_queues()
+        for conn in list(self._connections):
+            conn.abort()
+
+
+class ChatServer:
+    """The chat server. See the module docstring for its life cycle.
+
+    Raises ``OSError`` from the constructor when it cannot listen (port in
+    use, no such address, no permission) and ``socket.gaierror`` for an
+    unknown host name.
+    """
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config = config or ServerConfig()
+        self.room = Room(
+            history=config.history,
+            motd=config.motd,
+            max_backlog=config.max_queue,
+            on_broadcast=self._broadcast_pending,
+        )
+        self._listeners = bind_listeners(config.host, config.port)
+        self._loops = [
+            IOLoop(i, self.room, config, self._release) for i in range(max(1, config.io_threads))
+        ]
+        self._next_loop = 0
+        self._open_count = 0
+        self._count_lock = threading.Lock()
+        self._selector = selectors.DefaultSelector()
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._wake_out.setblocking(False)
+        self._selector.register(self._wake_in, selectors.EVENT_READ, None)
+        for listener in self._listeners:
+            self._selector.register(listener, selectors.EVENT_READ, listener)
+        self._stop_requested = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._started = False
+
+    def __enter__(self) -> ChatServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server_close()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs the server listens on."""
+        return [listener.getsockname()[:2] for listener in self._listeners]
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    @property
+    def connection_count(self) -> int:
+        """Open connections, joined or not (refused ones aside)."""
+        return self._open_count
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept and serve clients until ``shutdown`` or ``stop_soon``.
+
+        ``poll_interval`` bounds how long a wait lasts, so that Ctrl+C is
+        noticed on Windows, where it cannot interrupt a select.
+        """
+        if self._started:
+            raise RuntimeError("serve_forever can run only once per server")
+        self._started = True
+        self._stopped.clear()
+        try:
+            for loop in self._loops:
+                loop.start()
+            while not self._stop_requested.is_set():
+                for key, _ in self._selector.select(poll_interval):
+                    if key.data is None:
+                        _drain(self._wake_in)
+                    elif not self._stop_requested.is_set():
+                        self._accept(key.data)
+        finally:
+            self._stop_loops()
+            self._stopped.set()
+
+    def stop_soon(self) -> None:
+        """Ask ``serve_forever`` to stop, without waiting. Safe in a signal handler."""
+        self._stop_requested.set()
+        try:
+            self._wake_out.send(b"\0")
+        except OSError:
+            pass  # a wake-up is pending already, or the server is closed
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever`` and wait until every client is told and closed.
+
+        Call it from another thread than the one in ``serve_forever``.
+        """
+        self.stop_soon()
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        """Release the listening sockets and the threads' resources."""
+        self.stop_soon()
+        self._stopped.wait()
+        for listener in self._listeners:
+            listener.close()
+        self._selector.close()
+        self._wake_in.close()
+        self._wake_out.close()
+        for loop in self._loops:
+            loop.close()
+
+    # -- internals ---------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _FD_EXHAUSTED:
+                    logger.error("Cannot accept more connections: %s", exc)
+                    time.sleep(0.1)  # the backlog stays readable; do not spin
+                return
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # the peer may have reset it already; reading will tell
+            with self._count_lock:
+                refuse = self._open_count >= self.config.max_clients
+                if not refuse:
+                    self._open_count += 1
+            loop = self._loops[self._next_loop]
+            self._next_loop = (self._next_loop + 1) % len(self._loops)
+            loop.adopt(sock, address, refuse=refuse)
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self._open_count -= 1
+
+    def _broadcast_pending(self) -> None:
+        for loop in self._loops:
+            loop.broadcast_pending()
+
+    def _stop_loops(self) -> None:
+        self.room.close()
+        started = [loop for loop in self._loops if loop.thread.ident is not None]
+        for loop in started:
+            loop.stop(self.config.shutdown_message)
+        for loop in started:
+            loop.thread.join(SHUTDOWN_GRACE + 1.0)
+            if loop.thread.is_alive():
+                logger.error("%s did not stop in time", loop.thread.name)
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass  # nothing more to read
+
+
+def bind_listeners(host: str | None, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host`` (``None``: every interface) and ``port``.
+
+    A host name with several addresses (``localhost``) gets one socket per
+    address, all on the same port; addresses this machine lacks are
+    skipped as long as one is left.
+    """
+    if not host:
+        if socket.has_dualstack_ipv6():
+            return [_listen(socket.AF_INET6, ("::", port), dualstack=True)]
+        return [_listen(socket.AF_INET, ("0.0.0.0", port))]
+    infos = socket.getaddrinfo(
+        host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )
+    listeners: list[socket.socket] = []
+    unavailable: OSError | None = None
+    seen = set()
+    for family, _, _, _, sockaddr in infos:
+        if (family, sockaddr[0]) in seen:
+            continue
+        seen.add((family, sockaddr[0]))
+        if listeners:  # port 0: every address shares the first one's port
+            bind_to = (sockaddr[0], listeners[0].getsockname()[1], *sockaddr[2:])
+        else:
+            bind_to = sockaddr
+        try:
+            listeners.append(_listen(family, bind_to))
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                for listener in listeners:
+                    listener.close()
+                raise
+            unavailable = exc
+    if not listeners:
+        raise unavailable or OSError(errno.EADDRNOTAVAIL, f"no address for {host}")
+    return listeners
+
+
+def _listen(family: int, sockaddr: tuple[Any, ...], *, dualstack: bool = False) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name == "nt":
+            # Windows' SO_REUSEADDR would let another program steal the port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+        else:
+            # Rebind at once after a restart, despite connections in TIME_WAIT.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dualstack else 1)
+        sock.bind(sockaddr)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def lan_addresses() -> list[str]:
+    """This machine's addresses that others on the network may reach, IPv4 first.
+
+    Found from the host name, so it sends nothing on the network; may be
+    empty where the host name does not resolve to a LAN address.
+    """
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    except OSError:
+        return []
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for *_, sockaddr in infos:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified):
+            found.add(ip)
+    return [str(ip) for ip in sorted(found, key=lambda ip: (ip.version, ip))]
