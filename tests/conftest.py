@@ -1,0 +1,69 @@
+"""Shared fixtures: a real server on 127.0.0.1, a free port, raw clients."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from server.config import ServerConfig
+from server.server import ChatServer
+from tests.wire import RawClient
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Every test ends with the threads it started finished."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    for thread in leaked:
+        thread.join(3.0)
+    still = [t.name for t in leaked if t.is_alive()]
+    assert not still, f"threads left running: {still}"
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., ChatServer]]:
+    """Start a real ChatServer on 127.0.0.1, on a free port; stopped after the test.
+
+    Keyword arguments override ``ServerConfig`` fields.
+    """
+    running: list[tuple[ChatServer, threading.Thread]] = []
+
+    def start(**overrides: object) -> ChatServer:
+        config = ServerConfig(host="127.0.0.1", port=0, **overrides)  # type: ignore[arg-type]
+        server = ChatServer(config)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="test-serve")
+        thread.start()
+        running.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in running:
+        server.shutdown()
+        thread.join(5.0)
+        server.server_close()
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def server(start_server: Callable[..., ChatServer]) -> ChatServer:
+    """A server with the default settings but for host and port."""
+    return start_server()
+
+
+@pytest.fixture
+def connect(server: ChatServer) -> Iterator[Callable[..., RawClient]]:
+    """Open raw clients to ``server``; all closed after the test."""
+    clients: list[RawClient] = []
+
+    def open_client(port: int | None = None) -> RawClient:
+        client = RawClient(port or server.port)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()
