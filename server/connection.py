@@ -327,11 +327,10 @@ class Connection:
     def _leave(self, reason: LeaveReason | None) -> None:
         if self.state is not State.JOINED:
             return
-        self.room.leave(self, reason or LeaveReason.DISCONNECTED)
+        reason = reason or LeaveReason.DISCONNECTED
+        online = self.room.leave(self, reason)
         self.loop.left_room(self)
-        logger.info(
-            "%s left (%s), %d online", self.who, reason or LeaveReason.DISCONNECTED, len(self.room)
-        )
+        logger.info("%s left (%s), %s online", self.who, reason, online)
 
     # -- frames from the peer ----------------------------------------------
 
@@ -370,10 +369,10 @@ class Connection:
                 ErrorCode.PROTOCOL_VERSION,
                 f"This server speaks protocol version {PROTOCOL_VERSION}, not {hello.protocol}.",
             )
-        self.room.join(self, normalize_name(hello.name))
+        online = self.room.join(self, normalize_name(hello.name))
         self.state = State.JOINED
         self.loop.joined_room(self)
-        logger.info("%s joined, %d online", self.who, len(self.room))
+        logger.info("%s joined, %d online", self.who, online)
 
     def _on_say(self, say: Say) -> None:
         self.room.say(self, clean_text(say.text), action=say.action, to=say.to)

@@ -16,6 +16,7 @@ broke the rules (its ``code`` is the wire error code to answer with),
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import unicodedata
@@ -28,9 +29,10 @@ PROTOCOL_VERSION = 1
 DEFAULT_PORT = 12345
 
 # Frame limits. A client's largest honest frame is a `say` of 4,000 code
-# points of up to 4 UTF-8 bytes each, JSON-escaped (~24 KiB worst case),
-# so 64 KiB leaves room. The server's largest frame is a welcome listing a
-# big room (10,000 names of 32 code points fit in 1 MiB).
+# points of up to 4 UTF-8 bytes each (~24 KiB if every one is escaped), so
+# 64 KiB leaves room. The server's largest frame is a welcome listing a big
+# room: 10,000 names of 32 code points fit in 1 MiB unless most of them use
+# 4-byte characters (the room refuses a join it cannot welcome).
 HEADER = struct.Struct(">I")
 MAX_CLIENT_FRAME = 64 * 1024
 MAX_SERVER_FRAME = 1024 * 1024
@@ -499,13 +501,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e999 is valid JSON, but as a float it is infinity, which no JSON
+    # encoder may send back (a ping's echo, say).
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def decode_payload(payload: bytes) -> dict[str, Any]:
     """Decode one frame's payload bytes into a JSON object with a string ``type``.
 
     Raises ``RemoteProtocolError`` code ``bad-frame`` when it is not one.
     """
     try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        obj = json.loads(
+            payload.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except UnicodeDecodeError:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "The frame is not UTF-8.") from None
     except (ValueError, RecursionError):

@@ -33,6 +33,7 @@ from server.protocol import (
     Joined,
     LeaveReason,
     Left,
+    LocalProtocolError,
     Message,
     RemoteProtocolError,
     Renamed,
@@ -251,39 +252,57 @@ class Room:
 
     # -- changes ---------------------------------------------------------
 
-    def join(self, member: Member, name: str) -> None:
+    def join(self, member: Member, name: str) -> int:
         """Add ``member`` as ``name``: ``joined`` to the others, ``welcome`` and history to it.
 
-        Raises ``RemoteProtocolError`` ``name-taken``.
+        Returns how many are in the room now. Raises ``RemoteProtocolError``
+        ``name-taken``.
         """
         with self._lock:
             identity = name_identity(name)
             if identity in self._members:
                 raise _name_taken(name)
+            roster = self._roster.copy()
+            bisect.insort(roster, (identity, name))
+            users = tuple(name for _, name in roster)
+            try:
+                welcome = encode(Welcome(name, users, len(self._history), self.motd))
+            except LocalProtocolError:
+                # Only a huge room of long names outgrows a frame.
+                raise RemoteProtocolError(
+                    ErrorCode.SERVER_FULL, "The room is too big to join; try again later."
+                ) from None
             member.name = name
             self._members[identity] = member
-            bisect.insort(self._roster, (identity, name))
+            self._roster = roster
             self._broadcast(Joined(name, self._clock()))
             member.outbox.subscribe(self._log)
-            welcome = Welcome(name, self._users(), len(self._history), self.motd)
-            self._put(member, encode(welcome))
+            self._put(member, welcome)
             for entry in self._history:
                 self._put(member, entry.frame)
+            online = len(self._members)
         self._on_broadcast()
         member.notify()
+        return online
 
-    def leave(self, member: Member, reason: LeaveReason) -> None:
-        """Remove ``member`` (if present) and tell the others why. Idempotent."""
+    def leave(self, member: Member, reason: LeaveReason) -> int | None:
+        """Remove ``member`` and tell the others why.
+
+        Returns how many are left in the room, or ``None`` if ``member``
+        was not in it (so calling it twice is harmless).
+        """
         with self._lock:
             if member.name is None or self._members.get(name_identity(member.name)) is not member:
-                return
+                return None
             identity = name_identity(member.name)
             del self._members[identity]
             self._roster.remove((identity, member.name))
             member.outbox.unsubscribe(self._log)
             if not self._closed:
                 self._broadcast(Left(member.name, reason, self._clock()))
+            online = len(self._members)
         self._on_broadcast()
+        return online
 
     def rename(self, member: Member, name: str) -> str:
         """Rename ``member``; every member gets ``renamed``. Returns the old name.

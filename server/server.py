@@ -36,7 +36,7 @@ from typing import Any
 
 from server.config import ServerConfig
 from server.connection import Connection, State
-from server.protocol import ErrorCode, RemoteProtocolError
+from server.protocol import ErrorCode, LeaveReason, RemoteProtocolError
 from server.room import Room
 
 logger = logging.getLogger("server")
@@ -176,10 +176,16 @@ class IOLoop:
             if conn is None:
                 self._drain_wake_ups()
                 continue
-            if mask & selectors.EVENT_READ:
-                conn.on_readable()
-            if mask & selectors.EVENT_WRITE and conn.state is not State.CLOSED:
-                conn.on_writable()
+            try:
+                if mask & selectors.EVENT_READ:
+                    conn.on_readable()
+                if mask & selectors.EVENT_WRITE and conn.state is not State.CLOSED:
+                    conn.on_writable()
+            except Exception:
+                # A bug met while serving one client costs that client its
+                # connection, not everyone else on this thread theirs.
+                logger.exception("%s: internal error; closing the connection", conn.who)
+                conn.abort(LeaveReason.ERROR)
 
     def _drain_wake_ups(self) -> None:
         try:

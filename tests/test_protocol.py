@@ -1,0 +1,1201 @@
+"""Tests for server/protocol.py against the wire contract in PROTOCOL.md.
+
+Everything here is pure: bytes in, objects out. The sections follow the
+module: framing (FrameDecoder), invalid frames, parse_message, encode,
+names, text, and Hypothesis properties tying them together.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.protocol import (
+    CLIENT_MESSAGES,
+    HEADER,
+    MAX_CLIENT_FRAME,
+    MAX_NAME_LENGTH,
+    MAX_SERVER_FRAME,
+    MAX_TEXT_LENGTH,
+    SERVER_MESSAGES,
+    Bye,
+    ChatMessage,
+    Error,
+    FrameDecoder,
+    Hello,
+    Joined,
+    LeaveReason,
+    Left,
+    LocalProtocolError,
+    Message,
+    Ping,
+    Pong,
+    RemoteProtocolError,
+    Rename,
+    Renamed,
+    Say,
+    Shutdown,
+    Unknown,
+    Users,
+    Welcome,
+    Who,
+    clean_text,
+    encode,
+    name_identity,
+    normalize_name,
+    parse_message,
+    sort_names,
+)
+
+# No example database: the suite leaves nothing behind in the checkout.
+PROPERTY = settings(database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --------------------------------------------------------------------------
+# Helpers
+
+
+def fullwidth(ascii_text: str) -> str:
+    """The fullwidth form of ASCII letters: "alice" -> U+FF41 U+FF4C ..."""
+    return "".join(chr(ord(char) + 0xFEE0) for char in ascii_text)
+
+
+def frame(payload: bytes | str | dict[str, Any]) -> bytes:
+    """A raw frame: 4-byte big-endian length, then the payload bytes."""
+    if isinstance(payload, dict):
+        payload = json.dumps(payload)
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return HEADER.pack(len(payload)) + payload
+
+
+def drain(decoder: FrameDecoder) -> list[dict[str, Any]]:
+    """Every whole payload the decoder holds, until it needs more data."""
+    out = []
+    while (payload := decoder.next_payload()) is not None:
+        out.append(payload)
+    return out
+
+
+def decode_chunks(chunks: list[bytes], max_frame: int = MAX_SERVER_FRAME) -> list[dict[str, Any]]:
+    """Feed ``chunks`` one read at a time, collecting payloads as they complete."""
+    decoder = FrameDecoder(max_frame)
+    out = []
+    for chunk in chunks:
+        decoder.receive_data(chunk)
+        out.extend(drain(decoder))
+    assert decoder.buffered == 0
+    return out
+
+
+def decode_one(raw: bytes, max_frame: int = MAX_SERVER_FRAME) -> dict[str, Any] | None:
+    decoder = FrameDecoder(max_frame)
+    decoder.receive_data(raw)
+    return decoder.next_payload()
+
+
+def assert_bad_frame(raw: bytes, max_frame: int = MAX_SERVER_FRAME) -> RemoteProtocolError:
+    decoder = FrameDecoder(max_frame)
+    decoder.receive_data(raw)
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder.next_payload()
+    assert info.value.code == "bad-frame"
+    assert info.value.fatal is True
+    return info.value
+
+
+def parse_error(payload: dict[str, Any], table: Any) -> RemoteProtocolError:
+    with pytest.raises(RemoteProtocolError) as info:
+        parse_message(payload, table)
+    return info.value
+
+
+FRAMES = [
+    {"type": "hello", "name": "alice", "protocol": 1},
+    {"type": "say", "text": "hi all \u00e9\u5f20\U0001f600"},
+    {"type": "ping", "n": 7},
+    {"type": "bye"},
+]
+STREAM = b"".join(frame(p) for p in FRAMES)
+
+
+# --------------------------------------------------------------------------
+# FrameDecoder: reassembly
+
+
+def test_whole_buffer_one_frame():
+    assert decode_one(frame({"type": "who"})) == {"type": "who"}
+
+
+def test_several_frames_in_one_chunk():
+    assert decode_chunks([STREAM]) == FRAMES
+
+
+def test_one_byte_at_a_time():
+    assert decode_chunks([bytes([b]) for b in STREAM]) == FRAMES
+
+
+def test_trailing_partial_frame_waits_until_complete():
+    last = frame({"type": "say", "text": "later"})
+    decoder = FrameDecoder(MAX_CLIENT_FRAME)
+    decoder.receive_data(frame({"type": "who"}) + last[:-1])
+    assert decoder.next_payload() == {"type": "who"}
+    assert decoder.next_payload() is None
+    assert decoder.next_payload() is None  # asking again changes nothing
+    assert decoder.buffered == len(last) - 1
+    decoder.receive_data(last[-1:])
+    assert decoder.next_payload() == {"type": "say", "text": "later"}
+    assert decoder.next_payload() is None
+    assert decoder.buffered == 0
+
+
+@pytest.mark.parametrize("available", [0, 1, 2, 3, 4, 5])
+def test_partial_header_or_payload_returns_none(available):
+    raw = frame({"type": "who"})
+    assert decode_one(raw[:available]) is None
+
+
+@pytest.mark.parametrize("split", range(len(STREAM) + 1))
+def test_split_at_every_offset(split):
+    assert decode_chunks([STREAM[:split], STREAM[split:]]) == FRAMES
+
+
+def test_split_at_every_pair_of_offsets():
+    raw = frame({"type": "who"}) + frame({"type": "ping"}) + frame({"type": "bye"})
+    expected = [{"type": "who"}, {"type": "ping"}, {"type": "bye"}]
+    for i in range(len(raw) + 1):
+        for j in range(i, len(raw) + 1):
+            assert decode_chunks([raw[:i], raw[i:j], raw[j:]]) == expected, (i, j)
+
+
+def test_many_small_frames_beyond_the_compaction_threshold():
+    # More than 64 KiB of small frames, so consumed bytes get compacted away
+    # while a frame is still half-received.
+    payloads = [{"type": "say", "text": f"message {i}"} for i in range(5000)]
+    raw = b"".join(frame(p) for p in payloads)
+    assert len(raw) > 2 * 64 * 1024
+    chunks = [raw[i : i + 997] for i in range(0, len(raw), 997)]
+    assert decode_chunks(chunks, MAX_CLIENT_FRAME) == payloads
+
+
+# --------------------------------------------------------------------------
+# FrameDecoder: limits and invalid frames
+
+
+def test_client_limit_is_64_kib():
+    assert MAX_CLIENT_FRAME == 65536
+    assert MAX_SERVER_FRAME == 1048576
+
+
+@pytest.mark.parametrize(
+    ("max_frame", "size"), [(MAX_CLIENT_FRAME, 65536), (MAX_SERVER_FRAME, 1048576)]
+)
+def test_payload_at_the_limit_is_accepted(max_frame, size):
+    head = '{"type":"say","text":"'
+    payload = (head + "a" * (size - len(head) - 2) + '"}').encode()
+    assert len(payload) == size
+    assert decode_one(frame(payload), max_frame) == {"type": "say", "text": "a" * (size - 24)}
+
+
+@pytest.mark.parametrize(
+    ("max_frame", "length"),
+    [
+        (MAX_CLIENT_FRAME, 0),
+        (MAX_CLIENT_FRAME, 65537),
+        (MAX_SERVER_FRAME, 0),
+        (MAX_SERVER_FRAME, 1048577),
+        (MAX_CLIENT_FRAME, 2**31),
+        (MAX_SERVER_FRAME, 2**32 - 1),
+    ],
+)
+def test_bad_length_raises_as_soon_as_the_header_arrives(max_frame, length):
+    header = HEADER.pack(length)
+    decoder = FrameDecoder(max_frame)
+    decoder.receive_data(header[:3])
+    assert decoder.next_payload() is None
+    decoder.receive_data(header[3:])  # no payload at all
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder.next_payload()
+    assert info.value.code == "bad-frame"
+
+
+def test_bad_length_after_good_frames():
+    decoder = FrameDecoder(MAX_CLIENT_FRAME)
+    decoder.receive_data(frame({"type": "who"}) + HEADER.pack(65537))
+    assert decoder.next_payload() == {"type": "who"}
+    with pytest.raises(RemoteProtocolError):
+        decoder.next_payload()
+
+
+INVALID_PAYLOADS = {
+    # not UTF-8
+    "latin-1": b'{"type":"caf\xe9"}',
+    "stray-byte": b'{"type":"\xff"}',
+    "utf8-surrogate": b'{"type":"\xed\xa0\x80"}',
+    "overlong": b'{"type":"\xc0\xaf"}',
+    "truncated-utf8": b'{"type":"\xe5\xbc"}',
+    # not JSON
+    "unquoted": b"{type: ping}",
+    "single-quotes": b"{'type': 'ping'}",
+    "unterminated": b'{"type":"ping"',
+    "trailing-garbage": b'{"type":"ping"}x',
+    "two-objects": b'{"type":"ping"}{"type":"ping"}',
+    "trailing-comma": b'{"type":"ping",}',
+    "raw-control-char": b'{"type":"a\nb"}',
+    "bom": b'\xef\xbb\xbf{"type":"ping"}',
+    "whitespace-only": b"   ",
+    # NaN and Infinity are not JSON
+    "nan": b'{"type":"ping","n":NaN}',
+    "infinity": b'{"type":"ping","n":Infinity}',
+    "minus-infinity": b'{"type":"ping","n":-Infinity}',
+    # not an object
+    "array": b'[{"type":"ping"}]',
+    "empty-array": b"[]",
+    "string": b'"ping"',
+    "number": b"1",
+    "float": b"1.5",
+    "null": b"null",
+    "true": b"true",
+    # no string `type`
+    "empty-object": b"{}",
+    "no-type": b'{"name":"alice"}',
+    "type-wrong-case": b'{"Type":"ping"}',
+    "type-null": b'{"type":null}',
+    "type-number": b'{"type":1}',
+    "type-bool": b'{"type":true}',
+    "type-list": b'{"type":["ping"]}',
+    "type-object": b'{"type":{"type":"ping"}}',
+    # hostile inputs
+    "deep-array": b"[" * 100000,
+    "deep-array-closed": b"[" * 30000 + b"]" * 30000,
+    "deep-object": b'{"a":' * 20000,
+    "deep-in-field": b'{"type":"ping","n":' + b"[" * 60000,
+    "huge-integer": b'{"type":"ping","n":' + b"9" * 10000 + b"}",
+    "huge-negative-integer": b'{"type":"ping","n":-' + b"9" * 10000 + b"}",
+}
+
+
+@pytest.mark.parametrize("payload", INVALID_PAYLOADS.values(), ids=INVALID_PAYLOADS.keys())
+def test_invalid_payload_is_bad_frame(payload):
+    assert_bad_frame(frame(payload))
+
+
+def test_client_decoder_rejects_deep_nesting_within_its_limit():
+    payload = b'{"type":"ping","n":' + b"[" * 60000 + b"]" * 5000
+    assert len(payload) <= MAX_CLIENT_FRAME
+    assert_bad_frame(frame(payload), MAX_CLIENT_FRAME)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [HEADER.pack(0), HEADER.pack(2**31), frame(b"[]"), frame(b"\xff"), frame(b"{}")],
+    ids=["length-0", "length-huge", "not-object", "not-utf8", "no-type"],
+)
+def test_decoder_keeps_raising_after_an_error(bad):
+    decoder = FrameDecoder(MAX_CLIENT_FRAME)
+    decoder.receive_data(frame({"type": "who"}) + bad)
+    assert decoder.next_payload() == {"type": "who"}
+    with pytest.raises(RemoteProtocolError) as first:
+        decoder.next_payload()
+    # A good frame afterwards cannot resynchronise the stream.
+    decoder.receive_data(frame({"type": "ping"}))
+    for _ in range(3):
+        with pytest.raises(RemoteProtocolError) as again:
+            decoder.next_payload()
+        assert again.value.code == "bad-frame"
+        assert again.value.message == first.value.message
+
+
+def test_valid_json_details_are_accepted():
+    # Whitespace around the object, escapes, unknown fields, big-but-sane ints.
+    payload = b' \n{"type" : "ping", "s": "\\u00e9\\ud83d\\ude00", "n": 123456789012345678901} \t'
+    assert decode_one(frame(payload)) == {
+        "type": "ping",
+        "s": "\u00e9\U0001f600",
+        "n": 123456789012345678901,
+    }
+
+
+# --------------------------------------------------------------------------
+# parse_message: valid payloads
+
+CLIENT_EXAMPLES = [
+    ({"type": "hello", "name": "alice", "protocol": 1}, Hello("alice", 1)),
+    ({"type": "hello", "name": "bob", "protocol": 2}, Hello("bob", 2)),
+    ({"type": "say", "text": "hi all"}, Say("hi all")),
+    ({"type": "say", "text": "waves", "action": True}, Say("waves", action=True)),
+    ({"type": "say", "text": "psst", "to": "bob"}, Say("psst", to="bob")),
+    ({"type": "say", "text": "x", "action": False, "to": ""}, Say("x", False, "")),
+    ({"type": "rename", "name": "robert"}, Rename("robert")),
+    ({"type": "who"}, Who()),
+    ({"type": "bye"}, Bye()),
+    ({"type": "ping"}, Ping({})),
+    ({"type": "ping", "n": 7}, Ping({"n": 7})),
+    ({"type": "pong", "n": 7, "x": [1, None]}, Pong({"n": 7, "x": [1, None]})),
+]
+
+SERVER_EXAMPLES = [
+    (
+        {
+            "type": "welcome",
+            "name": "alice",
+            "users": ["alice", "bob"],
+            "history_count": 2,
+            "motd": "Welcome to the room",
+        },
+        Welcome("alice", ("alice", "bob"), 2, "Welcome to the room"),
+    ),
+    ({"type": "welcome", "name": "a", "users": [], "history_count": 0}, Welcome("a", ())),
+    (
+        {"type": "message", "id": 42, "from": "alice", "text": "hi all", "ts": 1763900000.123},
+        ChatMessage(42, "alice", "hi all", 1763900000.123),
+    ),
+    (
+        {
+            "type": "message",
+            "id": 43,
+            "from": "bob",
+            "text": "psst",
+            "ts": 1763900000,  # clients accept integer timestamps
+            "action": True,
+            "to": "alice",
+            "history": True,
+        },
+        ChatMessage(43, "bob", "psst", 1763900000, action=True, to="alice", history=True),
+    ),
+    ({"type": "joined", "name": "bob", "ts": 1763900001.5}, Joined("bob", 1763900001.5)),
+    (
+        {"type": "left", "name": "bob", "reason": "quit", "ts": 5},
+        Left("bob", LeaveReason.QUIT, 5),
+    ),
+    (
+        {"type": "renamed", "old": "bob", "new": "robert", "ts": 2.5},
+        Renamed("bob", "robert", 2.5),
+    ),
+    ({"type": "users", "users": ["alice", "robert"]}, Users(("alice", "robert"))),
+    (
+        {
+            "type": "error",
+            "code": "name-taken",
+            "message": "The name alice is already in use",
+            "in_reply_to": "hello",
+        },
+        Error("name-taken", "The name alice is already in use", "hello"),
+    ),
+    ({"type": "error", "code": "timeout", "message": "Too slow"}, Error("timeout", "Too slow")),
+    (
+        {"type": "shutdown", "message": "The server is shutting down"},
+        Shutdown("The server is shutting down"),
+    ),
+    ({"type": "ping", "n": 1}, Ping({"n": 1})),
+    ({"type": "pong"}, Pong({})),
+]
+
+
+@pytest.mark.parametrize(("payload", "expected"), CLIENT_EXAMPLES)
+def test_parse_client_message(payload, expected):
+    message = parse_message(payload, CLIENT_MESSAGES)
+    assert type(message) is type(expected)
+    assert message == expected
+
+
+@pytest.mark.parametrize(("payload", "expected"), SERVER_EXAMPLES)
+def test_parse_server_message(payload, expected):
+    message = parse_message(payload, SERVER_MESSAGES)
+    assert type(message) is type(expected)
+    assert message == expected
+
+
+def test_chat_message_fields_by_name():
+    message = parse_message(SERVER_EXAMPLES[3][0], SERVER_MESSAGES)
+    assert isinstance(message, ChatMessage)
+    assert (message.id, message.sender, message.text, message.ts) == (
+        43,
+        "bob",
+        "psst",
+        1763900000,
+    )
+    assert (message.action, message.to, message.history) == (True, "alice", True)
+
+
+def test_welcome_users_is_a_tuple():
+    message = parse_message(SERVER_EXAMPLES[0][0], SERVER_MESSAGES)
+    assert message.users == ("alice", "bob")
+
+
+def test_table_membership():
+    assert set(CLIENT_MESSAGES) == {"hello", "say", "rename", "who", "ping", "pong", "bye"}
+    assert set(SERVER_MESSAGES) == {
+        "welcome",
+        "message",
+        "joined",
+        "left",
+        "renamed",
+        "users",
+        "error",
+        "shutdown",
+        "ping",
+        "pong",
+    }
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected", "table"),
+    [
+        (
+            {"type": "say", "text": "hi", "action": None, "to": None},
+            Say("hi"),
+            CLIENT_MESSAGES,
+        ),
+        (
+            {"type": "welcome", "name": "a", "users": ["a"], "history_count": 0, "motd": None},
+            Welcome("a", ("a",), 0, None),
+            SERVER_MESSAGES,
+        ),
+        (
+            {
+                "type": "message",
+                "id": 1,
+                "from": "a",
+                "text": "b",
+                "ts": 0.5,
+                "action": None,
+                "to": None,
+                "history": None,
+            },
+            ChatMessage(1, "a", "b", 0.5),
+            SERVER_MESSAGES,
+        ),
+        (
+            {"type": "error", "code": "x", "message": "y", "in_reply_to": None},
+            Error("x", "y"),
+            SERVER_MESSAGES,
+        ),
+    ],
+    ids=["say", "welcome", "message", "error"],
+)
+def test_null_optional_fields_count_as_absent(payload, expected, table):
+    assert parse_message(payload, table) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected", "table"),
+    [
+        (
+            {"type": "hello", "name": "alice", "protocol": 1, "client": "tk", "v": [1, 2]},
+            Hello("alice", 1),
+            CLIENT_MESSAGES,
+        ),
+        ({"type": "say", "text": "hi", "color": "red"}, Say("hi"), CLIENT_MESSAGES),
+        ({"type": "who", "verbose": True}, Who(), CLIENT_MESSAGES),
+        ({"type": "bye", "reason": None}, Bye(), CLIENT_MESSAGES),
+        (
+            {"type": "users", "users": [], "count": 0, "room": {"name": "main"}},
+            Users(()),
+            SERVER_MESSAGES,
+        ),
+    ],
+)
+def test_unknown_fields_are_ignored(payload, expected, table):
+    assert parse_message(payload, table) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "table"),
+    [
+        ({"type": "dance", "style": "waltz"}, CLIENT_MESSAGES),
+        ({"type": "dance"}, SERVER_MESSAGES),
+        ({"type": ""}, CLIENT_MESSAGES),
+        ({"type": "Hello", "name": "a", "protocol": 1}, CLIENT_MESSAGES),  # case matters
+        # Known to the other side only: still unknown to this table.
+        ({"type": "welcome", "name": "a", "users": [], "history_count": 0}, CLIENT_MESSAGES),
+        ({"type": "say", "text": "hi"}, SERVER_MESSAGES),
+        ({"type": "hello"}, SERVER_MESSAGES),
+    ],
+)
+def test_unknown_types_give_unknown(payload, table):
+    message = parse_message(payload, table)
+    assert type(message) is Unknown
+    assert message.type == payload["type"]
+    assert dict(message.fields) == payload
+
+
+def test_unknown_skips_field_checks():
+    # A known-elsewhere type with broken fields is not a bad-field here.
+    message = parse_message({"type": "message", "id": "x"}, CLIENT_MESSAGES)
+    assert message == Unknown("message", {"type": "message", "id": "x"})
+
+
+@pytest.mark.parametrize("cls", [Ping, Pong])
+def test_ping_pong_carry_every_field_but_type(cls):
+    payload = {"type": cls.TYPE, "n": 7, "s": "x", "null": None, "deep": {"a": [1, 2.5]}}
+    message = parse_message(payload, CLIENT_MESSAGES)
+    assert type(message) is cls
+    assert message.extra == {"n": 7, "s": "x", "null": None, "deep": {"a": [1, 2.5]}}
+
+
+def test_pong_echoes_a_ping():
+    ping = parse_message({"type": "ping", "n": 7}, CLIENT_MESSAGES)
+    pong = Pong(ping.extra)
+    assert pong.to_wire() == {"type": "pong", "n": 7}
+    assert decode_one(encode(pong)) == {"type": "pong", "n": 7}
+
+
+def test_echo_extra_cannot_override_type():
+    assert Pong({"type": "ping", "n": 1}).to_wire() == {"type": "pong", "n": 1}
+    assert decode_one(encode(Ping({"type": "evil"}))) == {"type": "ping"}
+
+
+# --------------------------------------------------------------------------
+# parse_message: bad fields
+
+# Every field PROTOCOL.md gives each type: (type, wire key, kind, required).
+FIELD_SPECS = [
+    (CLIENT_MESSAGES, "hello", "name", "str", True),
+    (CLIENT_MESSAGES, "hello", "protocol", "int", True),
+    (CLIENT_MESSAGES, "say", "text", "str", True),
+    (CLIENT_MESSAGES, "say", "action", "bool", False),
+    (CLIENT_MESSAGES, "say", "to", "str", False),
+    (CLIENT_MESSAGES, "rename", "name", "str", True),
+    (SERVER_MESSAGES, "welcome", "name", "str", True),
+    (SERVER_MESSAGES, "welcome", "users", "names", True),
+    (SERVER_MESSAGES, "welcome", "history_count", "int", True),
+    (SERVER_MESSAGES, "welcome", "motd", "str", False),
+    (SERVER_MESSAGES, "message", "id", "int", True),
+    (SERVER_MESSAGES, "message", "from", "str", True),
+    (SERVER_MESSAGES, "message", "text", "str", True),
+    (SERVER_MESSAGES, "message", "ts", "number", True),
+    (SERVER_MESSAGES, "message", "action", "bool", False),
+    (SERVER_MESSAGES, "message", "to", "str", False),
+    (SERVER_MESSAGES, "message", "history", "bool", False),
+    (SERVER_MESSAGES, "joined", "name", "str", True),
+    (SERVER_MESSAGES, "joined", "ts", "number", True),
+    (SERVER_MESSAGES, "left", "name", "str", True),
+    (SERVER_MESSAGES, "left", "reason", "str", True),
+    (SERVER_MESSAGES, "left", "ts", "number", True),
+    (SERVER_MESSAGES, "renamed", "old", "str", True),
+    (SERVER_MESSAGES, "renamed", "new", "str", True),
+    (SERVER_MESSAGES, "renamed", "ts", "number", True),
+    (SERVER_MESSAGES, "users", "users", "names", True),
+    (SERVER_MESSAGES, "error", "code", "str", True),
+    (SERVER_MESSAGES, "error", "message", "str", True),
+    (SERVER_MESSAGES, "error", "in_reply_to", "str", False),
+    (SERVER_MESSAGES, "shutdown", "message", "str", True),
+]
+
+FULL_PAYLOADS = {
+    "hello": {"type": "hello", "name": "alice", "protocol": 1},
+    "say": {"type": "say", "text": "hi", "action": True, "to": "bob"},
+    "rename": {"type": "rename", "name": "robert"},
+    "welcome": {"type": "welcome", "name": "a", "users": ["a"], "history_count": 0, "motd": "m"},
+    "message": {
+        "type": "message",
+        "id": 1,
+        "from": "a",
+        "text": "t",
+        "ts": 1.5,
+        "action": True,
+        "to": "b",
+        "history": True,
+    },
+    "joined": {"type": "joined", "name": "a", "ts": 1},
+    "left": {"type": "left", "name": "a", "reason": "quit", "ts": 1},
+    "renamed": {"type": "renamed", "old": "a", "new": "b", "ts": 1},
+    "users": {"type": "users", "users": ["a"]},
+    "error": {"type": "error", "code": "c", "message": "m", "in_reply_to": "say"},
+    "shutdown": {"type": "shutdown", "message": "bye"},
+}
+
+WRONG_VALUES = {
+    "str": [1, 1.5, True, ["a"], {"a": "b"}],
+    "int": ["1", 1.0, 1.5, True, False, [1], {}],
+    "bool": [1, 0, "true", [True], {}],
+    "number": ["1", True, False, [1.5], {}],
+    "names": ["alice", ["a", 1], ["a", None], [["a"]], {"a": "a"}, 3],
+}
+
+
+def test_full_payloads_parse():
+    for spec_table, type_, *_ in FIELD_SPECS:
+        assert type_ == type(parse_message(FULL_PAYLOADS[type_], spec_table)).TYPE
+
+
+def assert_bad_field(err: RemoteProtocolError, type_: str, key: str) -> None:
+    assert err.code == "bad-field"
+    assert err.fatal is False
+    assert err.in_reply_to == type_
+    assert key in err.message
+
+
+@pytest.mark.parametrize(
+    ("table", "type_", "key"),
+    [pytest.param(t, ty, k, id=f"{ty}.{k}") for t, ty, k, _, required in FIELD_SPECS if required],
+)
+@pytest.mark.parametrize("how", ["missing", "null"])
+def test_missing_required_field_is_bad_field(table, type_, key, how):
+    payload = dict(FULL_PAYLOADS[type_])
+    if how == "missing":
+        del payload[key]
+    else:
+        payload[key] = None
+    assert_bad_field(parse_error(payload, table), type_, key)
+
+
+@pytest.mark.parametrize(
+    ("table", "type_", "key", "value"),
+    [
+        pytest.param(t, ty, k, value, id=f"{ty}.{k}={json.dumps(value)}")
+        for t, ty, k, kind, _ in FIELD_SPECS
+        for value in WRONG_VALUES[kind]
+    ],
+)
+def test_mistyped_field_is_bad_field(table, type_, key, value):
+    payload = dict(FULL_PAYLOADS[type_]) | {key: value}
+    assert_bad_field(parse_error(payload, table), type_, key)
+
+
+@pytest.mark.parametrize("protocol", [True, False, 1.0, "1", [1], {"v": 1}])
+def test_hello_protocol_must_be_a_json_integer(protocol):
+    err = parse_error({"type": "hello", "name": "alice", "protocol": protocol}, CLIENT_MESSAGES)
+    assert_bad_field(err, "hello", "protocol")
+
+
+def test_hello_protocol_from_the_wire():
+    # Through the decoder, `1.0` is a float and `true` a bool: both refused.
+    for literal in (b"true", b"1.0", b"1e0"):
+        payload = decode_one(frame(b'{"type":"hello","name":"a","protocol":' + literal + b"}"))
+        assert_bad_field(parse_error(payload, CLIENT_MESSAGES), "hello", "protocol")
+    payload = decode_one(frame(b'{"type":"hello","name":"a","protocol":1}'))
+    assert parse_message(payload, CLIENT_MESSAGES) == Hello("a", 1)
+
+
+def test_bad_field_becomes_an_error_frame():
+    err = parse_error({"type": "say", "text": 5}, CLIENT_MESSAGES)
+    reply = Error.from_exception(err)
+    assert (reply.code, reply.in_reply_to) == ("bad-field", "say")
+    assert reply.message == err.message
+    assert decode_one(encode(reply))["code"] == "bad-field"
+
+
+# --------------------------------------------------------------------------
+# encode
+
+ALL_EXAMPLES = [
+    *[(expected, CLIENT_MESSAGES) for _, expected in CLIENT_EXAMPLES],
+    *[(expected, SERVER_MESSAGES) for _, expected in SERVER_EXAMPLES],
+]
+
+
+@pytest.mark.parametrize(("message", "table"), ALL_EXAMPLES, ids=lambda v: type(v).__name__)
+def test_encode_round_trip(message, table):
+    raw = encode(message)
+    (length,) = HEADER.unpack_from(raw)
+    assert length == len(raw) - 4
+    decoded = decode_chunks([raw])
+    assert len(decoded) == 1
+    assert parse_message(decoded[0], table) == message
+
+
+def test_every_message_class_is_round_tripped():
+    classes = {type(message) for message, _ in ALL_EXAMPLES}
+    assert classes == set(CLIENT_MESSAGES.values()) | set(SERVER_MESSAGES.values())
+
+
+@pytest.mark.parametrize(
+    ("message", "wire"),
+    [
+        (Hello("alice"), {"type": "hello", "name": "alice", "protocol": 1}),
+        (Say("hi"), {"type": "say", "text": "hi"}),
+        (Say("hi", action=True), {"type": "say", "text": "hi", "action": True}),
+        (Say("hi", to="bob"), {"type": "say", "text": "hi", "to": "bob"}),
+        (Who(), {"type": "who"}),
+        (Bye(), {"type": "bye"}),
+        (Ping(), {"type": "ping"}),
+        (
+            Welcome("a", ("a", "b")),
+            {"type": "welcome", "name": "a", "users": ["a", "b"], "history_count": 0},
+        ),
+        (
+            ChatMessage(1, "a", "t", 2.5),
+            {"type": "message", "id": 1, "from": "a", "text": "t", "ts": 2.5},
+        ),
+        (
+            ChatMessage(1, "a", "t", 2.5, action=True, to="b", history=True),
+            {
+                "type": "message",
+                "id": 1,
+                "from": "a",
+                "text": "t",
+                "ts": 2.5,
+                "action": True,
+                "to": "b",
+                "history": True,
+            },
+        ),
+        (Error("timeout", "Too slow"), {"type": "error", "code": "timeout", "message": "Too slow"}),
+        (
+            Left("b", LeaveReason.TOO_SLOW, 3),
+            {"type": "left", "name": "b", "reason": "too-slow", "ts": 3},
+        ),
+        (Unknown("dance", {"style": "waltz"}), {"type": "dance", "style": "waltz"}),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Message) else "",
+)
+def test_encode_leaves_out_unset_optional_fields(message, wire):
+    # Dict equality: no "action": false, no "to": null, nothing extra.
+    assert decode_one(encode(message)) == wire
+
+
+def test_encoded_payload_is_compact_utf8():
+    raw = encode(Say("\u00e9\u5f20\U0001f600"))
+    payload = raw[4:]
+    assert payload.decode("utf-8") == '{"type":"say","text":"\u00e9\u5f20\U0001f600"}'
+
+
+def test_encode_limit_counts_payload_bytes():
+    overhead = len('{"type":"say","text":""}')
+    at_limit = encode(Say("a" * (MAX_CLIENT_FRAME - overhead)), MAX_CLIENT_FRAME)
+    assert len(at_limit) == 4 + MAX_CLIENT_FRAME
+    with pytest.raises(LocalProtocolError):
+        encode(Say("a" * (MAX_CLIENT_FRAME - overhead + 1)), MAX_CLIENT_FRAME)
+    # 30,000 code points, 90,000 UTF-8 bytes: over the client limit.
+    with pytest.raises(LocalProtocolError):
+        encode(Say("\u5f20" * 30000), MAX_CLIENT_FRAME)
+    # The default limit is the server's.
+    assert len(encode(Say("a" * 100000))) == 4 + overhead + 100000
+    with pytest.raises(LocalProtocolError):
+        encode(Users(("x" * 1000,) * 1100))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), object()])
+def test_encode_refuses_non_json_values(value):
+    with pytest.raises(LocalProtocolError):
+        encode(Ping({"n": value}))
+
+
+@pytest.mark.parametrize("cls", [Ping, Pong])
+def test_lone_surrogate_in_echo_encodes_to_valid_utf8_json(cls):
+    message = cls({"s": "a\ud800b", "\udfff": "\u00e9", "ok": "\U0001f600"})
+    raw = encode(message)
+    text = raw[4:].decode("utf-8")  # strict: must be valid UTF-8
+    assert json.loads(text) == {
+        "type": cls.TYPE,
+        "s": "a\ud800b",
+        "\udfff": "\u00e9",
+        "ok": "\U0001f600",
+    }
+    assert parse_message(decode_one(raw), CLIENT_MESSAGES) == message
+
+
+def test_a_ping_with_an_escaped_lone_surrogate_can_be_echoed():
+    ping = parse_message(decode_one(frame(b'{"type":"ping","n":"\\udead"}')), CLIENT_MESSAGES)
+    assert ping == Ping({"n": "\udead"})
+    assert decode_one(encode(Pong(ping.extra))) == {"type": "pong", "n": "\udead"}
+
+
+@pytest.mark.parametrize("literal", [b"1e999", b"-1e999", b"[1E400]"])
+def test_any_ping_the_decoder_accepts_can_be_echoed(literal):
+    # PROTOCOL.md: every ping gets a pong echoing every field but `type`.
+    # A number literal too big for a float either must be refused as a bad
+    # frame, or the echo must encode; it must not make encode() fail on
+    # data a peer sent.
+    raw = frame(b'{"type":"ping","n":' + literal + b"}")
+    try:
+        payload = decode_one(raw)
+    except RemoteProtocolError as exc:
+        assert exc.code == "bad-frame"
+        return
+    ping = parse_message(payload, CLIENT_MESSAGES)
+    echoed = decode_one(encode(Pong(ping.extra)))
+    assert echoed == {"type": "pong", "n": ping.extra["n"]}
+
+
+# --------------------------------------------------------------------------
+# Names
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "José",
+        "张伟",
+        "नमस्ते",
+        "bob_2",
+        "alice",
+        "a.b-c_d",
+        "_",
+        "-",
+        ".",
+        "42",
+        "٣٤",  # Arabic-Indic digits (Nd)
+        "Ⅻ",  # Roman numeral (Nl)
+        "Ελένη",
+        "x" * 32,
+        "张" * 32,
+        "\U0001d49c",  # mathematical script A, a letter beyond U+FFFF
+    ],
+)
+def test_valid_names_are_kept(name):
+    assert normalize_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        ("e\u0301", "\u00e9"),
+        ("Jose\u0301", "Jos\u00e9"),
+        ("\u212b", "\u00c5"),  # ANGSTROM SIGN -> A WITH RING (NFC singleton)
+        ("e\u0301" + "x" * 31, "\u00e9" + "x" * 31),  # 33 code points, 32 after NFC
+        (fullwidth("full"), fullwidth("full")),  # NFC, not NFKC: fullwidth is kept as typed
+    ],
+)
+def test_names_are_nfc_normalised(raw, kept):
+    assert normalize_name(raw) == kept
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "a b",
+        " alice",
+        "alice ",
+        "x!",
+        "a@b",
+        "a/b",
+        "a,b",
+        "\U0001f600",
+        "bob\U0001f600",
+        "a\x00",
+        "\x07",
+        "a\tb",
+        "a\nb",
+        "a\u200bb",  # zero-width space, Cf
+        "a\u202eb",  # RTL override, Cf
+        "a\u00a0b",  # no-break space, Zs
+        "\u0301",
+        "\u0301a",
+        "\u0903a",  # spacing mark (Mc) first
+        "x" * 33,
+        "张" * 33,
+        "a\ud800",
+        "\ue000",  # private use
+        "a\u0378",  # unassigned
+    ],
+)
+def test_invalid_names(name):
+    with pytest.raises(RemoteProtocolError) as info:
+        normalize_name(name)
+    assert info.value.code == "name-invalid"
+    assert info.value.fatal is False
+    assert info.value.message
+
+
+def test_name_length_boundary_in_code_points():
+    assert len(normalize_name("\U0001d49c" * MAX_NAME_LENGTH)) == 32
+    with pytest.raises(RemoteProtocolError):
+        normalize_name("\U0001d49c" * (MAX_NAME_LENGTH + 1))
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        ["Alice", "ALICE", "alice", fullwidth("alice"), fullwidth("ALICE")],
+        ["Strasse", "STRASSE", "straße", "STRAẞE"],
+        ["José", "Jose\u0301", "JOSÉ"],
+        ["ﬁle", "FILE", "file"],
+    ],
+)
+def test_same_identity(group):
+    identities = {name_identity(name) for name in group}
+    assert len(identities) == 1
+    assert identities == {name_identity(group[0].lower())}
+
+
+def test_identity_values():
+    assert name_identity("ALICE") == "alice"
+    assert name_identity(fullwidth("alice")) == "alice"
+    assert name_identity("straße") == "strasse"
+    assert name_identity("Jose\u0301") == "jos\u00e9"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"), [("alice", "alicia"), ("bob", "bob_"), ("jose", "josé"), ("a", "ª" + "b")]
+)
+def test_different_identity(a, b):
+    assert name_identity(a) != name_identity(b)
+
+
+def test_sort_names_by_identity_then_name():
+    names = [
+        "bob",
+        "Alice",
+        "zoe",
+        "alice",
+        "ALICE",
+        "Carol",
+        fullwidth("bob"),
+        "straße",
+        "Strasse",
+        "Émile",
+    ]
+    assert sort_names(names) == [
+        "ALICE",
+        "Alice",
+        "alice",
+        "bob",
+        fullwidth("bob"),
+        "Carol",
+        "Strasse",
+        "straße",
+        "zoe",
+        "Émile",
+    ]
+    assert sort_names([]) == []
+
+
+# --------------------------------------------------------------------------
+# Message text
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        ("hi all", "hi all"),
+        ("a\r\nb", "a\nb"),
+        ("a\rb", "a\nb"),
+        ("a\r\r\nb", "a\n\nb"),
+        ("a\n\rb", "a\n\nb"),
+        ("a\r", "a\n"),
+        ("a\nb\tc", "a\nb\tc"),
+        ("a\x00b\x01c\x1bd\x7fe\x85f\x9fg", "abcdefg"),
+        ("a\x0bb\x0cc", "abc"),  # vertical tab and form feed are Cc too
+        ("\u202aa\u202bb\u202cc\u202dd\u202ee", "abcde"),
+        ("\u2066x\u2067y\u2068z\u2069", "xyz"),
+        # Just outside the removed ranges, and other format characters, stay.
+        (
+            "a\u2029b\u202fc\u2065d\u206ae\u200ff\u200bg",
+            "a\u2029b\u202fc\u2065d\u206ae\u200ff\u200bg",
+        ),
+        ("\U0001f600\U0001f389 \U0001d49c", "\U0001f600\U0001f389 \U0001d49c"),
+        ("  padded  ", "  padded  "),
+        ("a" * MAX_TEXT_LENGTH, "a" * 4000),
+        ("\U0001f600" * 4000, "\U0001f600" * 4000),  # code points, not UTF-16 units
+        ("a" * 4000 + "\x00" * 10, "a" * 4000),  # length counted after cleaning
+        ("a" * 3999 + "\r\n", "a" * 3999 + "\n"),
+        ("\u202ex", "x"),
+    ],
+)
+def test_clean_text(raw, kept):
+    assert clean_text(raw) == kept
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        " ",
+        "\n",
+        "\t \n",
+        "\r\n",
+        "\u3000",  # ideographic space
+        "\x00\x01\x1b",
+        "\u202e",
+        "\u2066\u2069 ",
+        "a" * 4001,
+        "\U0001f600" * 4001,
+        "a\ud800",
+    ],
+)
+def test_clean_text_invalid(raw):
+    with pytest.raises(RemoteProtocolError) as info:
+        clean_text(raw)
+    assert info.value.code == "text-invalid"
+    assert info.value.fatal is False
+
+
+# --------------------------------------------------------------------------
+# Hypothesis properties
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+extras = st.dictionaries(st.text().filter(lambda k: k != "type"), json_values, max_size=5)
+timestamps = st.floats(allow_nan=False, allow_infinity=False) | st.integers()
+name_lists = st.lists(st.text(), max_size=6).map(tuple)
+optional_text = st.none() | st.text()
+
+client_messages = st.one_of(
+    st.builds(Hello, st.text(), st.integers()),
+    st.builds(Say, st.text(), st.booleans(), optional_text),
+    st.builds(Rename, st.text()),
+    st.just(Who()),
+    st.just(Bye()),
+    st.builds(Ping, extras),
+    st.builds(Pong, extras),
+)
+server_messages = st.one_of(
+    st.builds(Welcome, st.text(), name_lists, st.integers(), optional_text),
+    st.builds(
+        ChatMessage,
+        st.integers(),
+        st.text(),
+        st.text(),
+        timestamps,
+        st.booleans(),
+        optional_text,
+        st.booleans(),
+    ),
+    st.builds(Joined, st.text(), timestamps),
+    st.builds(
+        Left, st.text(), st.sampled_from([r.value for r in LeaveReason]) | st.text(), timestamps
+    ),
+    st.builds(Renamed, st.text(), st.text(), timestamps),
+    st.builds(Users, name_lists),
+    st.builds(Error, st.text(), st.text(), optional_text),
+    st.builds(Shutdown, st.text()),
+    st.builds(Ping, extras),
+    st.builds(Pong, extras),
+)
+tagged_messages = st.one_of(
+    client_messages.map(lambda m: (m, CLIENT_MESSAGES)),
+    server_messages.map(lambda m: (m, SERVER_MESSAGES)),
+)
+
+
+@PROPERTY
+@given(tagged_messages)
+def test_property_encode_decode_round_trip(tagged):
+    message, table = tagged
+    decoded = decode_chunks([encode(message)])
+    assert len(decoded) == 1
+    assert parse_message(decoded[0], table) == message
+
+
+@PROPERTY
+@given(st.lists(tagged_messages, min_size=1, max_size=8), st.data())
+def test_property_stream_split_anywhere(tagged, data):
+    messages = [message for message, _ in tagged]
+    stream = b"".join(encode(message) for message in messages)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    chunks = [stream[i:j] for i, j in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    assert b"".join(chunks) == stream
+    payloads = decode_chunks(chunks)
+    assert len(payloads) == len(messages)
+    parsed = [parse_message(p, table) for p, (_, table) in zip(payloads, tagged, strict=True)]
+    assert parsed == messages
+
+
+def _header_and(body: bytes, length: int | None) -> bytes:
+    return HEADER.pack(len(body) if length is None else length) + body
+
+
+json_ish_payloads = st.one_of(
+    st.binary(max_size=64),
+    st.text(max_size=64).map(str.encode),
+    st.text(alphabet='{}[]":,0123456789.eE+-tfnulrsNIaTy \\', max_size=64).map(str.encode),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(st.sampled_from(["type", "n", "text"]), json_values, max_size=3).map(
+        lambda d: json.dumps(d).encode()
+    ),
+)
+hostile_streams = st.one_of(
+    st.binary(max_size=200),
+    st.lists(
+        st.builds(_header_and, json_ish_payloads, st.none() | st.integers(0, 2**32 - 1)),
+        max_size=6,
+    ).map(b"".join),
+)
+
+
+@PROPERTY
+@given(hostile_streams, st.sampled_from([16, 64, MAX_CLIENT_FRAME]), st.data())
+def test_property_decoder_only_raises_remote_protocol_error(stream, max_frame, data):
+    split = data.draw(st.integers(0, len(stream)))
+    decoder = FrameDecoder(max_frame)
+    payloads = []
+    try:
+        for chunk in (stream[:split], stream[split:]):
+            decoder.receive_data(chunk)
+            # Each payload consumes at least 5 bytes, so this bound is generous.
+            for _ in range(len(stream) // 5 + 2):
+                payload = decoder.next_payload()
+                if payload is None:
+                    break
+                payloads.append(payload)
+            else:
+                pytest.fail("next_payload never asked for more data")
+    except RemoteProtocolError as exc:
+        assert exc.code == "bad-frame"
+        with pytest.raises(RemoteProtocolError):
+            decoder.next_payload()
+    for payload in payloads:
+        assert type(payload) is dict
+        assert type(payload["type"]) is str
+
+
+def _name_rules_hold(name: str) -> bool:
+    return (
+        1 <= len(name) <= MAX_NAME_LENGTH
+        and unicodedata.normalize("NFC", name) == name
+        and not unicodedata.category(name[0]).startswith("M")
+        and all(unicodedata.category(c)[0] in "LMN" or c in "_-." for c in name)
+    )
+
+
+name_candidates = st.one_of(
+    st.text(max_size=40),
+    st.text(
+        alphabet=st.characters(categories=["L", "M", "N"], include_characters="_-."),
+        min_size=1,
+        max_size=40,
+    ),
+)
+
+
+@PROPERTY
+@given(name_candidates)
+def test_property_normalize_name(raw):
+    try:
+        name = normalize_name(raw)
+    except RemoteProtocolError as exc:
+        assert exc.code == "name-invalid"
+        # Refused exactly when the NFC form breaks a rule.
+        assert not _name_rules_hold(unicodedata.normalize("NFC", raw))
+        return
+    assert _name_rules_hold(name)
+    assert name == unicodedata.normalize("NFC", raw)
+    assert normalize_name(name) == name
+    assert name_identity(name) == name_identity(raw)
+
+
+@PROPERTY
+@given(st.text(max_size=60))
+def test_property_clean_text(raw):
+    try:
+        text = clean_text(raw)
+    except RemoteProtocolError as exc:
+        assert exc.code == "text-invalid"
+        return
+    assert 1 <= len(text) <= MAX_TEXT_LENGTH
+    assert not text.isspace()
+    assert "\r" not in text
+    for char in text:
+        assert unicodedata.category(char) != "Cc" or char in "\n\t"
+        assert not 0x202A <= ord(char) <= 0x202E
+        assert not 0x2066 <= ord(char) <= 0x2069
+    assert clean_text(text) == text
