@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,16 +15,34 @@ from server.server import ChatServer
 from tests.wire import RawClient
 
 
+def _open_sockets() -> set[str]:
+    """The sockets this process holds (Linux), as /proc names them."""
+    fd_dir = Path("/proc/self/fd")
+    found = set()
+    for fd in fd_dir.iterdir() if fd_dir.is_dir() else ():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed while we looked
+        if target.startswith("socket:"):
+            found.add(f"{fd.name}:{target}")
+    return found
+
+
 @pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    """Every test ends with the threads it started finished."""
-    before = set(threading.enumerate())
+def no_leaks() -> Iterator[None]:
+    """Every test ends with the threads it started finished and its sockets closed."""
+    threads_before = set(threading.enumerate())
+    sockets_before = _open_sockets()
     yield
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    leaked = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
     for thread in leaked:
         thread.join(3.0)
     still = [t.name for t in leaked if t.is_alive()]
     assert not still, f"threads left running: {still}"
+    gc.collect()  # a socket object nobody holds is closed when collected
+    sockets_left = _open_sockets() - sockets_before
+    assert not sockets_left, f"sockets left open: {sorted(sockets_left)}"
 
 
 @pytest.fixture
