@@ -90,15 +90,20 @@ class Outbox:
 
     ``cursor`` is the member's position in the broadcast log (``None`` for
     a connection that is not in the room); ``_direct`` holds frames for it
-    alone, each after the log position it was queued at.
+    alone, each after the log position it was queued at. ``_grace`` counts
+    queued bytes that do not count towards the slow-reader bound: the
+    welcome and history replay the server itself queues on joining, which
+    can be larger than the bound (100 long messages) and must not get a
+    newcomer dropped before it had a chance to read.
     """
 
-    __slots__ = ("_direct", "_direct_bytes", "cursor")
+    __slots__ = ("_direct", "_direct_bytes", "_grace", "cursor")
 
     def __init__(self) -> None:
         self.cursor: int | None = None
         self._direct: deque[tuple[int, bytes]] = deque()
         self._direct_bytes = 0
+        self._grace = 0
 
     def backlog(self, log: BroadcastLog) -> int:
         """Bytes queued for this member."""
@@ -109,12 +114,17 @@ class Outbox:
         """Whether more than ``max_backlog`` bytes are queued (or were lost)."""
         if self.cursor is not None and self.cursor < log.base:
             return True
-        return self.backlog(log) > max_backlog
+        return self.backlog(log) - self._grace > max_backlog
 
-    def put(self, log: BroadcastLog, frame: bytes) -> None:
-        """Queue a frame for this member alone, after everything logged so far."""
+    def put(self, log: BroadcastLog, frame: bytes, *, grace: bool = False) -> None:
+        """Queue a frame for this member alone, after everything logged so far.
+
+        ``grace``: the frame does not count towards the slow-reader bound.
+        """
         self._direct.append((log.end, frame))
         self._direct_bytes += len(frame)
+        if grace:
+            self._grace += len(frame)
 
     def take(self, log: BroadcastLog, max_bytes: int) -> bytes:
         """Remove and return up to about ``max_bytes`` of what is queued, in order."""
@@ -129,6 +139,9 @@ class Outbox:
                 self.cursor = position
             direct.popleft()
             self._direct_bytes -= len(frame)
+            # Frames go in order, so a grace frame taken early only makes
+            # the bound stricter for a moment, never looser.
+            self._grace = max(0, self._grace - len(frame))
             parts.append(frame)
             size += len(frame)
         if not direct and self.cursor is not None and size < max_bytes:
@@ -148,7 +161,7 @@ class Outbox:
             return
         if self.cursor < log.base:  # overrun: what it was owed is gone
             self._direct.clear()
-            self._direct_bytes = 0
+            self._direct_bytes = self._grace = 0
             self.cursor = None
             return
         owed = self.take(log, log.end - self.cursor + self._direct_bytes)
@@ -277,9 +290,10 @@ class Room:
             self._roster = roster
             self._broadcast(Joined(name, self._clock()))
             member.outbox.subscribe(self._log)
-            self._put(member, welcome)
+            outbox = member.outbox
+            outbox.put(self._log, welcome, grace=True)
             for entry in self._history:
-                self._put(member, entry.frame)
+                outbox.put(self._log, entry.frame, grace=True)
             online = len(self._members)
         self._on_broadcast()
         member.notify()
