@@ -45,6 +45,10 @@ LISTEN_BACKLOG = 4096  # the kernel caps it at somaxconn; join bursts need room
 ACCEPT_BATCH = 256  # accepts per wake-up, so that a stop request is seen soon
 TIMER_TICK = 0.25  # seconds between checks of handshake, keep-alive and close deadlines
 SHUTDOWN_GRACE = 1.0  # seconds clients get to take the shutdown frame
+# Windows has only select(), which CPython builds for 512 sockets at most:
+# there a loop takes 500 connections and more loops start as needed.
+# epoll and kqueue have no such limit.
+LOOP_CAPACITY = 500 if selectors.DefaultSelector is selectors.SelectSelector else None
 
 _FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -79,7 +83,8 @@ class IOLoop:
         self.thread = threading.Thread(target=self._run, name=f"chat-io-{index}", daemon=True)
 
     def __len__(self) -> int:
-        return len(self._connections)
+        """Connections served, counting those handed over but not yet opened."""
+        return len(self._connections) + len(self._new)
 
     # -- any thread -------------------------------------------------------
 
@@ -248,10 +253,9 @@ class ChatServer:
             on_broadcast=self._broadcast_pending,
         )
         self._listeners = bind_listeners(config.host, config.port)
-        self._loops = [
-            IOLoop(i, self.room, config, self._release) for i in range(max(1, config.io_threads))
-        ]
-        self._next_loop = 0
+        self._loops: list[IOLoop] = []
+        for _ in range(max(1, config.io_threads)):
+            self._loops.append(self._new_loop())
         self._open_count = 0
         self._count_lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
@@ -359,9 +363,18 @@ class ChatServer:
                 refuse = self._open_count >= self.config.max_clients
                 if not refuse:
                     self._open_count += 1
-            loop = self._loops[self._next_loop]
-            self._next_loop = (self._next_loop + 1) % len(self._loops)
-            loop.adopt(sock, address, refuse=refuse)
+            self._least_busy_loop().adopt(sock, address, refuse=refuse)
+
+    def _new_loop(self) -> IOLoop:
+        return IOLoop(len(self._loops), self.room, self.config, self._release)
+
+    def _least_busy_loop(self) -> IOLoop:
+        loop = min(self._loops, key=len)
+        if LOOP_CAPACITY is not None and len(loop) >= LOOP_CAPACITY:
+            loop = self._new_loop()
+            self._loops.append(loop)  # other threads only iterate the list
+            loop.start()
+        return loop
 
     def _release(self) -> None:
         with self._count_lock:
