@@ -239,6 +239,11 @@ class ChatClient:
         return self._name
 
     @property
+    def running(self) -> bool:
+        """Whether the network thread is still at work (connecting, chatting or waiting)."""
+        return self._thread.is_alive()
+
+    @property
     def joined(self) -> bool:
         """Whether we are in the room right now."""
         return self._joined

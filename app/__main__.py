@@ -1,0 +1,119 @@
+"""``python -m app`` / ``chat-client``: open the chat window.
+
+Absolute imports only: PyInstaller runs this file as a script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import sys
+import tkinter
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import platformdirs
+import ttkbootstrap as ttk
+
+from app import settings as settings_store
+from app.chat_app import ChatApp, app_version
+from app.connect_dialog import check_fields
+from server.protocol import DEFAULT_PORT
+
+logger = logging.getLogger("app")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chat-client", description="Chat with everyone on a LAN Chat server."
+    )
+    parser.add_argument("--host", help="server address to fill in (default: the last one used)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        help=f"server port to fill in (default: the last one, or {DEFAULT_PORT})",
+    )
+    parser.add_argument("--name", help="your name to fill in (default: the last one used)")
+    parser.add_argument(
+        "--connect", action="store_true", help="connect at once, without showing the dialog"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {app_version()}")
+    return parser
+
+
+def log_file() -> Path:
+    return Path(platformdirs.user_log_dir(settings_store.APP_NAME)) / "client.log"
+
+
+def setup_logging() -> Path:
+    """Log to a file: a windowed build has no console to print to."""
+    path = log_file()
+    handlers: list[logging.Handler] = []
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                path, maxBytes=1_000_000, backupCount=2, encoding="utf-8"
+            )
+        )
+    except OSError:
+        pass  # an unwritable log folder must not stop the app
+    if sys.stderr is not None:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    path = setup_logging()
+    settings = settings_store.load()
+    overrides = {
+        key: value
+        for key, value in (("host", args.host), ("port", args.port), ("name", args.name))
+        if value is not None
+    }
+    settings = replace(settings, **overrides)
+    root = ttk.App(
+        title="LAN Chat",
+        theme="bootstrap-dark" if settings.dark else "bootstrap-light",
+        size=(920, 640),
+        minsize=(560, 420),
+    )
+    root.withdraw()  # shown once connected; the dialog comes first
+
+    def report(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
+        logger.error("Unexpected error", exc_info=(exc_type, exc, tb))  # type: ignore[arg-type]
+        ttk.Messagebox.show_error(
+            f"Something went wrong: {exc}\n\nDetails are in {path}.", "LAN Chat", parent=root
+        )
+
+    root.report_callback_exception = report
+    chat = ChatApp(root, settings, save_settings=settings_store.save)
+    problems = check_fields(settings.host, str(settings.port), settings.name)
+    if args.connect and not problems:
+        chat.connect(settings.host, settings.port, settings.name)
+    else:
+        dialog = chat.open_dialog()
+        if args.connect:
+            dialog.show_error(" ".join(problems.values()))
+    try:
+        root.mainloop()
+    except KeyboardInterrupt:
+        chat.quit()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except tkinter.TclError as exc:  # no display, most often
+        print(f"chat-client: cannot open a window: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,478 @@
+"""The client application: one window, the connect dialog, one connection.
+
+How this works: ``ChatApp`` owns the Tk root, the ``ConnectDialog``, the
+``ChatView`` and the current ``ChatClient``. The client's thread puts
+events on a queue; ``pump`` runs on the Tk thread every ``PUMP_MS`` and
+handles at most ``PUMP_BATCH`` of them, so a burst of thousands of
+messages is shown in slices and the window never stops responding. What
+the user types goes through ``commands.parse_input`` to the client.
+Everything here runs on the Tk thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import replace
+from importlib import metadata
+
+import ttkbootstrap as ttk
+
+from app import commands
+from app import text as fmt
+from app.chat_view import ChatView
+from app.connect_dialog import ConnectDialog
+from app.network import (
+    ChatClient,
+    ConnectFailed,
+    Connecting,
+    ConnectionLost,
+    Event,
+    NameRefused,
+    Received,
+    ServerShutdown,
+    Stopped,
+    Unsent,
+    Welcomed,
+)
+from app.settings import Settings
+from server.protocol import (
+    MAX_TEXT_LENGTH,
+    ChatMessage,
+    Error,
+    Joined,
+    Left,
+    ProtocolError,
+    Renamed,
+    Say,
+    Users,
+    clean_text,
+    normalize_name,
+)
+
+logger = logging.getLogger("app")
+
+PUMP_MS = 30
+PUMP_BATCH = 200  # events per tick: ~10 ms of Tk work, so input stays responsive
+NAME_RETRY_MS = 3000  # after a reconnect, our old connection may still hold the name
+SEEN_LIMIT = 2000  # message keys remembered to drop history replayed on reconnect
+
+
+def app_version() -> str:
+    try:
+        return metadata.version("lan-chat")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class ChatApp:
+    """The client. ``save_settings`` and ``client_factory`` are injectable for tests."""
+
+    def __init__(
+        self,
+        root: ttk.App,
+        settings: Settings,
+        *,
+        save_settings: Callable[[Settings], None],
+        client_factory: Callable[[str, int, str], ChatClient] = ChatClient,
+    ) -> None:
+        self.root = root
+        self.settings = settings
+        self.save_settings = save_settings
+        self.client_factory = client_factory
+        self.client: ChatClient | None = None
+        self.dialog: ConnectDialog | None = None
+        self.target: tuple[str, int] | None = None
+        self.unread = 0
+        self._seen: OrderedDict[tuple[int, float], None] = OrderedDict()
+        self._retry_at: float | None = None
+        self._lost_reason = ""
+        self._pump_id: str | None = None
+        self._closing = False
+
+        root.title("LAN Chat")
+        root.protocol("WM_DELETE_WINDOW", self.quit)
+        self.view = ChatView(
+            root,
+            on_send=self.on_send,
+            on_reconnect=self.reconnect,
+            font_size=settings.font_size,
+        )
+        self.view.pack(fill="both", expand=True)
+        self._build_menu()
+        for sequence in ("<Control-plus>", "<Control-equal>", "<Control-KP_Add>"):
+            root.bind_all(sequence, lambda _e: self.change_font_size(+1))
+        for sequence in ("<Control-minus>", "<Control-KP_Subtract>"):
+            root.bind_all(sequence, lambda _e: self.change_font_size(-1))
+        root.bind_all("<Control-0>", lambda _e: self.change_font_size(0))
+        root.bind("<FocusIn>", self._focused, add="+")
+        self.view.set_status("Not connected")
+        self._pump_id = root.after(PUMP_MS, self.pump)
+
+    # -- menus and window manners ----------------------------------------------
+
+    def _build_menu(self) -> None:
+        menubar = ttk.Menu(self.root)
+        chat = ttk.Menu(menubar, tearoff=False)
+        chat.add_command(label="Connect to another server…", command=self.open_dialog)
+        chat.add_command(label="Disconnect", command=self.disconnect)
+        chat.add_separator()
+        chat.add_command(label="Quit", command=self.quit, accelerator="Ctrl+Q")
+        menubar.add_cascade(label="Chat", menu=chat)
+        view = ttk.Menu(menubar, tearoff=False)
+        self.dark_var = ttk.BooleanVar(value=self.settings.dark)
+        view.add_checkbutton(label="Dark theme", variable=self.dark_var, command=self.toggle_theme)
+        view.add_command(
+            label="Bigger text", accelerator="Ctrl++", command=lambda: self.change_font_size(+1)
+        )
+        view.add_command(
+            label="Smaller text", accelerator="Ctrl+-", command=lambda: self.change_font_size(-1)
+        )
+        menubar.add_cascade(label="View", menu=view)
+        help_menu = ttk.Menu(menubar, tearoff=False)
+        help_menu.add_command(label="Commands", command=lambda: self.notice(commands.HELP))
+        help_menu.add_command(label="About LAN Chat", command=self.about)
+        menubar.add_cascade(label="Help", menu=help_menu)
+        self.root.configure(menu=menubar)
+        self.root.bind_all("<Control-q>", lambda _e: self.quit())
+
+    def toggle_theme(self) -> None:
+        dark = not self.settings.dark
+        self.root.theme_mode = "dark" if dark else "light"
+        self.dark_var.set(dark)
+        self._update_settings(dark=dark)
+
+    def change_font_size(self, step: int) -> None:
+        """Bigger (+1), smaller (-1) or back to the default (0)."""
+        size = Settings().font_size if step == 0 else self.settings.font_size + step
+        self.settings = self.settings.with_font_size(size)
+        self.view.set_font_size(self.settings.font_size)
+        self.save_settings(self.settings)
+
+    def about(self) -> None:
+        ttk.Messagebox.show_info(
+            f"LAN Chat {app_version()}\n\nA small group chat for your local network.",
+            "About LAN Chat",
+            parent=self.root,
+        )
+
+    def _focused(self, _event: object) -> None:
+        if self.unread:
+            self.unread = 0
+            self._update_title()
+
+    def _has_focus(self) -> bool:
+        return self.root.focus_get() is not None
+
+    def _update_title(self) -> None:
+        where = ""
+        if self.client is not None and self.client.name and self.target:
+            where = f" — {self.client.name} @ {self.target[0]}:{self.target[1]}"
+        prefix = f"({self.unread}) " if self.unread else ""
+        self.root.title(f"{prefix}LAN Chat{where}")
+
+    def _update_settings(self, **changes: object) -> None:
+        self.settings = replace(self.settings, **changes)  # type: ignore[arg-type]
+        self.save_settings(self.settings)
+
+    # -- connecting ---------------------------------------------------------------
+
+    def open_dialog(self, error: str | None = None) -> ConnectDialog:
+        if self.dialog is None:
+            self.dialog = ConnectDialog(
+                self.root,
+                self.settings,
+                on_connect=self.connect,
+                on_choose_name=self.choose_name,
+                on_cancel=self.cancel,
+                on_close=self._dialog_closed,
+            )
+        if error:
+            self.dialog.show_error(error)
+        self.dialog.lift()
+        return self.dialog
+
+    def _dialog_closed(self) -> None:
+        if self.client is not None and self.client.joined:
+            self._close_dialog()
+        else:
+            self.quit()
+
+    def _close_dialog(self) -> None:
+        if self.dialog is not None:
+            self.dialog.destroy()
+            self.dialog = None
+
+    def connect(self, host: str, port: int, name: str) -> None:
+        """Start a connection (replacing any other)."""
+        self._drop_client()
+        self.target = (host, port)
+        self._update_settings(host=host, port=port, name=name)
+        self.client = self.client_factory(host, port, name)
+        self.client.start()
+
+    def choose_name(self, name: str) -> None:
+        if self.client is not None and self.client.running:
+            self.client.choose_name(name)
+        elif self.target is not None:
+            self.connect(self.target[0], self.target[1], name)
+
+    def cancel(self) -> None:
+        self._drop_client()
+
+    def reconnect(self) -> None:
+        """The banner's button: retry at once (or start over after a final failure)."""
+        if self.client is not None and self.client.running:
+            self.client.reconnect_now()
+        elif self.target is not None:
+            self.connect(self.target[0], self.target[1], self.settings.name)
+
+    def disconnect(self) -> None:
+        if self.client is None:
+            return
+        self._drop_client()
+        self.notice("You left the room.")
+        self.view.set_users([])
+        self.view.set_status("Not connected")
+        self.view.show_banner("You are not connected.", reconnect_button=True)
+        self.view.reconnect_button.configure(text="Connect again")
+        self._update_title()
+
+    def quit(self) -> None:
+        """Leave the room and close the window; the process ends with it."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._pump_id is not None:
+            self.root.after_cancel(self._pump_id)
+        self._drop_client()
+        self.save_settings(self.settings)
+        self.root.destroy()
+
+    def _drop_client(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        self._retry_at = None
+
+    # -- the pump -----------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Handle up to ``PUMP_BATCH`` network events, then reschedule."""
+        more = False
+        client = self.client
+        if client is not None:
+            self.view.begin_batch()
+            for _ in range(PUMP_BATCH):
+                try:
+                    event = client.events.get_nowait()
+                except queue.Empty:
+                    break
+                self.handle(event)
+                if self.client is not client:
+                    break  # the event replaced or dropped the client
+            else:
+                more = True
+            self.view.end_batch()
+        if self._retry_at is not None:
+            seconds = max(0, round(self._retry_at - time.monotonic()))
+            self.view.banner_label.configure(text=f"{self._lost_reason} Retrying in {seconds} s…")
+        if not self._closing:
+            self._pump_id = self.root.after(1 if more else PUMP_MS, self.pump)
+
+    def handle(self, event: Event) -> None:
+        """Act on one network event."""
+        match event:
+            case Connecting(host=host, port=port, attempt=attempt) if attempt > 0:
+                self.view.set_status(f"Reconnecting to {host}:{port}…")
+            case Welcomed():
+                self._welcomed(event)
+            case NameRefused(message=message):
+                self._name_refused(message)
+            case ConnectFailed(message=message):
+                self._drop_client()
+                self.view.set_status("Not connected")
+                self.open_dialog(message)
+            case ConnectionLost(message=message, retry_in=retry_in):
+                self._connection_lost(message, retry_in)
+            case ServerShutdown(message=message):
+                self.notice(f"{message}.", "error")
+            case Received(message=message):
+                self._received(message)
+            case Unsent(says=says, reason=reason):
+                self.view.restore_input("\n".join(_as_typed(say) for say in says))
+                self.notice(f"Not sent: {reason} Your text is back in the box.", "error")
+            case Stopped():
+                pass
+
+    def _welcomed(self, event: Welcomed) -> None:
+        welcome = event.welcome
+        self._close_dialog()
+        self.root.deiconify()
+        self._retry_at = None
+        self.view.hide_banner()
+        self.view.reconnect_button.configure(text="Reconnect now")
+        self.view.own_name = welcome.name
+        self.view.set_users(welcome.users)
+        self._update_settings(name=welcome.name)
+        host, port = self.target or ("?", 0)
+        if event.reconnected:
+            self.notice(f"Reconnected to {host}:{port}.")
+        else:
+            self.notice(f"You joined {host}:{port} as {welcome.name}.")
+            if welcome.motd:
+                self.notice(welcome.motd, "motd")
+        self._update_status()
+        self._update_title()
+        self.view.input.focus_set()
+
+    def _name_refused(self, message: str) -> None:
+        if self.dialog is not None:
+            self.dialog.ask_for_name(message)
+            return
+        # Reconnecting: our dropped connection may still hold the name until
+        # the server notices it is gone; ask again shortly.
+        client = self.client
+        name = self.settings.name
+        self.view.show_banner(f"Waiting for the server to free the name {name}…")
+
+        def retry() -> None:
+            if self.client is client and client is not None:
+                client.choose_name(name)
+
+        self.root.after(NAME_RETRY_MS, retry)
+
+    def _connection_lost(self, message: str, retry_in: float) -> None:
+        self.view.set_users([])
+        self.view.set_status("Not connected")
+        self._update_title()
+        if retry_in < 0:
+            self._drop_client()
+            self.view.show_banner(message)
+            self.view.reconnect_button.configure(text="Connect again")
+            return
+        self.notice(f"{message}")
+        self._lost_reason = message
+        self._retry_at = time.monotonic() + retry_in
+        self.view.show_banner(f"{message} Retrying…")
+
+    def _received(self, message: object) -> None:
+        view = self.view
+        match message:
+            case ChatMessage():
+                key = (message.id, message.ts)
+                if key in self._seen:
+                    return  # history replayed after a reconnect
+                self._seen[key] = None
+                if len(self._seen) > SEEN_LIMIT:
+                    self._seen.popitem(last=False)
+                mention = view.add_message(message)
+                if not self._has_focus() and not message.history:
+                    self.unread += 1
+                    self._update_title()
+                    if mention or message.to is not None:
+                        self._alert(message)
+            case Joined(name=name):
+                view.user_joined(name)
+                self.notice(f"{name} joined")
+                self._update_status()
+            case Left(name=name, reason=reason):
+                view.user_left(name)
+                self.notice(fmt.left_words(name, reason))
+                self._update_status()
+            case Renamed(old=old, new=new):
+                view.user_renamed(old, new)
+                if old == view.own_name:
+                    view.own_name = new
+                    self._update_settings(name=new)
+                    self.notice(f"You are now known as {new}.")
+                else:
+                    self.notice(f"{old} is now known as {new}")
+                self._update_status()
+                self._update_title()
+            case Users(users=users):
+                view.set_users(users)
+                self.notice(f"Online ({len(users)}): {', '.join(users)}")
+            case Error(message=text):
+                self.notice(text, "error")
+
+    def _alert(self, message: ChatMessage) -> None:
+        self.root.bell()
+        ttk.ToastNotification(
+            title=f"{message.sender} mentioned you" if message.to is None else message.sender,
+            message=message.text[:200],
+            duration=5000,
+            icon="chat-dots-fill",
+        ).show_toast()
+
+    def _update_status(self) -> None:
+        if self.client is None or not self.client.joined or self.target is None:
+            return
+        host, port = self.target
+        online = len(self.view.users)
+        self.view.set_status(f"Connected to {host}:{port} as {self.client.name}, {online} online")
+
+    def notice(self, text: str, kind: str = "system") -> None:
+        self.view.begin_batch()
+        self.view.add_notice(text, kind)
+        self.view.end_batch()
+
+    # -- what the user typed ------------------------------------------------------
+
+    def on_send(self, typed: str) -> bool:
+        """Act on the input box; ``True`` when it was used up (clear the box)."""
+        command = commands.parse_input(typed)
+        client = self.client
+        joined = client is not None and client.joined
+        match command:
+            case None:
+                return False
+            case commands.Quit():
+                self.quit()
+                return True
+            case commands.Hint(message=message):
+                self.notice(message, "error")
+                return False
+            case commands.ShowHelp():
+                self.notice(commands.HELP)
+                return True
+            case _ if not joined or client is None:
+                self.notice(
+                    "Not connected: your text stays in the box until you are back.", "error"
+                )
+                return False
+            case commands.ListUsers():
+                return client.who()
+            case commands.ChangeName(name=name):
+                try:
+                    normalize_name(name)
+                except ProtocolError as exc:
+                    self.notice(exc.message, "error")
+                    return False
+                return client.rename(name)
+            case commands.SendText(text=text, action=action, to=to):
+                try:
+                    clean_text(text)
+                except ProtocolError as exc:
+                    if len(text) > MAX_TEXT_LENGTH:
+                        self.notice(
+                            f"That is {len(text):,} characters; the limit is {MAX_TEXT_LENGTH:,}.",
+                            "error",
+                        )
+                    else:
+                        self.notice(exc.message, "error")
+                    return False
+                return client.say(text, action=action, to=to)
+        return False
+
+
+def _as_typed(say: Say) -> str:
+    """How the user would type ``say`` again."""
+    if say.action:
+        return f"/me {say.text}"
+    if say.to is not None:
+        return f"/msg {say.to} {say.text}"
+    return f"/{say.text}" if say.text.startswith("/") else say.text

@@ -1,0 +1,358 @@
+"""The chat screen: transcript, who is online, the input box, the status line.
+
+The view shows what it is told and reports what the user does through
+callbacks; it knows nothing of sockets or commands. Tk thread only.
+"""
+
+from __future__ import annotations
+
+import tkinter
+import webbrowser
+from collections.abc import Callable
+from tkinter import font as tkfont
+
+import ttkbootstrap as ttk
+
+from app import text as fmt
+from server.protocol import MAX_TEXT_LENGTH, ChatMessage, sort_names
+
+MAX_LINES = 10_000  # transcript lines kept; older ones are dropped in chunks
+COUNTER_FROM = MAX_TEXT_LENGTH - 500  # the length counter shows from here on
+INPUT_HISTORY = 100
+
+
+class ChatView(ttk.Frame):
+    """The chat screen. ``on_send(text)`` returns whether the text was taken
+    (so the input is cleared); ``on_private(name)`` starts a private message;
+    ``on_reconnect()`` is the banner's button.
+    """
+
+    def __init__(
+        self,
+        master: tkinter.Misc,
+        *,
+        on_send: Callable[[str], bool],
+        on_reconnect: Callable[[], None],
+        font_size: int,
+    ) -> None:
+        super().__init__(master)
+        self.on_send = on_send
+        self.on_reconnect = on_reconnect
+        self.own_name: str | None = None
+        self._users: list[str] = []
+        self._history: list[str] = []
+        self._history_pos = 0
+        self._following = True
+        self._astral_ok = fmt.tk_shows_astral(self)
+
+        self.font = tkfont.Font(self, family=tkfont.nametofont("TkTextFont").actual("family"))
+        self.bold_font = tkfont.Font(self, weight="bold")
+        self.italic_font = tkfont.Font(self, slant="italic")
+        self.set_font_size(font_size)
+
+        self.columnconfigure(0, weight=1)
+        self.rowconfigure(1, weight=1)
+        self._build_banner()
+        self._build_middle()
+        self._build_input()
+        self.status_label = ttk.Label(self, text="", bootstyle="secondary", padding=(10, 4))
+        self.status_label.grid(row=3, column=0, sticky="we")
+        self._recolor = ttk.theme_aware(lambda _style: self.apply_theme())
+
+    def destroy(self) -> None:
+        ttk.remove_theme_change_callback(self._recolor)
+        super().destroy()
+
+    # -- building ------------------------------------------------------------
+
+    def _build_banner(self) -> None:
+        self.banner = ttk.Frame(self, bootstyle="warning", padding=(10, 6))
+        self.banner.columnconfigure(0, weight=1)
+        self.banner_label = ttk.Label(self.banner, text="", bootstyle="inverse-warning")
+        self.banner_label.grid(row=0, column=0, sticky="w")
+        self.reconnect_button = ttk.Button(
+            self.banner, text="Reconnect now", bootstyle="dark", command=self.on_reconnect
+        )
+        self.reconnect_button.grid(row=0, column=1, sticky="e")
+
+    def _build_middle(self) -> None:
+        middle = ttk.Panedwindow(self, orient="horizontal")
+        middle.grid(row=1, column=0, sticky="nsew", padx=10, pady=(10, 0))
+        self.scrolled = ttk.ScrolledText(middle, wrap="word", auto_hide=True, padding=0)
+        self.transcript: tkinter.Text = self.scrolled.text
+        self.transcript.configure(
+            font=self.font, state="disabled", padx=8, pady=6, cursor="arrow", spacing1=2
+        )
+        # Read-only, yet selectable and copyable: typing is refused, not the focus.
+        self.transcript.bind("<1>", lambda _event: self.transcript.focus_set())
+        self.transcript.tag_bind("link", "<Button-1>", self._open_link)
+        self.transcript.tag_bind("link", "<Enter>", lambda _e: self._link_cursor("hand2"))
+        self.transcript.tag_bind("link", "<Leave>", lambda _e: self._link_cursor("arrow"))
+        middle.add(self.scrolled, weight=4)
+
+        side = ttk.Frame(middle, padding=(10, 0, 0, 0))
+        self.online_label = ttk.Label(side, text="Online", font=self.bold_font)
+        self.online_label.pack(anchor="w", pady=(0, 4))
+        self.user_list = tkinter.Listbox(
+            side, activestyle="none", font=self.font, borderwidth=0, highlightthickness=0, width=18
+        )
+        self.user_list.pack(fill="both", expand=True)
+        self.user_list.bind("<Double-Button-1>", self._private_to_selected)
+        self.user_list.bind("<Return>", self._private_to_selected)
+        ttk.Label(
+            side, text="Double-click a name\nfor a private message", bootstyle="secondary"
+        ).pack(anchor="w", pady=(4, 0))
+        middle.add(side, weight=1)
+
+    def _build_input(self) -> None:
+        row = ttk.Frame(self, padding=(10, 8, 10, 0))
+        row.grid(row=2, column=0, sticky="we")
+        row.columnconfigure(0, weight=1)
+        self.input = tkinter.Text(row, height=3, wrap="word", font=self.font, undo=True)
+        self.input.grid(row=0, column=0, rowspan=2, sticky="we")
+        self.send_button = ttk.Button(
+            row, text="Send", icon="send-fill", bootstyle="primary", command=self.send
+        )
+        self.send_button.grid(row=0, column=1, sticky="n", padx=(8, 0))
+        self.counter_label = ttk.Label(row, text="", bootstyle="secondary")
+        self.counter_label.grid(row=1, column=1, sticky="s", padx=(8, 0))
+        self.input.bind("<Return>", self._enter)
+        self.input.bind("<KP_Enter>", self._enter)
+        self.input.bind("<Shift-Return>", self._newline)
+        self.input.bind("<Up>", self._recall_previous)
+        self.input.bind("<Down>", self._recall_next)
+        self.input.bind("<<Modified>>", self._input_changed)
+
+    # -- the user's actions -------------------------------------------------
+
+    def input_text(self) -> str:
+        return self.input.get("1.0", "end-1c")
+
+    def set_input(self, value: str) -> None:
+        self.input.delete("1.0", "end")
+        self.input.insert("1.0", value)
+        self.input.mark_set("insert", "end")
+
+    def send(self) -> None:
+        """Hand the input to ``on_send``; clear it only if it was taken."""
+        value = self.input_text()
+        if not value.strip():
+            return
+        if self.on_send(value):
+            if not self._history or self._history[-1] != value:
+                self._history = [*self._history, value][-INPUT_HISTORY:]
+            self._history_pos = len(self._history)
+            self.set_input("")
+
+    def restore_input(self, value: str) -> None:
+        """Put text that was not sent back in front of the user, before what they typed since."""
+        current = self.input_text()
+        self.set_input(value if not current.strip() else f"{value}\n{current}")
+
+    def start_private(self, name: str) -> None:
+        self.set_input(f"/msg {name} ")
+        self.input.focus_set()
+
+    def _enter(self, _event: tkinter.Event) -> str:
+        self.send()
+        return "break"
+
+    def _newline(self, _event: tkinter.Event) -> str:
+        self.input.insert("insert", "\n")
+        return "break"
+
+    def _recall_previous(self, _event: tkinter.Event) -> str | None:
+        if self.input.index("insert").split(".")[0] != "1" or not self._history:
+            return None  # only from the first line: Up still moves within a long draft
+        self._history_pos = max(0, self._history_pos - 1)
+        self.set_input(self._history[self._history_pos])
+        return "break"
+
+    def _recall_next(self, _event: tkinter.Event) -> str | None:
+        last_line = self.input.index("end-1c").split(".")[0]
+        if self.input.index("insert").split(".")[0] != last_line or not self._history:
+            return None
+        self._history_pos = min(len(self._history), self._history_pos + 1)
+        recalled = self._history[self._history_pos : self._history_pos + 1]
+        self.set_input(recalled[0] if recalled else "")
+        return "break"
+
+    def _input_changed(self, _event: tkinter.Event) -> None:
+        self.input.edit_modified(False)
+        length = len(self.input_text())
+        if length < COUNTER_FROM:
+            self.counter_label.configure(text="")
+            return
+        style = "danger" if length > MAX_TEXT_LENGTH else "secondary"
+        self.counter_label.configure(text=f"{length:,} / {MAX_TEXT_LENGTH:,}", bootstyle=style)
+
+    def _private_to_selected(self, _event: tkinter.Event) -> None:
+        selection = self.user_list.curselection()
+        if selection:
+            self.start_private(self.user_list.get(selection[0]))
+
+    def _open_link(self, _event: tkinter.Event) -> None:
+        start, end = self.transcript.tag_prevrange("link", "current + 1c")
+        webbrowser.open(fmt.link_target(self.transcript.get(start, end)))
+
+    def _link_cursor(self, cursor: str) -> None:
+        self.transcript.configure(cursor=cursor)
+
+    # -- the transcript -------------------------------------------------------
+
+    def begin_batch(self) -> None:
+        """Before adding lines: remember whether the user is reading the end."""
+        self._following = self.transcript.yview()[1] >= 0.999
+
+    def end_batch(self) -> None:
+        """After adding lines: follow them, unless the user scrolled up to read."""
+        lines = int(self.transcript.index("end-1c").split(".")[0])
+        if lines > MAX_LINES:
+            self._edit(lambda: self.transcript.delete("1.0", f"{lines - MAX_LINES + 1}.0"))
+        if self._following:
+            self.transcript.see("end")
+
+    def add_message(self, message: ChatMessage) -> bool:
+        """Show a chat message; returns whether it mentions the user."""
+        own = message.sender == self.own_name
+        mention = not own and fmt.mentions(message.text, self.own_name)
+        base = ("mention",) if mention else ()
+        parts: list[tuple[str, tuple[str, ...]]] = [(f"{fmt.clock(message.ts)}  ", ("time",))]
+        sender_tags = ("own",) if own else ("sender",)
+        if message.to is not None:
+            arrow = f"{message.sender} → {message.to}"
+            parts.append((f"{arrow} (private): ", ("private", "sender-private")))
+            base = (*base, "private")
+        elif message.action:
+            parts.append((f"* {message.sender} ", (*sender_tags, "action")))
+            base = (*base, "action")
+        else:
+            parts.append((f"{message.sender}: ", sender_tags))
+        for piece, is_link in fmt.split_links(message.text):
+            parts.append((piece, (*base, "link") if is_link else base))
+        self._append(parts, base)
+        return mention
+
+    def add_notice(self, text: str, kind: str = "system") -> None:
+        """A line from the app itself: ``system``, ``error`` or ``motd``."""
+        self._append([(text, (kind,))], (kind,))
+
+    def _append(self, parts: list[tuple[str, tuple[str, ...]]], line_tags: tuple[str, ...]) -> None:
+        def insert() -> None:
+            # Each line ends with its own newline, carrying the line's tags,
+            # so that a highlight spans the full width of that line only.
+            for piece, tags in [*parts, ("\n", line_tags)]:
+                self.transcript.insert(
+                    "end", fmt.displayable(piece, astral_ok=self._astral_ok), tags
+                )
+
+        self._edit(insert)
+
+    def _edit(self, change: Callable[[], None]) -> None:
+        self.transcript.configure(state="normal")
+        try:
+            change()
+        finally:
+            self.transcript.configure(state="disabled")
+
+    def clear_transcript(self) -> None:
+        self._edit(lambda: self.transcript.delete("1.0", "end"))
+
+    def transcript_text(self) -> str:
+        """Everything shown, one line per message or notice."""
+        return self.transcript.get("1.0", "end-1c").removesuffix("\n")
+
+    # -- who is online, status, banner ----------------------------------------
+
+    def set_users(self, users: list[str] | tuple[str, ...]) -> None:
+        self._users = sort_names(list(users))
+        self.user_list.delete(0, "end")
+        for name in self._users:
+            self.user_list.insert("end", fmt.displayable(name, astral_ok=self._astral_ok))
+            if name == self.own_name:
+                self.user_list.itemconfigure("end", foreground=self._own_color)
+        self.online_label.configure(text=f"Online — {len(self._users)}")
+
+    @property
+    def users(self) -> list[str]:
+        return list(self._users)
+
+    def user_joined(self, name: str) -> None:
+        self.set_users([*self._users, name])
+
+    def user_left(self, name: str) -> None:
+        self.set_users([user for user in self._users if user != name])
+
+    def user_renamed(self, old: str, new: str) -> None:
+        self.set_users([new if user == old else user for user in self._users])
+
+    def set_status(self, text: str) -> None:
+        self.status_label.configure(text=text)
+
+    def show_banner(self, text: str, *, reconnect_button: bool = True) -> None:
+        self.banner_label.configure(text=text)
+        if reconnect_button:
+            self.reconnect_button.grid()
+        else:
+            self.reconnect_button.grid_remove()
+        self.banner.grid(row=0, column=0, sticky="we")
+
+    def hide_banner(self) -> None:
+        self.banner.grid_remove()
+
+    @property
+    def banner_visible(self) -> bool:
+        return bool(self.banner.winfo_manager())
+
+    # -- looks ----------------------------------------------------------------
+
+    def set_font_size(self, size: int) -> None:
+        for each in (self.font, self.bold_font, self.italic_font):
+            each.configure(size=size)
+        self.bold_font.configure(family=self.font.actual("family"))
+        self.italic_font.configure(family=self.font.actual("family"))
+
+    @property
+    def _own_color(self) -> str:
+        return self.winfo_toplevel().style.colors.primary
+
+    def apply_theme(self) -> None:
+        """Colour the transcript's tags for the current theme (light or dark)."""
+        style = self.winfo_toplevel().style
+        colors = style.colors
+        dark = style.theme_use().endswith("dark")
+        text = self.transcript
+        text.configure(
+            background=colors.inputbg,
+            foreground=colors.inputfg,
+            selectbackground=colors.selectbg,
+            selectforeground=colors.selectfg,
+            insertbackground=colors.inputfg,
+        )
+        self.input.configure(
+            background=colors.inputbg, foreground=colors.inputfg, insertbackground=colors.inputfg
+        )
+        self.user_list.configure(
+            background=colors.bg,
+            foreground=colors.fg,
+            selectbackground=colors.selectbg,
+            selectforeground=colors.selectfg,
+        )
+        # Theme colours meant for buttons (info cyan, say) are too faint as
+        # text on white; these keep 4.5:1 contrast in either mode.
+        muted = "#9aa4ae" if dark else "#5c636a"
+        private = "#66d9e8" if dark else "#0b7285"
+        motd = "#75b798" if dark else "#146c43"
+        text.tag_configure("time", foreground=muted)
+        text.tag_configure("sender", font=self.bold_font)
+        text.tag_configure("own", font=self.bold_font, foreground=colors.primary)
+        text.tag_configure("action", font=self.italic_font)
+        text.tag_configure("private", foreground=private)
+        text.tag_configure("sender-private", font=self.bold_font)
+        text.tag_configure("system", foreground=muted, font=self.italic_font)
+        text.tag_configure("motd", foreground=motd, font=self.italic_font)
+        text.tag_configure("error", foreground=colors.danger)
+        text.tag_configure("mention", background="#5c4a00" if dark else "#fff3cd")
+        text.tag_configure("link", foreground=colors.primary, underline=True)
+        text.tag_raise("link")
+        self.set_users(self._users)
