@@ -69,7 +69,9 @@ def app_version() -> str:
 
 
 class ChatApp:
-    """The client. ``save_settings`` and ``client_factory`` are injectable for tests."""
+    """The client in ``root``. ``on_exit`` runs after ``quit`` (default: destroy
+    the root, which ends ``mainloop``); tests pass their own and reuse the root.
+    """
 
     def __init__(
         self,
@@ -78,8 +80,10 @@ class ChatApp:
         *,
         save_settings: Callable[[Settings], None],
         client_factory: Callable[[str, int, str], ChatClient] = ChatClient,
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         self.root = root
+        self.on_exit = on_exit or root.destroy
         self.settings = settings
         self.save_settings = save_settings
         self.client_factory = client_factory
@@ -103,12 +107,18 @@ class ChatApp:
         )
         self.view.pack(fill="both", expand=True)
         self._build_menu()
-        for sequence in ("<Control-plus>", "<Control-equal>", "<Control-KP_Add>"):
-            root.bind_all(sequence, lambda _e: self.change_font_size(+1))
-        for sequence in ("<Control-minus>", "<Control-KP_Subtract>"):
-            root.bind_all(sequence, lambda _e: self.change_font_size(-1))
-        root.bind_all("<Control-0>", lambda _e: self.change_font_size(0))
-        root.bind("<FocusIn>", self._focused, add="+")
+        self._shortcuts = {
+            "<Control-plus>": lambda _e: self.change_font_size(+1),
+            "<Control-equal>": lambda _e: self.change_font_size(+1),
+            "<Control-KP_Add>": lambda _e: self.change_font_size(+1),
+            "<Control-minus>": lambda _e: self.change_font_size(-1),
+            "<Control-KP_Subtract>": lambda _e: self.change_font_size(-1),
+            "<Control-0>": lambda _e: self.change_font_size(0),
+            "<Control-q>": lambda _e: self.quit(),
+        }
+        for sequence, action in self._shortcuts.items():
+            root.bind_all(sequence, action)
+        self._focus_binding = root.bind("<FocusIn>", self._focused, add="+")
         self.view.set_status("Not connected")
         self._pump_id = root.after(PUMP_MS, self.pump)
 
@@ -137,7 +147,7 @@ class ChatApp:
         help_menu.add_command(label="About LAN Chat", command=self.about)
         menubar.add_cascade(label="Help", menu=help_menu)
         self.root.configure(menu=menubar)
-        self.root.bind_all("<Control-q>", lambda _e: self.quit())
+        self.menubar = menubar
 
     def toggle_theme(self) -> None:
         dark = not self.settings.dark
@@ -245,12 +255,24 @@ class ChatApp:
         """Leave the room and close the window; the process ends with it."""
         if self._closing:
             return
+        self.close()
+        self.on_exit()
+
+    def close(self) -> None:
+        """Leave the room and take the app out of the root window."""
         self._closing = True
         if self._pump_id is not None:
             self.root.after_cancel(self._pump_id)
+            self._pump_id = None
         self._drop_client()
         self.save_settings(self.settings)
-        self.root.destroy()
+        for sequence in self._shortcuts:
+            self.root.unbind_all(sequence)
+        self.root.unbind("<FocusIn>", self._focus_binding)
+        self._close_dialog()
+        self.view.destroy()
+        self.root.configure(menu="")
+        self.menubar.destroy()
 
     def _drop_client(self) -> None:
         if self.client is not None:

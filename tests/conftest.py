@@ -88,3 +88,19 @@ def connect(server: ChatServer) -> Iterator[Callable[..., RawClient]]:
     yield open_client
     for client in clients:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def tk_root() -> Iterator[object]:
+    """The one ttkbootstrap App of the test session (its Style binds to the
+    first root, so GUI tests share it; each test cleans up its own widgets).
+
+    Needs a display: pytest-xvfb provides one where Xvfb is installed, and a
+    missing display is an error here, never a skip.
+    """
+    import ttkbootstrap as ttk  # noqa: PLC0415 - only GUI tests pay for Tk
+
+    root = ttk.App(title="LAN Chat tests", theme="bootstrap-light", size=(920, 640))
+    root.withdraw()
+    yield root
+    root.destroy()
