@@ -4,8 +4,8 @@ How this works: ``ChatClient`` runs one thread that connects, says hello,
 reads frames, writes what the user asked for, keeps the connection alive
 and, once it has been welcomed, reconnects with exponential backoff when
 the connection drops, claiming the same name again. Everything waits in
-one selector that also watches a wake-up socket, so ``close``, ``cancel``
-and ``reconnect_now`` take effect at once, even in the middle of a
+one selector that also watches a wake-up socket, so ``close`` and
+``reconnect_now`` take effect at once, even in the middle of a
 connect or a backoff pause.
 
 The UI talks to it with plain method calls (any thread) and hears back
@@ -22,6 +22,7 @@ in an ``Unsent`` event for the UI to put back in front of the user.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import random
@@ -166,7 +167,7 @@ class _Dropped(Exception):
 
 
 class _Stop(Exception):
-    """close() or cancel() was called."""
+    """close() was called."""
 
 
 def describe_connect_error(exc: OSError, host: str, port: int) -> str:
@@ -224,6 +225,9 @@ class ChatClient:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_in, selectors.EVENT_READ, None)
         self._outgoing: deque[tuple[Message, bytes]] = deque()  # from the UI, encoded
+        # Held while checking "in the room?" and queueing, and while leaving the
+        # room and taking back unsent says: no say slips between the two.
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._retry_now = threading.Event()
         self._name: str | None = None  # as the server keeps it, once welcomed
@@ -257,20 +261,20 @@ class ChatClient:
         Raises ``LocalProtocolError`` for text too large for a frame; check
         it with ``protocol.clean_text`` first.
         """
-        return self._send(Say(text, action, to)) if self._joined else False
+        return self._send(Say(text, action, to), joined_only=True)
 
     def rename(self, name: str) -> bool:
         """Ask for a new name; ``False`` while not in the room."""
-        return self._send(Rename(name)) if self._joined else False
+        return self._send(Rename(name), joined_only=True)
 
     def who(self) -> bool:
         """Ask for the user list; ``False`` while not in the room."""
-        return self._send(Who()) if self._joined else False
+        return self._send(Who(), joined_only=True)
 
     def choose_name(self, name: str) -> None:
         """Try another name after ``NameRefused``."""
         self._wanted_name = name
-        self._send(Hello(name))
+        self._send(Hello(name), joined_only=False)
 
     def reconnect_now(self) -> None:
         """Skip the rest of a backoff pause."""
@@ -286,8 +290,12 @@ class ChatClient:
         if not self._thread.is_alive():
             self._release()
 
-    def _send(self, message: Message) -> bool:
-        self._outgoing.append((message, encode(message, MAX_CLIENT_FRAME)))
+    def _send(self, message: Message, *, joined_only: bool) -> bool:
+        frame = encode(message, MAX_CLIENT_FRAME)
+        with self._lock:
+            if joined_only and not self._joined:
+                return False
+            self._outgoing.append((message, frame))
         self._wake()
         return True
 
@@ -308,20 +316,21 @@ class ChatClient:
         self.events.put(event)
 
     def _run(self) -> None:
-        attempt = 0
+        attempt = 0  # of the backoff, which restarts after a connection that got in
         welcomed_before = False
         try:
-            while True:
-                self._post(Connecting(self.host, self.port, attempt))
+            for number in itertools.count():
+                self._post(Connecting(self.host, self.port, number))
                 try:
                     self._session(welcomed_before)
                 except _Dropped as dropped:
-                    got_in, self._joined = self._joined, False
+                    if self._stop.is_set():
+                        raise _Stop from None
+                    got_in = self._leave_room(dropped.message)
                     welcomed_before = welcomed_before or got_in
                     if not welcomed_before:
                         self._post(ConnectFailed(dropped.message))
                         return
-                    self._give_back(dropped.message)
                     if dropped.final:
                         self._post(ConnectionLost(dropped.message, -1.0))
                         return
@@ -336,8 +345,10 @@ class ChatClient:
             logger.exception("network thread failed")
             self._post(ConnectFailed("Something went wrong; see the log file for details."))
         finally:
-            self._joined = False
+            self._leave_room("The app was closed.")
             self._post(Stopped())
+            if self._stop.is_set():
+                self._release()  # close() may have stopped waiting for us
 
     def _pause(self, seconds: float) -> None:
         """Wait before reconnecting, unless told to stop or to retry now."""
@@ -432,7 +443,6 @@ class ChatClient:
 
     def _converse(self, sock: socket.socket, out: bytearray, reconnecting: bool) -> None:
         decoder = FrameDecoder(MAX_SERVER_FRAME)
-        self._outgoing.clear()  # anything queued for an old connection is void
         out += encode(Hello(self._wanted_name))
         last_heard = time.monotonic()
         pinged = False
@@ -535,11 +545,18 @@ class ChatClient:
             return
         self._post(Received(error))
 
-    def _give_back(self, reason: str) -> None:
-        if self._pending:
-            says = tuple(self._pending)
+    def _leave_room(self, reason: str) -> bool:
+        """We are out of the room: give back every say not confirmed. Returns
+        whether we had been in it."""
+        with self._lock:
+            was_in, self._joined = self._joined, False
+            queued = [message for message, _ in self._outgoing if isinstance(message, Say)]
+            self._outgoing.clear()
+            says = (*self._pending, *queued)
             self._pending.clear()
+        if says:
             self._post(Unsent(says, reason))
+        return was_in
 
 
 __all__ = [

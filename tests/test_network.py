@@ -1,0 +1,1244 @@
+"""Tests of the client's network class, ``app.network.ChatClient``, without Tk.
+
+The client runs against a real ``ChatServer`` on 127.0.0.1 (the ``start_server``
+fixture, or ``ServerThread`` below when a test stops and restarts a server on
+one port), or against a tiny fake server (``FakeServer``: one connection, one
+thread, a script) when the test needs a server that misbehaves: one that
+never echoes, goes silent, pings with extra fields or speaks another protocol
+version. The "other user" is a raw ``tests.wire`` client, which shares no code
+with the app. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import queue
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from app import network
+from app.network import (
+    ChatClient,
+    ConnectFailed,
+    Connecting,
+    ConnectionLost,
+    NameRefused,
+    Received,
+    ServerShutdown,
+    Stopped,
+    Unsent,
+    Welcomed,
+    backoff_delay,
+    describe_connect_error,
+)
+from server.config import ServerConfig
+from server.protocol import ChatMessage, Error, Renamed, Say, Users
+from server.server import ChatServer
+from tests.conftest import _open_sockets
+from tests.wire import RawClient, frame
+
+HOST = "127.0.0.1"
+WAIT = 5.0  # the longest any single expected event may take
+EMOJI = "\U0001f600"
+
+StartServer = Callable[..., ChatServer]
+EventType = type | tuple[type, ...]
+
+
+# -- helpers: events ------------------------------------------------------------
+
+
+def wait_for(client: ChatClient, event_type: EventType, timeout: float = WAIT) -> list[Any]:
+    """Drain ``client.events`` until an event of ``event_type`` arrives.
+
+    Returns every event seen, the one wanted last; fails after ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    seen: list[Any] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no {event_type} within {timeout} s; saw {seen}")
+        try:
+            event = client.events.get(timeout=remaining)
+        except queue.Empty:
+            continue  # the deadline check above ends the loop
+        seen.append(event)
+        if isinstance(event, event_type):
+            return seen
+
+
+def last(client: ChatClient, event_type: EventType, timeout: float = WAIT) -> Any:
+    """The first event of ``event_type`` to arrive (earlier ones are dropped)."""
+    return wait_for(client, event_type, timeout)[-1]
+
+
+def drain(client: ChatClient) -> list[Any]:
+    """Every event already queued, without waiting."""
+    seen = []
+    for _ in range(100_000):
+        try:
+            seen.append(client.events.get_nowait())
+        except queue.Empty:
+            break
+    return seen
+
+
+def expect_no(client: ChatClient, event_type: EventType, seconds: float) -> list[Any]:
+    """No event of ``event_type`` arrives for ``seconds``; returns what did arrive."""
+    deadline = time.monotonic() + seconds
+    seen: list[Any] = []
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            event = client.events.get(timeout=remaining)
+        except queue.Empty:
+            break
+        seen.append(event)
+        assert not isinstance(event, event_type), f"unexpected {event}; saw {seen}"
+    return seen
+
+
+def live_echo(client: ChatClient, text: str, timeout: float = WAIT) -> ChatMessage:
+    """Wait for the live (not history) message whose text is ``text``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        event = last(client, Received, max(0.01, deadline - time.monotonic()))
+        message = event.message
+        if isinstance(message, ChatMessage) and not message.history and message.text == text:
+            return message
+
+
+def assert_plain(message: str) -> None:
+    """One sentence for people: no codes, exception names or reprs of objects."""
+    assert message, message
+    assert message[0].isupper(), message
+    assert message.endswith((".", "?")), message
+    for jargon in ("Errno", "errno", "Error", "Exception", "Traceback", "{", "[", "_"):
+        assert jargon not in message, message
+
+
+def network_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "chat-network" and t.is_alive()]
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+class Lowest(random.Random):
+    """An rng whose ``uniform`` always returns its lower bound (no jitter)."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+class Highest(random.Random):
+    """An rng whose ``uniform`` always returns its upper bound (no jitter)."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+# -- helpers: fixtures and servers --------------------------------------------------
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., ChatClient]]:
+    """Create (and start) ChatClients; every one is closed after the test."""
+    clients: list[ChatClient] = []
+
+    def make(port: int, name: str = "alice", *, start: bool = True, **kwargs: Any) -> ChatClient:
+        host = kwargs.pop("host", HOST)
+        client = ChatClient(host, port, name, **kwargs)
+        clients.append(client)
+        if start:
+            client.start()
+        return client
+
+    yield make
+    for client in clients:
+        client.close(3.0)
+    assert not network_threads(), "a network thread outlived close()"
+
+
+@pytest.fixture
+def join(make_client: Callable[..., ChatClient]) -> Callable[..., ChatClient]:
+    """A ChatClient that has been welcomed (its events up to Welcomed drained)."""
+
+    def join_(port: int, name: str = "alice", **kwargs: Any) -> ChatClient:
+        client = make_client(port, name, **kwargs)
+        welcomed = last(client, Welcomed)
+        assert not welcomed.reconnected
+        return client
+
+    return join_
+
+
+@pytest.fixture
+def raw() -> Iterator[Callable[..., RawClient]]:
+    """Raw protocol clients (joined when given a name); all closed after the test."""
+    clients: list[RawClient] = []
+
+    def open_(port: int, name: str | None = None) -> RawClient:
+        client = RawClient(port)
+        clients.append(client)
+        if name is not None:
+            client.join(name)
+        return client
+
+    yield open_
+    for client in clients:
+        client.close()
+
+
+class ServerThread:
+    """A real ChatServer serving in a thread, on a given port (0: any)."""
+
+    def __init__(self, port: int = 0, **overrides: Any) -> None:
+        self.server = ChatServer(ServerConfig(host=HOST, port=port, **overrides))
+        self.port = self.server.port
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.05,), name="test-serve-net"
+        )
+        self.thread.start()
+        self.stopped = False
+
+    def stop(self) -> None:
+        """shutdown() then server_close(); harmless when called again."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.server.shutdown()
+        self.thread.join(5.0)
+        self.server.server_close()
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., ServerThread]]:
+    """Start ServerThreads; all stopped after the test (in a finally, in effect)."""
+    running: list[ServerThread] = []
+
+    def start(port: int = 0, **overrides: Any) -> ServerThread:
+        srv = ServerThread(port, **overrides)
+        running.append(srv)
+        return srv
+
+    yield start
+    for srv in running:
+        srv.stop()
+
+
+class Peer(RawClient):
+    """The fake server's side of one accepted connection, reading client frames."""
+
+    def __init__(self, sock: socket.socket, timeout: float = WAIT) -> None:
+        # RawClient's reading and ``expect`` helpers, around an accepted socket.
+        self.sock = sock
+        self.timeout = timeout
+        self._buffer = b""
+        self.eof = False
+
+
+def welcome(name: str, users: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "welcome", "name": name, "users": users or [name], "history_count": 0}
+
+
+class FakeServer:
+    """Listens on 127.0.0.1 (any port) and runs one script per connection, in a
+    thread, one connection after the other; each connection is closed when its
+    script returns. The listener is closed after the last accept, so later
+    connection attempts are refused. ``finish`` joins the thread and re-raises
+    whatever a script failed with."""
+
+    def __init__(self, *scripts: Callable[[Peer], None]) -> None:
+        self.listener = socket.create_server((HOST, 0))
+        self.listener.settimeout(WAIT)
+        self.port = self.listener.getsockname()[1]
+        self.failure: BaseException | None = None
+        self.finished = False
+        self.thread = threading.Thread(target=self._run, args=(scripts,), name="fake-server")
+        self.thread.start()
+
+    def _run(self, scripts: tuple[Callable[[Peer], None], ...]) -> None:
+        try:
+            for number, script in enumerate(scripts, 1):
+                try:
+                    sock, _ = self.listener.accept()
+                finally:
+                    if number == len(scripts):
+                        self.listener.close()
+                with sock:
+                    sock.settimeout(WAIT)
+                    script(Peer(sock))
+        except BaseException as exc:  # reported by finish(), in the test's thread
+            self.failure = exc
+        finally:
+            self.listener.close()
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.thread.join(4 * WAIT)
+        assert not self.thread.is_alive(), "the fake server's script did not end"
+        self.listener.close()
+        if self.failure is not None:
+            raise self.failure
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[..., FakeServer]]:
+    """Start FakeServers (``fake_server(script, ...)``); all finished after the test."""
+    fakes: list[FakeServer] = []
+
+    def start(*scripts: Callable[[Peer], None]) -> FakeServer:
+        fake = FakeServer(*scripts)
+        fakes.append(fake)
+        return fake
+
+    yield start
+    for fake in fakes:
+        fake.finish()
+
+
+# -- backoff_delay and describe_connect_error ---------------------------------------
+
+
+def test_backoff_grows_1_2_4_and_is_capped_at_30() -> None:
+    bases = [1, 2, 4, 8, 16, 30, 30, 30, 30, 30, 30, 30, 30]
+    assert [backoff_delay(n, Highest()) for n in range(len(bases))] == bases
+    assert [backoff_delay(n, Lowest()) for n in range(len(bases))] == [b / 2 for b in bases]
+    assert backoff_delay(10_000, Highest()) == 30  # no overflow for a long outage
+
+
+def test_backoff_jitter_is_half_to_all_of_the_base_from_the_rng() -> None:
+    rng, twin = random.Random(1234), random.Random(1234)
+    delays = []
+    for attempt in range(40):
+        base = min(30, 2 ** min(attempt, 10))
+        delay = backoff_delay(attempt, rng)
+        assert 0.5 * base <= delay <= base, (attempt, delay)
+        assert delay == pytest.approx(base * twin.uniform(0.5, 1.0))  # seeded: reproducible
+        delays.append(delay / base)
+    assert len(set(delays)) > 30, "the jitter should vary from one attempt to the next"
+
+
+def test_backoff_asks_the_rng_for_a_factor_between_half_and_one() -> None:
+    calls = []
+
+    class Recording(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            calls.append((a, b))
+            return 0.75
+
+    assert backoff_delay(2, Recording()) == 3.0
+    assert calls == [(0.5, 1.0)]
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "Cannot find the computer 'chat.example'. Check the server address.",
+        ),
+        (
+            ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+            "Nothing is listening at chat.example:4321. Is the server running?",
+        ),
+        (
+            TimeoutError(),
+            "chat.example:4321 did not answer. Check the address, and that the server's "
+            "firewall lets connections in.",
+        ),
+        (
+            OSError(errno.ENETUNREACH, "Network is unreachable"),
+            "Cannot reach chat.example. Check that you are on the same network as the server.",
+        ),
+        (
+            OSError(errno.EHOSTUNREACH, "No route to host"),
+            "Cannot reach chat.example. Check that you are on the same network as the server.",
+        ),
+        (
+            OSError(errno.EACCES, "Permission denied"),
+            "Cannot connect to chat.example:4321: Permission denied.",
+        ),
+        (OSError("something odd"), "Cannot connect to chat.example:4321: something odd."),
+    ],
+    ids=["gaierror", "refused", "timeout", "net-unreach", "host-unreach", "other", "no-errno"],
+)
+def test_describe_connect_error(exc: OSError, expected: str) -> None:
+    assert describe_connect_error(exc, "chat.example", 4321) == expected
+
+
+# -- connecting ------------------------------------------------------------------------
+
+
+def test_connect_is_welcomed_with_name_and_users(
+    start_server: StartServer, make_client: Callable[..., ChatClient], raw: Any
+) -> None:
+    server = start_server(motd="Be nice")
+    bob = raw(server.port, "bob")
+    client = make_client(server.port, "alice", start=False)
+    assert client.name is None
+    assert not client.joined
+    assert client.say("too early") is False
+    assert client.rename("x") is False
+    assert client.who() is False
+    client.start()
+
+    events = wait_for(client, Welcomed)
+    assert events[0] == Connecting(HOST, server.port, 0)
+    assert [type(e) for e in events] == [Connecting, Welcomed]
+    welcomed = events[-1]
+    assert welcomed.reconnected is False
+    assert welcomed.welcome.name == "alice"
+    assert welcomed.welcome.users == ("alice", "bob")
+    assert welcomed.welcome.motd == "Be nice"
+    assert client.joined
+    assert client.name == "alice"
+    assert bob.skip_until("joined")["name"] == "alice"
+
+
+def test_name_is_the_one_the_server_keeps(
+    start_server: StartServer, make_client: Callable[..., ChatClient]
+) -> None:
+    server = start_server()
+    client = make_client(server.port, "Jose\u0301")  # decomposed; the server keeps NFC
+    welcomed = last(client, Welcomed)
+    assert welcomed.welcome.name == "Jos\u00e9"
+    assert client.name == "Jos\u00e9"
+
+
+def test_history_and_presence_arrive_as_received(
+    start_server: StartServer, join: Callable[..., ChatClient], raw: Any
+) -> None:
+    server = start_server()
+    bob = raw(server.port, "bob")
+    bob.send({"type": "say", "text": "before you came"})
+    bob.expect("message")
+    client = join(server.port, "alice")
+    history = last(client, Received).message
+    assert isinstance(history, ChatMessage)
+    assert (history.sender, history.text, history.history) == ("bob", "before you came", True)
+
+    carol = raw(server.port, "carol")
+    joined = last(client, Received).message
+    assert (joined.TYPE, joined.name) == ("joined", "carol")
+    carol.send({"type": "bye"})
+    left = last(client, Received).message
+    assert (left.TYPE, left.name, left.reason) == ("left", "carol", "quit")
+
+
+# -- names: refused, retried, timed out ------------------------------------------------
+
+
+def test_name_taken_then_retry_on_the_same_connection(
+    start_server: StartServer, make_client: Callable[..., ChatClient], raw: Any
+) -> None:
+    server = start_server()
+    raw(server.port, "alice")
+    client = make_client(server.port, "ALICE")
+    events = wait_for(client, NameRefused)
+    refused = events[-1]
+    assert refused.code == "name-taken"
+    assert refused.message
+    assert not client.joined
+    assert client.name is None
+    assert client.say("not yet") is False
+
+    client.choose_name("other")
+    events += wait_for(client, Welcomed)
+    welcomed = events[-1]
+    assert welcomed.welcome.name == "other"
+    assert welcomed.reconnected is False
+    assert welcomed.welcome.users == ("alice", "other")
+    assert client.name == "other"
+    assert client.joined
+    # One connection: a single attempt, nothing lost or failed on the way.
+    assert [type(e) for e in events] == [Connecting, NameRefused, Welcomed]
+    assert server.connection_count == 2
+
+
+def test_name_invalid_then_retry(
+    start_server: StartServer, make_client: Callable[..., ChatClient]
+) -> None:
+    server = start_server()
+    client = make_client(server.port, "a b")
+    refused = last(client, NameRefused)
+    assert refused.code == "name-invalid"
+    assert refused.message
+    client.choose_name("bad!")
+    assert last(client, NameRefused).code == "name-invalid"
+    client.choose_name("a_b")
+    assert last(client, Welcomed).welcome.name == "a_b"
+    assert client.name == "a_b"
+
+
+def test_handshake_timeout_while_choosing_a_name(
+    start_server: StartServer, make_client: Callable[..., ChatClient], raw: Any
+) -> None:
+    server = start_server(handshake_timeout=0.5)
+    raw(server.port, "alice")
+    client = make_client(server.port, "alice")
+    assert last(client, NameRefused).code == "name-taken"
+    events = wait_for(client, ConnectFailed, timeout=3.0)
+    failed = events[-1]
+    assert_plain(failed.message)
+    assert "name" in failed.message
+    assert not any(isinstance(e, Welcomed | ConnectionLost) for e in events)
+    assert isinstance(last(client, Stopped, timeout=1.0), Stopped)
+    assert not client.joined
+
+
+# -- chatting ------------------------------------------------------------------------
+
+
+def test_say_is_echoed_and_reaches_the_others(
+    start_server: StartServer, join: Callable[..., ChatClient], raw: Any
+) -> None:
+    server = start_server()
+    bob = raw(server.port, "bob")
+    client = join(server.port, "alice")
+    bob.skip_until("joined")
+    assert client.say("hello bob") is True
+    echo = live_echo(client, "hello bob")
+    assert (echo.sender, echo.action, echo.to) == ("alice", False, None)
+    got = bob.expect("message", text="hello bob")
+    assert got["from"] == "alice"
+    assert got["id"] == echo.id
+
+
+def test_me_action(start_server: StartServer, join: Callable[..., ChatClient], raw: Any) -> None:
+    server = start_server()
+    bob = raw(server.port, "bob")
+    client = join(server.port, "alice")
+    bob.skip_until("joined")
+    assert client.say("waves", action=True)
+    echo = live_echo(client, "waves")
+    assert echo.action is True
+    assert bob.expect("message", text="waves")["action"] is True
+
+
+def test_private_message_goes_only_to_its_recipient(
+    start_server: StartServer, join: Callable[..., ChatClient], raw: Any
+) -> None:
+    server = start_server()
+    bob = raw(server.port, "bob")
+    carol = raw(server.port, "carol")
+    client = join(server.port, "alice")
+    bob.skip_until("joined")  # carol
+    bob.skip_until("joined")  # alice
+    carol.skip_until("joined")
+    assert client.say("psst", to="BOB")  # matched by identity
+    echo = live_echo(client, "psst")
+    assert echo.to == "bob"
+    got = bob.expect("message", text="psst")
+    assert (got["from"], got["to"]) == ("alice", "bob")
+    carol.expect_silence(0.3)
+
+
+def test_private_message_to_nobody_comes_back_unsent(
+    start_server: StartServer, join: Callable[..., ChatClient]
+) -> None:
+    server = start_server()
+    client = join(server.port, "alice")
+    client.say("hello?", to="nobody")
+    unsent = last(client, Unsent)
+    assert unsent.says == (Say("hello?", False, "nobody"),)
+    assert unsent.reason
+
+
+def test_rename_updates_the_name(
+    start_server: StartServer, join: Callable[..., ChatClient], raw: Any
+) -> None:
+    server = start_server()
+    bob = raw(server.port, "bob")
+    client = join(server.port, "alice")
+    bob.skip_until("joined")
+    assert client.rename("alicia") is True
+    renamed = last(client, Received).message
+    assert isinstance(renamed, Renamed)
+    assert (renamed.old, renamed.new) == ("alice", "alicia")
+    assert client.name == "alicia"
+    got = bob.expect("renamed")
+    assert (got["old"], got["new"]) == ("alice", "alicia")
+    client.say("new me")
+    assert live_echo(client, "new me").sender == "alicia"
+
+
+def test_rename_to_a_taken_name_is_a_received_error(
+    start_server: StartServer, join: Callable[..., ChatClient], raw: Any
+) -> None:
+    server = start_server()
+    raw(server.port, "bob")
+    client = join(server.port, "alice")
+    client.rename("Bob")
+    events = wait_for(client, Received)
+    error = events[-1].message
+    assert isinstance(error, Error)
+    assert (error.code, error.in_reply_to) == ("name-taken", "rename")
+    assert client.name == "alice"
+    assert client.joined
+    assert not any(isinstance(e, NameRefused) for e in events)
+
+
+def test_who_lists_the_users(
+    start_server: StartServer, join: Callable[..., ChatClient], raw: Any
+) -> None:
+    server = start_server()
+    raw(server.port, "bob")
+    client = join(server.port, "alice")
+    assert client.who() is True
+    users = last(client, Received).message
+    assert isinstance(users, Users)
+    assert users.users == ("alice", "bob")
+
+
+def test_emoji_round_trip_between_two_clients(
+    start_server: StartServer, join: Callable[..., ChatClient]
+) -> None:
+    server = start_server()
+    alice = join(server.port, "alice")
+    bob = join(server.port, "bob")
+    text = f"smile {EMOJI}!"
+    alice.say(text)
+    echo = live_echo(alice, text)
+    got = live_echo(bob, text)
+    assert (got.sender, got.text, got.id) == ("alice", text, echo.id)
+    bob.say(EMOJI)
+    assert live_echo(alice, EMOJI).sender == "bob"
+
+
+# -- pending says ----------------------------------------------------------------------
+
+
+def test_says_over_the_rate_limit_come_back_unsent(
+    start_server: StartServer, join: Callable[..., ChatClient]
+) -> None:
+    server = start_server()  # the default rate limit: a burst of 20
+    client = join(server.port, "alice")
+    texts = [f"m{i:02d}" for i in range(25)]
+    for text in texts:
+        assert client.say(text)
+
+    echoed: list[str] = []
+    unsent: list[Unsent] = []
+    deadline = time.monotonic() + WAIT
+    while len(echoed) + len(unsent) < 25:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"echoed {echoed}, unsent {unsent}"
+        event = last(client, Received | Unsent, remaining)
+        if isinstance(event, Unsent):
+            unsent.append(event)
+        elif isinstance(event.message, ChatMessage):
+            echoed.append(event.message.text)
+    assert echoed == texts[:20]
+    assert [u.says for u in unsent] == [(Say(text),) for text in texts[20:]]
+    for u in unsent:
+        assert "too fast" in u.reason
+    expect_no(client, Unsent | ConnectionLost, 0.3)
+    assert client.joined
+
+
+def test_whitespace_only_say_comes_back_unsent_in_order(
+    start_server: StartServer, join: Callable[..., ChatClient]
+) -> None:
+    server = start_server()
+    client = join(server.port, "alice")
+    client.say("before")
+    client.say(" \t ")
+    client.say("after")
+    events = wait_for(client, Unsent)
+    assert events[-1].says == (Say(" \t "),)
+    assert events[-1].reason
+    assert [e.message.text for e in events if isinstance(e, Received)] == ["before"]
+    live_echo(client, "after")
+    expect_no(client, Unsent, 0.3)
+
+
+def test_confirmed_says_are_not_given_back_on_a_drop(
+    servers: Callable[..., ServerThread], join: Callable[..., ChatClient]
+) -> None:
+    srv = servers()
+    client = join(srv.port, "alice")
+    client.say("one")
+    live_echo(client, "one")
+    client.rename("alicia")
+    client.say("two", to="alicia")  # private to oneself: one copy
+    live_echo(client, "two")
+    srv.stop()
+    events = wait_for(client, ConnectionLost)
+    assert not [e for e in events if isinstance(e, Unsent)]
+
+
+def test_unconfirmed_says_come_back_when_the_connection_drops(
+    fake_server: Callable[..., FakeServer], join: Callable[..., ChatClient]
+) -> None:
+    said: list[dict[str, Any]] = []
+
+    def never_echo(peer: Peer) -> None:
+        hello = peer.expect("hello")
+        peer.send(welcome(hello["name"]))
+        said.append(peer.expect("say"))
+        said.append(peer.expect("say"))
+        # ...and close without echoing either
+
+    fake = fake_server(never_echo)
+    client = join(fake.port, "alice")
+    client.say("one")
+    client.say("two", action=True)
+    events = wait_for(client, ConnectionLost)
+    fake.finish()
+    assert [s["text"] for s in said] == ["one", "two"]
+    unsent = [e for e in events if isinstance(e, Unsent)]
+    assert len(unsent) == 1, events
+    assert unsent[0].says == (Say("one"), Say("two", True))
+    assert_plain(unsent[0].reason)
+    assert events.index(unsent[0]) < len(events) - 1  # given back before ConnectionLost
+    assert not client.joined
+    assert client.say("while away") is False
+
+
+def test_say_accepted_just_before_a_drop_is_not_lost(
+    fake_server: Callable[..., FakeServer], make_client: Callable[..., ChatClient]
+) -> None:
+    """A say() that returned True must be echoed or come back as Unsent.
+
+    The UI thread may call say() after the network thread's last flush of the
+    outgoing queue and before it handles a drop. To hit that window every time,
+    the events queue calls say() while the Welcomed event is being posted, and
+    the fake server follows its welcome, in the same write, with a broken frame.
+    """
+    holder: list[ChatClient] = []
+
+    class SayOnWelcome(queue.Queue):
+        def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+            super().put(item, block, timeout)
+            if isinstance(item, Welcomed):
+                assert holder[0].say("typed at the wrong moment") is True
+
+    def welcome_then_garbage(peer: Peer) -> None:
+        hello = peer.expect("hello")
+        peer.send_raw(frame(welcome(hello["name"])) + b"\0\0\0\0")  # length 0: bad frame
+        peer.expect_closed()
+
+    fake = fake_server(welcome_then_garbage)
+    client = make_client(fake.port, "alice", start=False, events=SayOnWelcome())
+    holder.append(client)
+    client.start()
+    events = wait_for(client, ConnectionLost)
+    events += expect_no(client, Welcomed, 0.5)  # it may still come back a bit later
+    fake.finish()
+    says = [say for e in events if isinstance(e, Unsent) for say in e.says]
+    assert says == [Say("typed at the wrong moment")], f"the say was lost: {events}"
+
+
+def test_say_racing_with_a_drop_is_not_lost(
+    fake_server: Callable[..., FakeServer],
+    make_client: Callable[..., ChatClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """say() checks ``joined``, then encodes and queues the frame. When the drop is
+    handled in between (the network thread runs while the UI thread is inside
+    say()), a say() that returns True must still be given back or sent. The
+    window is held open by pausing the encoding of that one say until the
+    network thread has posted ConnectionLost; the client then reconnects."""
+    monkeypatch.setattr(network, "BACKOFF_FIRST", 0.05)
+    in_say = threading.Event()
+    lost_posted = threading.Event()
+    real_encode = network.encode
+
+    def paused_encode(message: Any, *args: Any) -> bytes:
+        if isinstance(message, Say) and message.text == "racing":
+            in_say.set()
+            lost_posted.wait(WAIT)
+        return real_encode(message, *args)
+
+    monkeypatch.setattr(network, "encode", paused_encode)
+
+    class Watch(queue.Queue):
+        def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+            super().put(item, block, timeout)
+            if isinstance(item, ConnectionLost):
+                lost_posted.set()
+
+    drop_now = threading.Event()
+    second_frames: list[dict[str, Any]] = []
+
+    def welcome_then_drop(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        drop_now.wait(WAIT)
+
+    def welcome_again(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        second_frames.extend(peer.expect_closed())  # until the test closes the client
+
+    fake = fake_server(welcome_then_drop, welcome_again)
+    client = make_client(fake.port, "alice", events=Watch())
+    last(client, Welcomed)
+    results: list[bool] = []
+    sayer = threading.Thread(target=lambda: results.append(client.say("racing")), name="sayer")
+    sayer.start()
+    try:
+        assert in_say.wait(WAIT)
+        drop_now.set()
+        events = wait_for(client, ConnectionLost)
+    finally:
+        sayer.join(2 * WAIT)
+    assert not sayer.is_alive()
+    assert len(results) == 1
+    events += wait_for(client, Welcomed)  # reconnected
+    events += expect_no(client, ConnectFailed, 0.5)
+    client.close()
+    fake.finish()
+    if results == [True]:
+        given_back = [say.text for e in events if isinstance(e, Unsent) for say in e.says]
+        sent = [f.get("text") for f in second_frames if f["type"] == "say"]
+        assert "racing" in given_back + sent, f"say() returned True, then lost: {events}"
+
+
+# -- failures as plain sentences -----------------------------------------------------
+
+
+def test_nothing_listening(make_client: Callable[..., ChatClient]) -> None:
+    port = free_port()
+    client = make_client(port, "alice")
+    events = wait_for(client, ConnectFailed)
+    assert events[0] == Connecting(HOST, port, 0)
+    assert events[-1].message == f"Nothing is listening at {HOST}:{port}. Is the server running?"
+    events += wait_for(client, Stopped, timeout=1.0)
+    assert not any(isinstance(e, ConnectionLost | Welcomed) for e in events)
+    assert not client.joined
+
+
+def test_unknown_host(make_client: Callable[..., ChatClient]) -> None:
+    client = make_client(1234, "alice", host="no-such-host.invalid")
+    failed = last(client, ConnectFailed, timeout=10.0)
+    assert failed.message.startswith("Cannot find the computer")
+    assert "no-such-host.invalid" in failed.message
+    last(client, Stopped, timeout=1.0)
+
+
+def test_server_full(
+    start_server: StartServer, make_client: Callable[..., ChatClient], raw: Any
+) -> None:
+    server = start_server(max_clients=1)
+    raw(server.port, "bob")
+    client = make_client(server.port, "alice")
+    events = wait_for(client, ConnectFailed)
+    assert "full" in events[-1].message
+    assert_plain(events[-1].message)
+    assert not any(isinstance(e, Welcomed | NameRefused) for e in events)
+    last(client, Stopped, timeout=1.0)
+
+
+def test_protocol_version_refused(
+    fake_server: Callable[..., FakeServer], make_client: Callable[..., ChatClient]
+) -> None:
+    hellos: list[dict[str, Any]] = []
+
+    def other_version(peer: Peer) -> None:
+        hellos.append(peer.expect("hello"))
+        peer.send(
+            {
+                "type": "error",
+                "code": "protocol-version",
+                "message": "This server speaks protocol version 2, not 1.",
+                "in_reply_to": "hello",
+            }
+        )
+
+    fake = fake_server(other_version)
+    client = make_client(fake.port, "alice")
+    events = wait_for(client, ConnectFailed)
+    fake.finish()
+    assert hellos == [{"type": "hello", "name": "alice", "protocol": 1}]
+    assert "version" in events[-1].message
+    assert_plain(events[-1].message)
+    events += wait_for(client, Stopped, timeout=1.0)
+    assert [type(e) for e in events] == [Connecting, ConnectFailed, Stopped]
+
+
+def test_closed_before_welcome(
+    fake_server: Callable[..., FakeServer], make_client: Callable[..., ChatClient]
+) -> None:
+    fake = fake_server(lambda peer: peer.expect("hello") and None)
+    client = make_client(fake.port, "alice")
+    failed = last(client, ConnectFailed)
+    fake.finish()
+    assert_plain(failed.message)
+    assert "closed" in failed.message
+
+
+def test_garbage_from_the_server(
+    fake_server: Callable[..., FakeServer], make_client: Callable[..., ChatClient]
+) -> None:
+    def garbage(peer: Peer) -> None:
+        peer.expect("hello")
+        peer.send_raw(b"\0\0\0\x05hello")  # not JSON
+        peer.expect_closed()
+
+    fake = fake_server(garbage)
+    client = make_client(fake.port, "alice")
+    failed = last(client, ConnectFailed)
+    fake.finish()
+    assert_plain(failed.message)
+
+
+# -- drop and reconnect ----------------------------------------------------------
+
+
+def test_shutdown_then_reconnect_now_on_the_same_port(
+    servers: Callable[..., ServerThread],
+    join: Callable[..., ChatClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A long pause (10 to 20 s): only reconnect_now() can bring it back in time.
+    monkeypatch.setattr(network, "BACKOFF_FIRST", 20.0)
+    first = servers()
+    port = first.port
+    client = join(port, "alice")
+    first.stop()
+    events = wait_for(client, ConnectionLost)
+    shutdowns = [e for e in events if isinstance(e, ServerShutdown)]
+    assert [s.message for s in shutdowns] == ["The server is shutting down"]
+    lost = events[-1]
+    assert events.index(shutdowns[0]) < len(events) - 1
+    assert lost.retry_in >= 10.0
+    assert_plain(lost.message)
+    assert not client.joined
+    assert client.say("nobody to hear it") is False
+
+    servers(port)  # a new server on the same port
+    client.reconnect_now()
+    events = wait_for(client, Welcomed, timeout=3.0)
+    welcomed = events[-1]
+    assert welcomed.reconnected is True
+    assert welcomed.welcome.name == "alice"
+    assert client.name == "alice"
+    assert client.joined
+    assert [type(e) for e in events] == [Connecting, Welcomed]
+    client.say("back")
+    live_echo(client, "back")
+
+
+def test_reconnects_by_itself_after_the_pause(
+    servers: Callable[..., ServerThread], join: Callable[..., ChatClient]
+) -> None:
+    first = servers()
+    port = first.port
+    client = join(port, "alice", rng=Highest())  # the first pause: exactly 1 s
+    first.stop()
+    lost = last(client, ConnectionLost)
+    assert lost.retry_in == 1.0
+    servers(port)
+    started = time.monotonic()
+    assert last(client, Welcomed, timeout=3.0).reconnected is True
+    assert time.monotonic() - started < 2.0
+
+
+def test_reconnect_with_the_name_taken_meanwhile(
+    servers: Callable[..., ServerThread],
+    join: Callable[..., ChatClient],
+    raw: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(network, "BACKOFF_FIRST", 20.0)
+    first = servers()
+    port = first.port
+    client = join(port, "alice")
+    first.stop()
+    last(client, ConnectionLost)
+    second = servers(port)
+    raw(second.port, "alice")  # someone took the name while we were away
+    client.reconnect_now()
+    assert last(client, NameRefused, timeout=3.0).code == "name-taken"
+    client.choose_name("alice2")
+    welcomed = last(client, Welcomed)
+    assert welcomed.reconnected is True
+    assert client.name == "alice2"
+
+
+def test_backoff_between_failed_reconnections(
+    fake_server: Callable[..., FakeServer],
+    join: Callable[..., ChatClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(network, "BACKOFF_FIRST", 0.05)
+
+    def welcome_then_close(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+
+    fake = fake_server(welcome_then_close)  # later attempts are refused
+    client = join(fake.port, "alice", rng=Lowest())
+    losses = [last(client, ConnectionLost) for _ in range(5)]
+    fake.finish()
+    assert [lost.retry_in for lost in losses] == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.4])
+    assert losses[0].message == "The server closed the connection."
+    for lost in losses[1:]:
+        assert lost.message == f"Nothing is listening at {HOST}:{fake.port}. Is the server running?"
+
+
+def test_protocol_version_on_reconnection_stops_for_good(
+    fake_server: Callable[..., FakeServer],
+    join: Callable[..., ChatClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server upgraded while we were away: no point in retrying."""
+    monkeypatch.setattr(network, "BACKOFF_FIRST", 0.05)
+
+    def welcome_then_close(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+
+    def other_version(peer: Peer) -> None:
+        peer.expect("hello", protocol=1)
+        peer.send(
+            {
+                "type": "error",
+                "code": "protocol-version",
+                "message": "This server speaks protocol version 2, not 1.",
+                "in_reply_to": "hello",
+            }
+        )
+
+    fake = fake_server(welcome_then_close, other_version)
+    client = join(fake.port, "alice")
+    assert last(client, ConnectionLost).retry_in > 0
+    events = wait_for(client, ConnectionLost)
+    fake.finish()
+    final = events[-1]
+    assert final.retry_in < 0
+    assert "version" in final.message
+    assert_plain(final.message)
+    events += wait_for(client, Stopped, timeout=1.0)
+    events += expect_no(client, Connecting, 0.3)
+    assert not any(isinstance(e, ConnectFailed | Welcomed) for e in events)
+
+
+# -- keeping the connection alive -------------------------------------------------------
+
+
+def test_a_silent_server_is_detected_as_dead(
+    fake_server: Callable[..., FakeServer], make_client: Callable[..., ChatClient]
+) -> None:
+    times: dict[str, float] = {}
+    after_ping: list[list[dict[str, Any]]] = []
+
+    def silent(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        times["welcome"] = time.monotonic()
+        assert peer.expect("ping", timeout=3.0) == {"type": "ping"}
+        times["ping"] = time.monotonic()
+        # Stay silent with the connection open, until the client gives up on it.
+        after_ping.append(peer.expect_closed(timeout=3.0))
+
+    fake = fake_server(silent)
+    client = make_client(fake.port, "alice", ping_after=0.3, dead_after=0.8)
+    last(client, Welcomed)
+    welcomed_at = time.monotonic()
+    lost = last(client, ConnectionLost, timeout=3.0)
+    lost_at = time.monotonic()
+    fake.finish()
+    assert lost.message == "The server stopped answering."
+    assert lost.retry_in > 0
+    assert lost_at - welcomed_at < 1.5
+    assert 0.2 <= times["ping"] - times["welcome"] < 0.8
+    assert after_ping == [[]], "nothing but one ping, then the client closes the socket"
+
+
+def test_a_server_that_answers_pings_is_alive(
+    start_server: StartServer, make_client: Callable[..., ChatClient]
+) -> None:
+    server = start_server()
+    client = make_client(server.port, "alice", ping_after=0.3, dead_after=0.8)
+    last(client, Welcomed)
+    expect_no(client, ConnectionLost, 1.6)
+    assert client.joined
+
+
+def test_client_answers_pings_echoing_their_fields(
+    fake_server: Callable[..., FakeServer], join: Callable[..., ChatClient]
+) -> None:
+    ping = {"type": "ping", "n": 7, "note": f"h\u00e9llo {EMOJI}", "nested": {"a": [1, 2.5]}}
+    got: list[dict[str, Any]] = []
+    answered = threading.Event()
+
+    def pinger(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        peer.send(ping)
+        got.append(peer.expect("pong"))
+        answered.set()
+        got.extend(peer.expect_closed())  # until the test closes the client
+
+    fake = fake_server(pinger)
+    client = join(fake.port, "alice")
+    assert answered.wait(WAIT)
+    client.close()
+    fake.finish()
+    assert got[0] == {**ping, "type": "pong"}
+    assert got[1:] == [{"type": "bye"}]
+
+
+def test_real_server_pings_are_answered(
+    start_server: StartServer, join: Callable[..., ChatClient]
+) -> None:
+    # The server pings every 0.2 s and drops a client silent for 1 s: only the
+    # client's pongs keep it in the room.
+    server = start_server(idle_ping_after=0.2, idle_timeout=1.0)
+    client = join(server.port, "alice")
+    seen = expect_no(client, ConnectionLost | Unsent, 1.8)
+    assert not [e for e in seen if isinstance(e, Received) and isinstance(e.message, Error)]
+    client.say("still here")
+    live_echo(client, "still here")
+
+
+# -- closing ------------------------------------------------------------------------
+
+
+def test_close_while_joined_says_bye(
+    start_server: StartServer, make_client: Callable[..., ChatClient], raw: Any
+) -> None:
+    server = start_server()
+    bob = raw(server.port, "bob")
+    client = make_client(server.port, "alice")
+    last(client, Welcomed)
+    bob.skip_until("joined")
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 1.0
+    assert not network_threads()
+    left = bob.skip_until("left")
+    assert (left["name"], left["reason"]) == ("alice", "quit")
+    assert any(isinstance(e, Stopped) for e in drain(client))
+    assert not client.joined
+
+    started = time.monotonic()
+    client.close()  # twice: harmless
+    assert time.monotonic() - started < 0.5
+    assert drain(client) == []
+
+
+def test_close_during_a_backoff_pause(
+    fake_server: Callable[..., FakeServer],
+    join: Callable[..., ChatClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(network, "BACKOFF_FIRST", 20.0)
+
+    def welcome_then_close(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+
+    fake = fake_server(welcome_then_close)
+    client = join(fake.port, "alice")
+    assert last(client, ConnectionLost).retry_in >= 10.0
+    fake.finish()
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 1.0
+    assert not network_threads()
+    assert [type(e) for e in drain(client)] == [Stopped]
+
+
+def test_close_before_welcome_sends_no_bye(
+    fake_server: Callable[..., FakeServer], make_client: Callable[..., ChatClient]
+) -> None:
+    frames: list[dict[str, Any]] = []
+    greeted = threading.Event()
+
+    def never_welcome(peer: Peer) -> None:
+        frames.append(peer.expect("hello"))
+        greeted.set()
+        frames.extend(peer.expect_closed())
+
+    fake = fake_server(never_welcome)
+    client = make_client(fake.port, "alice")
+    assert greeted.wait(WAIT)
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 1.0
+    fake.finish()
+    assert [f["type"] for f in frames] == ["hello"]
+    events = drain(client)
+    assert [type(e) for e in events] == [Connecting, Stopped]
+
+
+def test_close_after_the_thread_ended_and_before_start(
+    make_client: Callable[..., ChatClient],
+) -> None:
+    failed = make_client(free_port(), "alice")
+    last(failed, Stopped)
+    failed.close()
+    failed.close()
+    never_started = make_client(free_port(), "bob", start=False)
+    never_started.close()
+    never_started.close()
+    assert drain(never_started) == []
+
+
+def test_close_from_another_thread_while_connected(
+    start_server: StartServer, join: Callable[..., ChatClient]
+) -> None:
+    server = start_server()
+    client = join(server.port, "alice")
+    closer = threading.Thread(target=client.close, name="closer")
+    closer.start()
+    closer.join(2.0)
+    assert not closer.is_alive()
+    assert not network_threads()
+    assert isinstance(last(client, Stopped, timeout=1.0), Stopped)
+
+
+def test_fake_server_helper_reports_failures() -> None:
+    """The fake server's own checks can fail a test (they are not swallowed)."""
+
+    def expects_a_say(peer: Peer) -> None:
+        peer.expect("say")
+
+    fake = FakeServer(expects_a_say)
+    with socket.create_connection((HOST, fake.port), timeout=WAIT) as sock:
+        sock.sendall(frame({"type": "hello", "name": "x", "protocol": 1}))
+    with pytest.raises(AssertionError, match="expected say"):
+        fake.finish()
+
+
+def test_close_during_a_slow_name_lookup_releases_everything(
+    make_client: Callable[..., ChatClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """getaddrinfo cannot be interrupted, so close(timeout) may return first; the
+    client's sockets must still be released once the thread ends, without a
+    second close() (the app calls close() once, when its window closes)."""
+    in_lookup = threading.Event()
+    finish_lookup = threading.Event()
+
+    def slow_lookup(*args: Any, **kwargs: Any) -> Any:
+        in_lookup.set()
+        finish_lookup.wait(3.0)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(network.socket, "getaddrinfo", slow_lookup)
+    before = _open_sockets()
+    client = make_client(1234, "alice", host="slow.example")
+    assert in_lookup.wait(WAIT)
+    started = time.monotonic()
+    client.close(0.2)
+    assert time.monotonic() - started < 1.0
+    finish_lookup.set()
+    last(client, Stopped, timeout=2.0)
+    deadline = time.monotonic() + 2.0
+    while network_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not network_threads()
+    gc.collect()
+    assert _open_sockets() - before == set(), "close() returned early and nothing released"
