@@ -96,6 +96,7 @@ class ChatApp:
         self._lost_reason = ""
         self._pump_id: str | None = None
         self._closing = False
+        self._closed = False
 
         root.title("LAN Chat")
         root.protocol("WM_DELETE_WINDOW", self.quit)
@@ -218,7 +219,11 @@ class ChatApp:
 
     def connect(self, host: str, port: int, name: str) -> None:
         """Start a connection (replacing any other)."""
+        if self.client is not None and self.client.joined and self.target is not None:
+            self.notice(f"You left {self.target[0]}:{self.target[1]}.")
         self._drop_client()
+        self.view.set_users([])
+        self.view.set_status(f"Connecting to {host}:{port}…")
         self.target = (host, port)
         self._update_settings(host=host, port=port, name=name)
         self.client = self.client_factory(host, port, name)
@@ -259,7 +264,10 @@ class ChatApp:
         self.on_exit()
 
     def close(self) -> None:
-        """Leave the room and take the app out of the root window."""
+        """Leave the room and take the app out of the root window. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         self._closing = True
         if self._pump_id is not None:
             self.root.after_cancel(self._pump_id)
@@ -286,24 +294,29 @@ class ChatApp:
         """Handle up to ``PUMP_BATCH`` network events, then reschedule."""
         more = False
         client = self.client
-        if client is not None:
-            self.view.begin_batch()
-            for _ in range(PUMP_BATCH):
-                try:
-                    event = client.events.get_nowait()
-                except queue.Empty:
-                    break
-                self.handle(event)
-                if self.client is not client:
-                    break  # the event replaced or dropped the client
-            else:
-                more = True
-            self.view.end_batch()
-        if self._retry_at is not None:
-            seconds = max(0, round(self._retry_at - time.monotonic()))
-            self.view.banner_label.configure(text=f"{self._lost_reason} Retrying in {seconds} s…")
-        if not self._closing:
-            self._pump_id = self.root.after(1 if more else PUMP_MS, self.pump)
+        try:
+            if client is not None:
+                self.view.begin_batch()
+                for _ in range(PUMP_BATCH):
+                    try:
+                        event = client.events.get_nowait()
+                    except queue.Empty:
+                        break
+                    self.handle(event)
+                    if self.client is not client:
+                        break  # the event replaced or dropped the client
+                else:
+                    more = True
+                self.view.end_batch()
+            if self._retry_at is not None:
+                seconds = max(0, round(self._retry_at - time.monotonic()))
+                self.view.banner_label.configure(
+                    text=f"{self._lost_reason} Retrying in {seconds} s…"
+                )
+        finally:
+            # Even after an error (reported by Tk), later events must still show.
+            if not self._closing:
+                self._pump_id = self.root.after(1 if more else PUMP_MS, self.pump)
 
     def handle(self, event: Event) -> None:
         """Act on one network event."""
@@ -317,6 +330,7 @@ class ChatApp:
             case ConnectFailed(message=message):
                 self._drop_client()
                 self.view.set_status("Not connected")
+                self._update_title()
                 self.open_dialog(message)
             case ConnectionLost(message=message, retry_in=retry_in):
                 self._connection_lost(message, retry_in)
@@ -392,7 +406,8 @@ class ChatApp:
                 if len(self._seen) > SEEN_LIMIT:
                     self._seen.popitem(last=False)
                 mention = view.add_message(message)
-                if not self._has_focus() and not message.history:
+                mine = message.sender == view.own_name
+                if not mine and not message.history and not self._has_focus():
                     self.unread += 1
                     self._update_title()
                     if mention or message.to is not None:
@@ -453,7 +468,8 @@ class ChatApp:
             case None:
                 return False
             case commands.Quit():
-                self.quit()
+                # After the input box has been cleared: quit destroys it.
+                self.root.after_idle(self.quit)
                 return True
             case commands.Hint(message=message):
                 self.notice(message, "error")

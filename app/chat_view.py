@@ -68,7 +68,7 @@ class ChatView(ttk.Frame):
     def _build_banner(self) -> None:
         self.banner = ttk.Frame(self, bootstyle="warning", padding=(10, 6))
         self.banner.columnconfigure(0, weight=1)
-        self.banner_label = ttk.Label(self.banner, text="", bootstyle="inverse-warning")
+        self.banner_label = ttk.Label(self.banner, text="", bootstyle="@warning")
         self.banner_label.grid(row=0, column=0, sticky="w")
         self.reconnect_button = ttk.Button(
             self.banner, text="Reconnect now", bootstyle="dark", command=self.on_reconnect
@@ -132,6 +132,8 @@ class ChatView(ttk.Frame):
         self.input.delete("1.0", "end")
         self.input.insert("1.0", value)
         self.input.mark_set("insert", "end")
+        if "restored" in self.input.mark_names():
+            self.input.mark_unset("restored")
 
     def send(self) -> None:
         """Hand the input to ``on_send``; clear it only if it was taken."""
@@ -145,9 +147,15 @@ class ChatView(ttk.Frame):
             self.set_input("")
 
     def restore_input(self, value: str) -> None:
-        """Put text that was not sent back in front of the user, before what they typed since."""
+        """Put text that was not sent back in the box: after text restored
+        before (so lines keep the order they were typed in), before anything
+        typed since."""
+        if "restored" in self.input.mark_names():
+            self.input.insert("restored", f"\n{value}")  # the mark moves past it
+            return
         current = self.input_text()
         self.set_input(value if not current.strip() else f"{value}\n{current}")
+        self.input.mark_set("restored", f"1.0 + {len(value)} chars")
 
     def start_private(self, name: str) -> None:
         self.set_input(f"/msg {name} ")

@@ -23,7 +23,9 @@ def check_fields(host: str, port: str, name: str) -> dict[str, str]:
         problems["host"] = "Enter the server's address, such as 192.168.1.20."
     elif any(char.isspace() for char in host.strip()):
         problems["host"] = "An address has no spaces."
-    if not port.strip().isdigit() or not 1 <= int(port) <= 65535:
+    digits = port.strip()
+    # isdigit() also accepts digits like ² that int() rejects.
+    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= 65535:
         problems["port"] = "The port is a number from 1 to 65535."
     try:
         normalize_name(name)
@@ -137,12 +139,15 @@ class ConnectDialog(ttk.Toplevel):
         return check_fields(self.host_var.get(), self.port_var.get(), self.name_var.get())
 
     def refresh(self) -> None:
-        """Show each field's problem once the user has typed in it; enable Connect."""
+        """Show each field's problem once the user has typed in it.
+
+        Connect stays clickable (a disabled button is barely visible in the
+        light theme); clicking it with a problem left shows every reason.
+        """
         problems = self.problems()
         for key, hint in self._hints.items():
             hint.configure(text=problems.get(key, "") if key in self._touched else "")
-        ready = not problems and not self._connecting
-        self.connect_button.configure(state="normal" if ready else "disabled")
+        self.connect_button.configure(state="disabled" if self._connecting else "normal")
 
     def show_connecting(self) -> None:
         host, port = self.host_var.get().strip(), self.port_var.get().strip()
@@ -177,9 +182,18 @@ class ConnectDialog(ttk.Toplevel):
 
     def submit(self) -> None:
         """Connect (or, after a refused name, try the new name)."""
-        if self._connecting or self.problems():
+        if self._connecting:
+            return
+        problems = self.problems()
+        if problems:
             self._touched.update(self._hints)
             self.refresh()
+            first = next(
+                entry
+                for (entry, _), key in zip(self._fields, self._hints, strict=True)
+                if key in problems
+            )
+            first.focus_set()
             return
         name = self.name_var.get()
         if self._name_only:
