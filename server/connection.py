@@ -63,6 +63,7 @@ logger = logging.getLogger("server")
 RECV_SIZE = 256 * 1024
 SEND_CHUNK = 256 * 1024
 CLOSE_GRACE = 2.0  # seconds a closing peer gets to read its last frames
+LOGGED_ERRORS = 10  # non-fatal errors per connection logged at INFO
 
 # Frames a client may send before it has been welcomed.
 _GREETING_TYPES = frozenset({Hello.TYPE, Ping.TYPE, Bye.TYPE})
@@ -112,6 +113,7 @@ class Connection:
         "_bucket",
         "_close_deadline",
         "_eof_sent",
+        "_errors_logged",
         "_last_heard",
         "_opened",
         "_peer_closed",
@@ -151,9 +153,15 @@ class Connection:
         self._close_deadline = 0.0
         self._eof_sent = False
         self._peer_closed = False
+        self._errors_logged = 0
 
     def __repr__(self) -> str:
         return f"<Connection {self.who} {self.state.value}>"
+
+    @property
+    def peer_closed(self) -> bool:
+        """Whether the peer has closed its side (it may still be reading)."""
+        return self._peer_closed
 
     @property
     def who(self) -> str:
@@ -178,17 +186,11 @@ class Connection:
             self.abort(LeaveReason.DISCONNECTED)
             return
         if not data:
-            self._peer_closed = True
-            if self.state is State.CLOSING:
-                self.abort(None)
-            else:
-                self.close(LeaveReason.DISCONNECTED)
+            self._on_peer_closed()
             return
         if self.state is State.CLOSING:
             return  # closing: input is read only so that it is not reset
         now = time.monotonic()
-        self._last_heard = now
-        self._ping_due = now + self.config.idle_ping_after
         self.decoder.receive_data(data)
         while self.state is State.GREETING or self.state is State.JOINED:
             try:
@@ -198,7 +200,22 @@ class Connection:
                 return
             if payload is None:
                 return
+            # Only whole frames are signs of life: a client dribbling a
+            # frame it never finishes still times out.
+            self._last_heard = now
+            self._ping_due = now + self.config.idle_ping_after
             self._dispatch(payload, now)
+
+    def _on_peer_closed(self) -> None:
+        """The peer sent its FIN. It may still be reading (a half-close), so
+        what it is owed is still written before the connection is closed."""
+        self._peer_closed = True
+        if self.state is not State.CLOSING:
+            self.close(LeaveReason.DISCONNECTED)
+        elif not self._waiting_to_write:
+            self.abort(None)
+        if self.state is not State.CLOSED:
+            self.loop.want_write(self, True)  # and no longer read: EOF stays readable
 
     def on_writable(self) -> None:
         self._waiting_to_write = False
@@ -272,8 +289,16 @@ class Connection:
 
     def fail(self, error: ProtocolError, reason: LeaveReason | None) -> None:
         """Answer ``error``; if it is fatal, close, telling the room ``reason``."""
-        level = logging.WARNING if error.fatal else logging.INFO
-        logger.log(level, "%s: %s: %s", self.who, error.code, error.message)
+        if error.fatal:
+            logger.warning("%s: %s: %s", self.who, error.code, error.message)
+        else:
+            # A client can cause errors as fast as it can send; only the
+            # first few of each connection reach the default log level.
+            self._errors_logged += 1
+            level = logging.INFO if self._errors_logged <= LOGGED_ERRORS else logging.DEBUG
+            logger.log(level, "%s: %s: %s", self.who, error.code, error.message)
+            if self._errors_logged == LOGGED_ERRORS:
+                logger.info("%s: further errors of this client are logged at debug level", self.who)
         self.room.send(self, Error.from_exception(error))
         if error.fatal:
             self.close(reason)

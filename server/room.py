@@ -127,29 +127,46 @@ class Outbox:
             self._grace += len(frame)
 
     def take(self, log: BroadcastLog, max_bytes: int) -> bytes:
-        """Remove and return up to about ``max_bytes`` of what is queued, in order."""
+        """Remove and return up to ``max_bytes`` of what is queued, in order.
+
+        A frame longer than what is left of ``max_bytes`` is split, its rest
+        kept first in line, so that what a connection holds unsent (and so
+        outside this backlog and its grace) stays small.
+        """
         parts: list[bytes] = []
         size = 0
         direct = self._direct
-        while direct and size < max_bytes:
-            position, frame = direct[0]
-            if self.cursor is not None and position > self.cursor:
-                parts.append(log.read(self.cursor, position))
-                size += position - self.cursor
-                self.cursor = position
-            direct.popleft()
-            self._direct_bytes -= len(frame)
-            # Frames go in order, so a grace frame taken early only makes
-            # the bound stricter for a moment, never looser.
-            self._grace = max(0, self._grace - len(frame))
-            parts.append(frame)
-            size += len(frame)
-        if not direct and self.cursor is not None and size < max_bytes:
-            stop = min(log.end, self.cursor + max_bytes - size)
-            if stop > self.cursor:
-                parts.append(log.read(self.cursor, stop))
+        while size < max_bytes:
+            budget = max_bytes - size
+            if direct:
+                position, frame = direct[0]
+                if self.cursor is not None and position > self.cursor:
+                    stop = min(position, self.cursor + budget)
+                    piece = log.read(self.cursor, stop)
+                    self.cursor = stop
+                elif len(frame) > budget:
+                    piece = frame[:budget]
+                    direct[0] = (position, frame[budget:])
+                    self._spent(piece)
+                else:
+                    piece = frame
+                    direct.popleft()
+                    self._spent(piece)
+            elif self.cursor is not None and self.cursor < log.end:
+                stop = min(log.end, self.cursor + budget)
+                piece = log.read(self.cursor, stop)
                 self.cursor = stop
+            else:
+                break
+            parts.append(piece)
+            size += len(piece)
         return b"".join(parts)
+
+    def _spent(self, piece: bytes) -> None:
+        self._direct_bytes -= len(piece)
+        # Frames go in order, so a grace frame taken early only makes the
+        # bound stricter for a moment, never looser.
+        self._grace = max(0, self._grace - len(piece))
 
     def subscribe(self, log: BroadcastLog) -> None:
         """Start receiving the log from its current end."""
@@ -164,11 +181,13 @@ class Outbox:
             self._direct_bytes = self._grace = 0
             self.cursor = None
             return
+        grace = self._grace  # take() spends it; the owed bytes still deserve it
         owed = self.take(log, log.end - self.cursor + self._direct_bytes)
         self.cursor = None
         if owed:
             self._direct.append((0, owed))
             self._direct_bytes += len(owed)
+            self._grace = min(grace, len(owed))
 
 
 class Member(Protocol):
@@ -232,6 +251,7 @@ class Room:
         self._log = BroadcastLog()
         self._members: dict[str, Member] = {}
         self._roster: list[tuple[str, str]] = []  # (identity, name), kept sorted
+        self._users_frame: bytes | None = None  # the encoded `users` reply, until a change
         self._history: deque[_HistoryEntry] = deque(maxlen=history)
         self._last_id = 0
         self._closed = False
@@ -288,6 +308,7 @@ class Room:
             member.name = name
             self._members[identity] = member
             self._roster = roster
+            self._users_frame = None
             self._broadcast(Joined(name, self._clock()))
             member.outbox.subscribe(self._log)
             outbox = member.outbox
@@ -310,7 +331,7 @@ class Room:
                 return None
             identity = name_identity(member.name)
             del self._members[identity]
-            self._roster.remove((identity, member.name))
+            self._roster_remove(identity, member.name)
             member.outbox.unsubscribe(self._log)
             if not self._closed:
                 self._broadcast(Left(member.name, reason, self._clock()))
@@ -330,7 +351,7 @@ class Room:
             if identity != old_identity and identity in self._members:
                 raise _name_taken(name)
             del self._members[old_identity]
-            self._roster.remove((old_identity, old))
+            self._roster_remove(old_identity, old)
             member.name = name
             self._members[identity] = member
             bisect.insort(self._roster, (identity, name))
@@ -386,9 +407,21 @@ class Room:
         member.notify()
 
     def send_users(self, member: Member) -> None:
-        """Answer ``who``: queue the user list for ``member``."""
+        """Answer ``who``: queue the user list for ``member``.
+
+        The list is encoded once per change of the room, outside the lock:
+        a big room's list takes a millisecond to encode, and ``who`` is not
+        rate-limited.
+        """
         with self._lock:
-            self._put(member, encode(Users(self._users())))
+            frame = self._users_frame
+            users = self._users() if frame is None else ()
+        if frame is None:
+            frame = encode(Users(users))
+        with self._lock:
+            if self._users_frame is None and users == self._users():
+                self._users_frame = frame
+            self._put(member, frame)
         member.notify()
 
     def close(self) -> None:
@@ -400,6 +433,10 @@ class Room:
 
     def _users(self) -> tuple[str, ...]:
         return tuple(name for _, name in self._roster)
+
+    def _roster_remove(self, identity: str, name: str) -> None:
+        del self._roster[bisect.bisect_left(self._roster, (identity, name))]
+        self._users_frame = None
 
     def _broadcast(self, message: Message) -> None:
         log = self._log
