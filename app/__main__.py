@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import signal
 import sys
 import tkinter
 from collections.abc import Sequence
@@ -104,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dialog = chat.open_dialog()
         if args.connect:
             dialog.show_error(" ".join(problems.values()))
+    # Logging out or shutting down sends SIGTERM: leave the room politely.
+    # Python runs the handler when Tk next calls into it (the pump ticks).
+    signal.signal(signal.SIGTERM, lambda *_: root.after_idle(chat.quit))
     try:
         root.mainloop()
     except KeyboardInterrupt:
