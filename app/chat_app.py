@@ -56,7 +56,10 @@ from server.protocol import (
 logger = logging.getLogger("app")
 
 PUMP_MS = 30
-PUMP_BATCH = 200  # events per tick: ~10 ms of Tk work, so input stays responsive
+# Events per tick, and time per tick: whichever runs out first. Tk draws
+# and takes input between ticks, so a burst never freezes the window.
+PUMP_BATCH = 200
+PUMP_BUDGET = 0.02
 NAME_RETRY_MS = 3000  # after a reconnect, our old connection may still hold the name
 SEEN_LIMIT = 2000  # message keys remembered to drop history replayed on reconnect
 
@@ -297,6 +300,7 @@ class ChatApp:
         try:
             if client is not None:
                 self.view.begin_batch()
+                deadline = time.perf_counter() + PUMP_BUDGET
                 for _ in range(PUMP_BATCH):
                     try:
                         event = client.events.get_nowait()
@@ -305,6 +309,9 @@ class ChatApp:
                     self.handle(event)
                     if self.client is not client:
                         break  # the event replaced or dropped the client
+                    if time.perf_counter() > deadline:
+                        more = True
+                        break
                 else:
                     more = True
                 self.view.end_batch()

@@ -224,12 +224,12 @@ class ChatView(ttk.Frame):
         """Show a chat message; returns whether it mentions the user."""
         own = message.sender == self.own_name
         mention = not own and fmt.mentions(message.text, self.own_name)
-        base = ("mention",) if mention else ()
-        parts: list[tuple[str, tuple[str, ...]]] = [(f"{fmt.clock(message.ts)}  ", ("time",))]
-        sender_tags = ("own",) if own else ("sender",)
+        base = ("mention",) if mention else ()  # the whole line, time included
+        parts: list[tuple[str, tuple[str, ...]]] = [(f"{fmt.clock(message.ts)}  ", (*base, "time"))]
+        sender_tags = (*base, "own" if own else "sender")
         if message.to is not None:
             arrow = f"{message.sender} → {message.to}"
-            parts.append((f"{arrow} (private): ", ("private", "sender-private")))
+            parts.append((f"{arrow} (private): ", (*base, "private", "sender-private")))
             base = (*base, "private")
         elif message.action:
             parts.append((f"* {message.sender} ", (*sender_tags, "action")))
