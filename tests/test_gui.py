@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ttkbootstrap as ttk
 from PIL import ImageGrab
 
 from app import commands
@@ -975,3 +976,47 @@ def test_screenshots(
     names += ["chat-light", "chat-dark", "chat-banner-dark", "chat-banner-light"]
     for name in names:
         assert (SHOTS / f"{name}.png").stat().st_size > 1000
+
+
+def test_in_the_background_unread_messages_count_and_mentions_alert(
+    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient], monkeypatch
+) -> None:
+    srv = start_server()
+    join(app, srv, "alice")
+    bob = raw(srv, "bob")
+    wait_shown(app, "bob joined")
+    bells: list[bool] = []
+    toasts: list[dict[str, Any]] = []
+
+    class FakeToast:
+        def __init__(self, **options: Any) -> None:
+            toasts.append(options)
+
+        def show_toast(self) -> None:
+            pass
+
+    monkeypatch.setattr(app.root, "bell", lambda: bells.append(True))
+    monkeypatch.setattr(ttk, "ToastNotification", FakeToast)
+    monkeypatch.setattr(app, "_has_focus", lambda: False)  # the window is in the background
+
+    bob.send({"type": "say", "text": "lunch at noon"})
+    wait_shown(app, "lunch at noon")
+    assert app.root.title().startswith("(1) LAN Chat")
+    assert bells == [] and toasts == []
+
+    bob.send({"type": "say", "text": "Alice, are you coming?"})
+    wait_shown(app, "Alice, are you coming?")
+    assert app.root.title().startswith("(2) LAN Chat")
+    assert bells == [True]
+    assert toasts[0]["title"] == "bob mentioned you"
+
+    bob.send({"type": "say", "text": "psst", "to": "alice"})
+    wait_shown(app, "psst")
+    assert len(bells) == 2 and toasts[1]["title"] == "bob"
+
+    type_and_send(app, "my own words, alice")  # one's own echo is never unread
+    wait_shown(app, "my own words, alice")
+    assert app.root.title().startswith("(3) LAN Chat") and len(bells) == 2
+
+    app._focused(None)  # the user comes back to the window
+    assert app.root.title().startswith("LAN Chat")
