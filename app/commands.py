@@ -68,9 +68,9 @@ def parse_input(line: str) -> Command | None:
         return SendText(line)
     if line.startswith("//"):
         return SendText(line[1:])
-    word, _, rest = line[1:].partition(" ")
+    word, *others = line[1:].split(None, 1)
     command = word.lower()
-    rest = rest.strip()
+    rest = others[0].strip() if others else ""
     if command == "me":
         return SendText(rest, action=True) if rest else Hint("Usage: /me ACTION, as in /me waves")
     if command == "msg":

@@ -24,8 +24,11 @@ def check_fields(host: str, port: str, name: str) -> dict[str, str]:
     elif any(char.isspace() for char in host.strip()):
         problems["host"] = "An address has no spaces."
     digits = port.strip()
-    # isdigit() also accepts digits like ² that int() rejects.
-    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= 65535:
+    # isdigit() also accepts digits like ² that int() rejects, and int()
+    # refuses strings of thousands of digits (a paste gone wrong).
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 5) or not (
+        1 <= int(digits) <= 65535
+    ):
         problems["port"] = "The port is a number from 1 to 65535."
     try:
         normalize_name(name)

@@ -70,3 +70,7 @@ def save(settings: Settings, path: Path | None = None) -> None:
         temporary.replace(path)  # never leave a half-written file behind
     except OSError as exc:
         logger.warning("Cannot save settings to %s: %s", path, exc)
+        try:
+            path.with_suffix(".tmp").unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder itself is unusable: there is no file to remove

@@ -17,6 +17,7 @@ LEAVE_REASONS = {
     LeaveReason.KICKED: "was removed by the server",
 }
 
+_SCHEME = re.compile(r"https?://", re.IGNORECASE)
 _LINK = re.compile(r"\b(?:https?://|www\.)[^\s<>\"']+[^\s<>\"'.,;:!?)\]}]", re.IGNORECASE)
 # Tk before 8.6.10 cannot show characters beyond U+FFFF (most emoji).
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
@@ -53,7 +54,8 @@ def split_links(text: str) -> list[tuple[str, bool]]:
 
 
 def link_target(link: str) -> str:
-    return link if "://" in link else f"http://{link}"
+    """The address to open for a link as written (``www.`` links get ``http://``)."""
+    return link if _SCHEME.match(link) else f"http://{link}"
 
 
 def displayable(text: str, *, astral_ok: bool) -> str:
@@ -62,7 +64,12 @@ def displayable(text: str, *, astral_ok: bool) -> str:
 
 
 def mentions(text: str, name: str | None) -> bool:
-    """Whether ``text`` names ``name`` as a word, ignoring case."""
+    """Whether ``text`` names ``name`` as a word, ignoring case.
+
+    Names may hold ``-`` and ``.``, so ``bob-2`` and ``bob.smith`` are
+    someone else, while ``bob.`` at the end of a sentence is bob.
+    """
     if not name:
         return False
-    return re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", text, re.IGNORECASE) is not None
+    pattern = rf"(?<![\w-])(?<!\w\.){re.escape(name)}(?![\w-]|\.\w)"
+    return re.search(pattern, text, re.IGNORECASE) is not None
