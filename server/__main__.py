@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from server.config import DEFAULT_IO_THREADS, DEFAULT_MAX_CLIENTS, RateLimit, ServerConfig
 from server.protocol import (
@@ -32,27 +32,28 @@ def _port(text: str) -> int:
     return port
 
 
-def _positive(kind: type[int] | type[float]) -> argparse.Action:
-    def parse(text: str) -> int | float:
+def _number(
+    kind: type[int] | type[float], allowed: Callable[[float], bool], rule: str
+) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` for which ``allowed`` holds (``rule`` says when)."""
+
+    def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+        if not allowed(value):
+            raise argparse.ArgumentTypeError(f"{text} {rule}")
         return value
 
-    return parse  # type: ignore[return-value]
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} cannot be negative")
-    return value
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    return _number(kind, lambda value: value > 0, "must be more than 0")
+
+
+_non_negative = _number(int, lambda value: value >= 0, "cannot be negative")
 
 
 def build_parser() -> argparse.ArgumentParser:

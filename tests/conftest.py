@@ -76,16 +76,20 @@ def server(start_server: Callable[..., ChatServer]) -> ChatServer:
 
 
 @pytest.fixture
-def connect(server: ChatServer) -> Iterator[Callable[..., RawClient]]:
-    """Open raw clients to ``server``; all closed after the test."""
+def open_client() -> Iterator[Callable[..., RawClient]]:
+    """Open raw clients to a server (a ChatServer or a port), joined when given
+    a name; all closed after the test."""
     clients: list[RawClient] = []
 
-    def open_client(port: int | None = None) -> RawClient:
-        client = RawClient(port or server.port)
+    def open_(server: ChatServer | int, name: str | None = None, timeout: float = 5.0) -> RawClient:
+        port = server if isinstance(server, int) else server.port
+        client = RawClient(port, timeout=timeout)
         clients.append(client)
+        if name is not None:
+            client.join(name)
         return client
 
-    yield open_client
+    yield open_
     for client in clients:
         client.close()
 

@@ -250,23 +250,6 @@ def app(make_app: Callable[..., ChatApp]) -> ChatApp:
     return make_app()
 
 
-@pytest.fixture
-def raw() -> Iterator[Callable[..., RawClient]]:
-    """Open raw clients ("the other user") to a server, joined when named; all closed after."""
-    clients: list[RawClient] = []
-
-    def open_(srv: ChatServer, name: str | None = None) -> RawClient:
-        client = RawClient(srv.port)
-        clients.append(client)
-        if name is not None:
-            client.join(name)
-        return client
-
-    yield open_
-    for client in clients:
-        client.close()
-
-
 # -- check_fields (no display needed) --------------------------------------------
 
 
@@ -417,10 +400,10 @@ def test_unknown_host_is_reported_in_the_dialog(app: ChatApp) -> None:
 
 
 def test_server_full_is_reported_in_the_dialog(
-    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient]
+    app: ChatApp, start_server: StartServer, open_client: Callable[..., RawClient]
 ) -> None:
     srv = start_server(max_clients=1)
-    raw(srv)  # holds the only slot (connected, not even joined)
+    open_client(srv)  # holds the only slot (connected, not even joined)
     wait_until(app.root, lambda: srv.connection_count == 1, what="the slot taken")
     dialog = app.open_dialog()
     fill(dialog, HOST, srv.port, "alice")
@@ -437,10 +420,13 @@ def test_server_full_is_reported_in_the_dialog(
 
 
 def test_name_taken_asks_for_another_name_on_the_same_connection(
-    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient], saved: list[Settings]
+    app: ChatApp,
+    start_server: StartServer,
+    open_client: Callable[..., RawClient],
+    saved: list[Settings],
 ) -> None:
     srv = start_server()
-    other = raw(srv, "alice")  # someone already goes by alice
+    other = open_client(srv, "alice")  # someone already goes by alice
     dialog = app.open_dialog()
     fill(dialog, HOST, srv.port, "alice")
     dialog.connect_button.invoke()
@@ -540,11 +526,11 @@ def test_quit_in_the_idle_dialog_exits(app: ChatApp, exits: list[bool]) -> None:
 
 
 def test_messages_and_emoji_reach_both_transcripts(
-    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient]
+    app: ChatApp, start_server: StartServer, open_client: Callable[..., RawClient]
 ) -> None:
     srv = start_server()
     join(app, srv, "alice")
-    bob = raw(srv, "bob")
+    bob = open_client(srv, "bob")
     wait_shown(app, "bob joined")
 
     type_and_send(app, f"hello bob {EMOJI}")
@@ -575,7 +561,7 @@ def test_messages_and_emoji_reach_both_transcripts(
 
 
 def test_online_list_follows_join_leave_and_rename(
-    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient]
+    app: ChatApp, start_server: StartServer, open_client: Callable[..., RawClient]
 ) -> None:
     srv = start_server()
     join(app, srv, "alice")
@@ -584,12 +570,12 @@ def test_online_list_follows_join_leave_and_rename(
     assert str(app.view.online_label.cget("text")) == "Online — 1"
     assert str(status.cget("text")) == f"Connected to {HOST}:{srv.port} as alice, 1 online"
 
-    bob = raw(srv, "bob")
+    bob = open_client(srv, "bob")
     wait_shown(app, "bob joined")
     assert app.view.users == ["alice", "bob"]
     assert str(app.view.online_label.cget("text")) == "Online — 2"
     assert str(status.cget("text")) == f"Connected to {HOST}:{srv.port} as alice, 2 online"
-    carol = raw(srv, "Carol")
+    carol = open_client(srv, "Carol")
     wait_shown(app, "Carol joined")
     assert app.view.users == ["alice", "bob", "Carol"]  # sorted without regard to case
     assert list(app.view.user_list.get(0, "end")) == ["alice", "bob", "Carol"]
@@ -611,12 +597,15 @@ def test_online_list_follows_join_leave_and_rename(
 
 
 def test_commands(
-    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient], saved: list[Settings]
+    app: ChatApp,
+    start_server: StartServer,
+    open_client: Callable[..., RawClient],
+    saved: list[Settings],
 ) -> None:
     srv = start_server()
     join(app, srv, "alice")
-    bob = raw(srv, "bob")
-    carol = raw(srv, "carol")
+    bob = open_client(srv, "bob")
+    carol = open_client(srv, "carol")
     wait_shown(app, "carol joined")
     bob.skip_until("joined")  # carol
 
@@ -668,11 +657,14 @@ def test_commands(
 
 
 def test_quit_typed_in_the_box_leaves_and_exits(
-    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient], exits: list[bool]
+    app: ChatApp,
+    start_server: StartServer,
+    open_client: Callable[..., RawClient],
+    exits: list[bool],
 ) -> None:
     srv = start_server()
     join(app, srv, "alice")
-    bob = raw(srv, "bob")
+    bob = open_client(srv, "bob")
     wait_shown(app, "bob joined")
     type_and_send(app, "quit")
     wait_until(app.root, lambda: exits == [True], what="quit to run")
@@ -692,11 +684,11 @@ def test_sending_while_disconnected_keeps_the_text(app: ChatApp) -> None:
 
 
 def test_rate_limited_says_come_back_into_the_input(
-    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient]
+    app: ChatApp, start_server: StartServer, open_client: Callable[..., RawClient]
 ) -> None:
     srv = start_server()  # the default limit: a burst of 20, then 5 a second
     join(app, srv, "alice")
-    bob = raw(srv, "bob")
+    bob = open_client(srv, "bob")
     wait_shown(app, "bob joined")
     texts = [f"line {i:02}" for i in range(25)]
     for text in texts:
@@ -748,12 +740,12 @@ def test_pump_handles_at_most_one_batch_per_call(
 def test_a_burst_of_5000_messages_is_shown_in_slices(
     app: ChatApp,
     start_server: StartServer,
-    raw: Callable[..., RawClient],
+    open_client: Callable[..., RawClient],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     srv = start_server(rate_limit=None)
     join(app, srv, "alice")
-    bob = raw(srv, "bob")
+    bob = open_client(srv, "bob")
     wait_shown(app, "bob joined")
     total = 5000
 
@@ -836,11 +828,11 @@ def test_reconnect_now_after_the_server_restarts(
 
 
 def test_disconnect_then_connect_again(
-    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient]
+    app: ChatApp, start_server: StartServer, open_client: Callable[..., RawClient]
 ) -> None:
     srv = start_server()
     join(app, srv, "alice")
-    bob = raw(srv, "bob")
+    bob = open_client(srv, "bob")
     wait_shown(app, "bob joined")
     menu_item(app, "Chat", 1)  # Disconnect
     assert bob.skip_until("left")["reason"] == "quit"
@@ -858,11 +850,11 @@ def test_disconnect_then_connect_again(
 
 
 def test_a_failed_switch_to_another_server_shows_no_stale_room(
-    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient]
+    app: ChatApp, start_server: StartServer, open_client: Callable[..., RawClient]
 ) -> None:
     srv = start_server()
     join(app, srv, "alice")
-    bob = raw(srv, "bob")
+    bob = open_client(srv, "bob")
     wait_shown(app, "bob joined")
     menu_item(app, "Chat", 0)  # Connect to another server…
     dialog = app.dialog
@@ -880,11 +872,14 @@ def test_a_failed_switch_to_another_server_shows_no_stale_room(
 
 
 def test_closing_leaves_the_room_and_no_thread(
-    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient], exits: list[bool]
+    app: ChatApp,
+    start_server: StartServer,
+    open_client: Callable[..., RawClient],
+    exits: list[bool],
 ) -> None:
     srv = start_server()
     join(app, srv, "alice")
-    bob = raw(srv, "bob")
+    bob = open_client(srv, "bob")
     wait_shown(app, "bob joined")
     app.quit()
     assert exits == [True]
@@ -937,10 +932,10 @@ def _fill_transcript(app: ChatApp, srv: ChatServer, bob: RawClient) -> None:
 
 
 def test_screenshots(
-    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient], tk_root: Any
+    app: ChatApp, start_server: StartServer, open_client: Callable[..., RawClient], tk_root: Any
 ) -> None:
     srv = start_server(motd="Welcome to the LAN party")
-    raw(srv, "carol")
+    open_client(srv, "carol")
     dialog = app.open_dialog()
     fill(dialog, HOST, "99999", "alice")
     app.root.update()
@@ -960,7 +955,7 @@ def test_screenshots(
     dialog.port_var.set(str(srv.port))
     dialog.connect_button.invoke()
     wait_until(app.root, lambda: app.dialog is None, what="the dialog to close")
-    bob = raw(srv, "bob")
+    bob = open_client(srv, "bob")
     wait_shown(app, "bob joined")
     _fill_transcript(app, srv, bob)
     screenshot(tk_root, "chat-light.png")
@@ -979,11 +974,11 @@ def test_screenshots(
 
 
 def test_in_the_background_unread_messages_count_and_mentions_alert(
-    app: ChatApp, start_server: StartServer, raw: Callable[..., RawClient], monkeypatch
+    app: ChatApp, start_server: StartServer, open_client: Callable[..., RawClient], monkeypatch
 ) -> None:
     srv = start_server()
     join(app, srv, "alice")
-    bob = raw(srv, "bob")
+    bob = open_client(srv, "bob")
     wait_shown(app, "bob joined")
     bells: list[bool] = []
     toasts: list[dict[str, Any]] = []

@@ -184,23 +184,6 @@ def join(make_client: Callable[..., ChatClient]) -> Callable[..., ChatClient]:
     return join_
 
 
-@pytest.fixture
-def raw() -> Iterator[Callable[..., RawClient]]:
-    """Raw protocol clients (joined when given a name); all closed after the test."""
-    clients: list[RawClient] = []
-
-    def open_(port: int, name: str | None = None) -> RawClient:
-        client = RawClient(port)
-        clients.append(client)
-        if name is not None:
-            client.join(name)
-        return client
-
-    yield open_
-    for client in clients:
-        client.close()
-
-
 class ServerThread:
     """A real ChatServer serving in a thread, on a given port (0: any)."""
 
@@ -386,10 +369,10 @@ def test_describe_connect_error(exc: OSError, expected: str) -> None:
 
 
 def test_connect_is_welcomed_with_name_and_users(
-    start_server: StartServer, make_client: Callable[..., ChatClient], raw: Any
+    start_server: StartServer, make_client: Callable[..., ChatClient], open_client: Any
 ) -> None:
     server = start_server(motd="Be nice")
-    bob = raw(server.port, "bob")
+    bob = open_client(server.port, "bob")
     client = make_client(server.port, "alice", start=False)
     assert client.name is None
     assert not client.joined
@@ -422,10 +405,10 @@ def test_name_is_the_one_the_server_keeps(
 
 
 def test_history_and_presence_arrive_as_received(
-    start_server: StartServer, join: Callable[..., ChatClient], raw: Any
+    start_server: StartServer, join: Callable[..., ChatClient], open_client: Any
 ) -> None:
     server = start_server()
-    bob = raw(server.port, "bob")
+    bob = open_client(server.port, "bob")
     bob.send({"type": "say", "text": "before you came"})
     bob.expect("message")
     client = join(server.port, "alice")
@@ -433,7 +416,7 @@ def test_history_and_presence_arrive_as_received(
     assert isinstance(history, ChatMessage)
     assert (history.sender, history.text, history.history) == ("bob", "before you came", True)
 
-    carol = raw(server.port, "carol")
+    carol = open_client(server.port, "carol")
     joined = last(client, Received).message
     assert (joined.TYPE, joined.name) == ("joined", "carol")
     carol.send({"type": "bye"})
@@ -445,10 +428,10 @@ def test_history_and_presence_arrive_as_received(
 
 
 def test_name_taken_then_retry_on_the_same_connection(
-    start_server: StartServer, make_client: Callable[..., ChatClient], raw: Any
+    start_server: StartServer, make_client: Callable[..., ChatClient], open_client: Any
 ) -> None:
     server = start_server()
-    raw(server.port, "alice")
+    open_client(server.port, "alice")
     client = make_client(server.port, "ALICE")
     events = wait_for(client, NameRefused)
     refused = events[-1]
@@ -487,10 +470,10 @@ def test_name_invalid_then_retry(
 
 
 def test_handshake_timeout_while_choosing_a_name(
-    start_server: StartServer, make_client: Callable[..., ChatClient], raw: Any
+    start_server: StartServer, make_client: Callable[..., ChatClient], open_client: Any
 ) -> None:
     server = start_server(handshake_timeout=0.5)
-    raw(server.port, "alice")
+    open_client(server.port, "alice")
     client = make_client(server.port, "alice")
     assert last(client, NameRefused).code == "name-taken"
     events = wait_for(client, ConnectFailed, timeout=3.0)
@@ -506,10 +489,10 @@ def test_handshake_timeout_while_choosing_a_name(
 
 
 def test_say_is_echoed_and_reaches_the_others(
-    start_server: StartServer, join: Callable[..., ChatClient], raw: Any
+    start_server: StartServer, join: Callable[..., ChatClient], open_client: Any
 ) -> None:
     server = start_server()
-    bob = raw(server.port, "bob")
+    bob = open_client(server.port, "bob")
     client = join(server.port, "alice")
     bob.skip_until("joined")
     assert client.say("hello bob") is True
@@ -520,9 +503,11 @@ def test_say_is_echoed_and_reaches_the_others(
     assert got["id"] == echo.id
 
 
-def test_me_action(start_server: StartServer, join: Callable[..., ChatClient], raw: Any) -> None:
+def test_me_action(
+    start_server: StartServer, join: Callable[..., ChatClient], open_client: Any
+) -> None:
     server = start_server()
-    bob = raw(server.port, "bob")
+    bob = open_client(server.port, "bob")
     client = join(server.port, "alice")
     bob.skip_until("joined")
     assert client.say("waves", action=True)
@@ -532,11 +517,11 @@ def test_me_action(start_server: StartServer, join: Callable[..., ChatClient], r
 
 
 def test_private_message_goes_only_to_its_recipient(
-    start_server: StartServer, join: Callable[..., ChatClient], raw: Any
+    start_server: StartServer, join: Callable[..., ChatClient], open_client: Any
 ) -> None:
     server = start_server()
-    bob = raw(server.port, "bob")
-    carol = raw(server.port, "carol")
+    bob = open_client(server.port, "bob")
+    carol = open_client(server.port, "carol")
     client = join(server.port, "alice")
     bob.skip_until("joined")  # carol
     bob.skip_until("joined")  # alice
@@ -561,10 +546,10 @@ def test_private_message_to_nobody_comes_back_unsent(
 
 
 def test_rename_updates_the_name(
-    start_server: StartServer, join: Callable[..., ChatClient], raw: Any
+    start_server: StartServer, join: Callable[..., ChatClient], open_client: Any
 ) -> None:
     server = start_server()
-    bob = raw(server.port, "bob")
+    bob = open_client(server.port, "bob")
     client = join(server.port, "alice")
     bob.skip_until("joined")
     assert client.rename("alicia") is True
@@ -579,10 +564,10 @@ def test_rename_updates_the_name(
 
 
 def test_rename_to_a_taken_name_is_a_received_error(
-    start_server: StartServer, join: Callable[..., ChatClient], raw: Any
+    start_server: StartServer, join: Callable[..., ChatClient], open_client: Any
 ) -> None:
     server = start_server()
-    raw(server.port, "bob")
+    open_client(server.port, "bob")
     client = join(server.port, "alice")
     client.rename("Bob")
     events = wait_for(client, Received)
@@ -595,10 +580,10 @@ def test_rename_to_a_taken_name_is_a_received_error(
 
 
 def test_who_lists_the_users(
-    start_server: StartServer, join: Callable[..., ChatClient], raw: Any
+    start_server: StartServer, join: Callable[..., ChatClient], open_client: Any
 ) -> None:
     server = start_server()
-    raw(server.port, "bob")
+    open_client(server.port, "bob")
     client = join(server.port, "alice")
     assert client.who() is True
     users = last(client, Received).message
@@ -832,10 +817,10 @@ def test_unknown_host(make_client: Callable[..., ChatClient]) -> None:
 
 
 def test_server_full(
-    start_server: StartServer, make_client: Callable[..., ChatClient], raw: Any
+    start_server: StartServer, make_client: Callable[..., ChatClient], open_client: Any
 ) -> None:
     server = start_server(max_clients=1)
-    raw(server.port, "bob")
+    open_client(server.port, "bob")
     client = make_client(server.port, "alice")
     events = wait_for(client, ConnectFailed)
     assert "full" in events[-1].message
@@ -952,7 +937,7 @@ def test_reconnects_by_itself_after_the_pause(
 def test_reconnect_with_the_name_taken_meanwhile(
     servers: Callable[..., ServerThread],
     join: Callable[..., ChatClient],
-    raw: Any,
+    open_client: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(network, "BACKOFF_FIRST", 20.0)
@@ -962,7 +947,7 @@ def test_reconnect_with_the_name_taken_meanwhile(
     first.stop()
     last(client, ConnectionLost)
     second = servers(port)
-    raw(second.port, "alice")  # someone took the name while we were away
+    open_client(second.port, "alice")  # someone took the name while we were away
     client.reconnect_now()
     assert last(client, NameRefused, timeout=3.0).code == "name-taken"
     client.choose_name("alice2")
@@ -1108,10 +1093,10 @@ def test_real_server_pings_are_answered(
 
 
 def test_close_while_joined_says_bye(
-    start_server: StartServer, make_client: Callable[..., ChatClient], raw: Any
+    start_server: StartServer, make_client: Callable[..., ChatClient], open_client: Any
 ) -> None:
     server = start_server()
-    bob = raw(server.port, "bob")
+    bob = open_client(server.port, "bob")
     client = make_client(server.port, "alice")
     last(client, Welcomed)
     bob.skip_until("joined")

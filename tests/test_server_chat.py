@@ -12,7 +12,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,23 +24,6 @@ StartServer = Callable[..., ChatServer]
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-@pytest.fixture
-def open_client() -> Iterator[Callable[..., RawClient]]:
-    """Open raw clients to any server (joined when given a name); all closed after the test."""
-    clients: list[RawClient] = []
-
-    def open_(srv: ChatServer, name: str | None = None, timeout: float = 5.0) -> RawClient:
-        client = RawClient(srv.port, timeout=timeout)
-        clients.append(client)
-        if name is not None:
-            client.join(name)
-        return client
-
-    yield open_
-    for client in clients:
-        client.close()
 
 
 @pytest.fixture

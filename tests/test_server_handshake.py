@@ -12,7 +12,7 @@ import socket
 import struct
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,23 +28,6 @@ MAX_CLIENT_FRAME = 65536  # PROTOCOL.md: frames a client sends are 1 to 64 KiB
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-@pytest.fixture
-def open_client() -> Iterator[OpenClient]:
-    """Open raw clients to any server (joined when given a name); all closed after the test."""
-    clients: list[RawClient] = []
-
-    def open_(srv: ChatServer, name: str | None = None, timeout: float = 5.0) -> RawClient:
-        client = RawClient(srv.port, timeout=timeout)
-        clients.append(client)
-        if name is not None:
-            client.join(name)
-        return client
-
-    yield open_
-    for client in clients:
-        client.close()
 
 
 def raw_frame(payload: bytes) -> bytes:
