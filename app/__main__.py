@@ -10,6 +10,7 @@ import logging
 import logging.handlers
 import signal
 import sys
+import time
 import tkinter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -21,7 +22,8 @@ import ttkbootstrap as ttk
 from app import settings as settings_store
 from app.chat_app import ChatApp, app_version
 from app.connect_dialog import check_fields
-from server.protocol import DEFAULT_PORT
+from app.settings import Settings
+from server.protocol import DEFAULT_PORT, ChatMessage
 
 logger = logging.getLogger("app")
 
@@ -39,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="your name to fill in (default: the last one used)")
     parser.add_argument(
         "--connect", action="store_true", help="connect at once, without showing the dialog"
+    )
+    parser.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="build the whole window, show sample messages in both themes, touch no "
+        "network, and exit (0: it works)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {app_version()}")
     return parser
@@ -72,6 +80,37 @@ def setup_logging() -> Path:
     return path
 
 
+def smoke_test(root: ttk.App, settings: Settings) -> int:
+    """Build every part of the UI and draw it in both themes, offline; settings untouched."""
+    chat = ChatApp(root, settings, save_settings=lambda _settings: None)
+    view = chat.view
+    view.own_name = "you"
+    view.set_users(["you", "Ana", "张伟"])
+    now = time.time()
+    samples = [
+        ChatMessage(1, "Ana", "Hello \N{GRINNING FACE}, see https://example.org", now),
+        ChatMessage(2, "you", "waves", now, action=True),
+        ChatMessage(3, "张伟", "a private word for you", now, to="you"),
+    ]
+    view.begin_batch()
+    for message in samples:
+        view.add_message(message)
+    view.add_notice("Ana joined")
+    view.end_batch()
+    chat.open_dialog()
+    root.deiconify()
+    for _ in range(2):  # dark, then back
+        chat.toggle_theme()
+        root.update()
+    shown = view.transcript_text()
+    chat.quit()
+    if not all(message.text.split()[0] in shown for message in samples):
+        print("chat-client smoke test failed: the transcript is incomplete", file=sys.stderr)
+        return 1
+    print(f"chat-client {app_version()} smoke test passed", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path = setup_logging()
@@ -97,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     root.report_callback_exception = report
+    if args.smoke_test:
+        return smoke_test(root, settings)
     chat = ChatApp(root, settings, save_settings=settings_store.save)
     problems = check_fields(settings.host, str(settings.port), settings.name)
     if args.connect and not problems:

@@ -8,18 +8,39 @@ import logging
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from importlib import metadata
 
 from server.config import DEFAULT_IO_THREADS, DEFAULT_MAX_CLIENTS, RateLimit, ServerConfig
 from server.protocol import (
     DEFAULT_HISTORY,
     DEFAULT_PORT,
+    MAX_SERVER_FRAME,
     RATE_BURST,
     RATE_PER_SECOND,
+    SERVER_MESSAGES,
+    Bye,
+    ChatMessage,
+    FrameDecoder,
+    Hello,
+    Message,
+    Say,
+    Welcome,
+    encode,
+    parse_message,
 )
 from server.server import ChatServer, lan_addresses
 
 logger = logging.getLogger("server")
+
+
+def server_version() -> str:
+    """The version in pyproject.toml, as installed (frozen builds bundle the metadata)."""
+    try:
+        return metadata.version("lan-chat")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def _port(text: str) -> int:
@@ -123,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads that serve the connections (default: %(default)s)",
     )
     parser.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="start on a free port, chat with itself through the real protocol, "
+        "and exit (0: it works)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {server_version()}")
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -198,8 +226,47 @@ def announce(server: ChatServer, config: ServerConfig) -> None:
     print("Press Ctrl+C to stop.", flush=True)
 
 
+def smoke_test() -> int:
+    """Serve on 127.0.0.1 port 0, join, say something, hear it back, stop."""
+    server = ChatServer(ServerConfig(host="127.0.0.1", port=0))
+    serving = threading.Thread(target=server.serve_forever, args=(0.05,), name="smoke-serve")
+    serving.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            decoder = FrameDecoder(MAX_SERVER_FRAME)
+
+            def receive() -> Message:
+                while (payload := decoder.next_payload()) is None:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise ConnectionError("the server closed the connection")
+                    decoder.receive_data(data)
+                return parse_message(payload, SERVER_MESSAGES)
+
+            sock.sendall(encode(Hello("smoke-test")))
+            welcome = receive()
+            sock.sendall(encode(Say("hello from the smoke test")))
+            echo = receive()
+            sock.sendall(encode(Bye()))
+        if not isinstance(welcome, Welcome) or welcome.users != ("smoke-test",):
+            raise AssertionError(f"expected a welcome, got {welcome}")
+        if not isinstance(echo, ChatMessage) or echo.text != "hello from the smoke test":
+            raise AssertionError(f"expected the echo, got {echo}")
+    except (OSError, AssertionError) as exc:
+        print(f"chat-server smoke test failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        server.shutdown()
+        serving.join()
+        server.server_close()
+    print(f"chat-server {server_version()} smoke test passed", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.smoke_test:
+        return smoke_test()
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(message)s",

@@ -246,3 +246,25 @@ def test_startup_text_on_every_interface(run_server) -> None:
             assert welcome["motd"] == "Hello LAN"
     server.proc.send_signal(signal.SIGINT)
     assert server.finish(timeout=5) == 0
+
+
+def test_server_smoke_test_and_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "--smoke-test"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"chat-server \S+ smoke test passed\n", result.stdout)
+    version = subprocess.run(
+        [sys.executable, "-m", "server", "--version"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    from importlib.metadata import version as installed  # noqa: PLC0415
+
+    assert version.stdout == f"chat-server {installed('lan-chat')}\n"

@@ -83,3 +83,19 @@ def test_closing_the_window_leaves_the_room(tk_root, start_server, monkeypatch, 
             assert bob.expect("left")["reason"] == "quit"
     finally:
         app.close()
+
+
+def test_client_smoke_test_builds_the_ui_offline(tmp_path) -> None:
+    env = {**os.environ, "LAN_CHAT_CONFIG_DIR": str(tmp_path / "config")}
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "--smoke-test"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("smoke test passed\n")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "config").exists()  # the smoke test saves no settings
