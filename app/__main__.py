@@ -22,6 +22,7 @@ import ttkbootstrap as ttk
 from app import settings as settings_store
 from app.chat_app import ChatApp, app_version
 from app.connect_dialog import check_fields
+from app.paths import asset
 from app.settings import Settings
 from server.protocol import DEFAULT_PORT, ChatMessage
 
@@ -121,11 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None
     }
     settings = replace(settings, **overrides)
+    icon = asset("icon.png")
     root = ttk.App(
         title="LAN Chat",
         theme="bootstrap-dark" if settings.dark else "bootstrap-light",
         size=(920, 640),
         minsize=(560, 420),
+        # Set at run time too: Linux window managers ignore the build's --icon.
+        iconphoto=str(icon) if icon.exists() else "",
     )
     root.withdraw()  # shown once connected; the dialog comes first
 

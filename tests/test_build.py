@@ -1,0 +1,144 @@
+"""Build both binaries from a clean checkout and check the frozen programs themselves."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageGrab
+
+from tests.wire import RawClient
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "tests" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A clean clone of HEAD, built with the project's one build command."""
+    checkout = tmp_path_factory.mktemp("build") / "checkout"
+    subprocess.run(
+        ["git", "clone", "--quiet", "--depth", "1", f"file://{ROOT}", str(checkout)], check=True
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "build/build.py"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(f"\nbuilt both in {time.monotonic() - started:.1f} s\n{result.stdout}")
+    yield checkout
+    shutil.rmtree(checkout, ignore_errors=True)
+
+
+def test_archives_and_checksums(built: Path) -> None:
+    release = built / "dist-release"
+    archives = sorted(p.name for p in release.glob("*.tar.gz"))
+    assert len(archives) == 2
+    for program, name in zip(("client", "server"), archives, strict=True):
+        assert re.fullmatch(rf"lan-chat-{program}-\d+\.\d+\.\d+-linux-x86_64\.tar\.gz", name)
+    sums = (release / "SHA256SUMS").read_text().splitlines()
+    assert sorted(line.split("  ")[1] for line in sums) == archives
+    assert not (built / "build" / "server").exists()  # PyInstaller kept out of build/
+
+
+def test_frozen_server_serves_two_clients_and_stops_on_sigint(built: Path) -> None:
+    binary = built / "pyinstaller-dist" / "lan-chat-server" / "chat-server"
+    proc = subprocess.Popen(
+        [str(binary), "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        match = re.search(r"port (\d+)", proc.stdout.readline())
+        assert match, "no start-up line"
+        port = int(match.group(1))
+        with RawClient(port) as alice, RawClient(port) as bob:
+            alice.join("alice")
+            bob.join("bob")
+            alice.send({"type": "say", "text": "hello from a frozen server"})
+            assert bob.skip_until("message")["text"] == "hello from a frozen server"
+            proc.send_signal(signal.SIGINT)
+            assert alice.skip_until("shutdown")["message"] == "The server is shutting down"
+            assert proc.wait(timeout=5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def test_frozen_client_passes_its_smoke_test(built: Path, tmp_path: Path) -> None:
+    binary = built / "pyinstaller-dist" / "lan-chat" / "lan-chat"
+    env = {**os.environ, "LAN_CHAT_CONFIG_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [str(binary), "--smoke-test"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"chat-client \d+\.\d+\.\d+ smoke test passed\n", result.stdout)
+
+
+def test_frozen_client_window_carries_the_icon(built: Path, start_server, tmp_path: Path) -> None:
+    srv = start_server()
+    binary = built / "pyinstaller-dist" / "lan-chat" / "lan-chat"
+    env = {**os.environ, "LAN_CHAT_CONFIG_DIR": str(tmp_path)}
+    args = ["--connect", "--host", "127.0.0.1", "--port", str(srv.port), "--name", "frozen"]
+    with RawClient(srv.port) as watcher:
+        watcher.join("watcher")
+        proc = subprocess.Popen([str(binary), *args], env=env)
+        try:
+            assert watcher.expect("joined", timeout=30)["name"] == "frozen"
+            time.sleep(1.0)  # let it draw
+            SHOTS.mkdir(exist_ok=True)
+            ImageGrab.grab(bbox=(0, 0, 920, 680)).save(SHOTS / "frozen-client.png")
+            icon = _window_icon("LAN Chat")
+            icon.save(SHOTS / "frozen-client-icon.png")
+            assert icon.size[0] >= 32
+            assert len(icon.getcolors(maxcolors=1 << 16) or ()) > 10  # drawn, not blank
+            proc.terminate()
+            assert proc.wait(timeout=5) == 0
+            assert watcher.skip_until("left")["reason"] == "quit"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def _window_icon(title_prefix: str) -> Image.Image:
+    """The largest _NET_WM_ICON of the window whose title starts with ``title_prefix``:
+    the picture a window manager shows in the title bar and task bar."""
+    tree = subprocess.run(
+        ["xwininfo", "-root", "-tree"], capture_output=True, text=True, check=True
+    ).stdout
+    match = re.search(rf'(0x[0-9a-f]+) "(?:\(\d+\) )?{re.escape(title_prefix)}', tree)
+    assert match, f"no window titled {title_prefix!r}:\n{tree}"
+    prop = subprocess.run(
+        ["xprop", "-id", match.group(1), "_NET_WM_ICON"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    values = [int(v) for v in re.findall(r"\d+", prop.split("=", 1)[1])]
+    best = None
+    while values:  # width, height, then width*height ARGB pixels, repeated per size
+        width, height, pixels = values[0], values[1], values[2 : 2 + values[0] * values[1]]
+        values = values[2 + width * height :]
+        if best is None or width > best[0]:
+            best = (width, height, pixels)
+    assert best is not None, "the window has no icon"
+    width, height, pixels = best
+    image = Image.new("RGBA", (width, height))
+    image.putdata([((p >> 16) & 255, (p >> 8) & 255, p & 255, (p >> 24) & 255) for p in pixels])
+    return image
