@@ -18,6 +18,7 @@ from pathlib import Path
 
 import platformdirs
 import ttkbootstrap as ttk
+from PIL import Image, ImageTk
 
 from app import settings as settings_store
 from app.chat_app import ChatApp, app_version
@@ -81,6 +82,26 @@ def setup_logging() -> Path:
     return path
 
 
+ICON_SIZES = (128, 64, 32, 16)
+
+
+def set_window_icon(root: ttk.App) -> None:
+    """Give every window the app's icon, at run time: Linux ignores the
+    build's icon. On X11 all sizes travel in one property, which must fit in
+    one request (about 256 kB): 256 px alone would not, so 128 px is the most."""
+    path = asset("icon.png")
+    if not path.exists():
+        logger.warning("No window icon at %s", path)
+        return
+    source = Image.open(path)
+    icons = [
+        ImageTk.PhotoImage(source.resize((size, size), Image.Resampling.LANCZOS), master=root)
+        for size in ICON_SIZES
+    ]
+    root.iconphoto(True, *icons)
+    root.app_icons = icons  # Tk keeps no reference: without one the images vanish
+
+
 def smoke_test(root: ttk.App, settings: Settings) -> int:
     """Build every part of the UI and draw it in both themes, offline; settings untouched."""
     chat = ChatApp(root, settings, save_settings=lambda _settings: None)
@@ -122,15 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None
     }
     settings = replace(settings, **overrides)
-    icon = asset("icon.png")
     root = ttk.App(
         title="LAN Chat",
         theme="bootstrap-dark" if settings.dark else "bootstrap-light",
         size=(920, 640),
         minsize=(560, 420),
-        # Set at run time too: Linux window managers ignore the build's --icon.
-        iconphoto=str(icon) if icon.exists() else "",
+        iconphoto=None,
     )
+    set_window_icon(root)
     root.withdraw()  # shown once connected; the dialog comes first
 
     def report(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:

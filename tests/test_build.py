@@ -105,7 +105,7 @@ def test_frozen_client_window_carries_the_icon(built: Path, start_server, tmp_pa
             ImageGrab.grab(bbox=(0, 0, 920, 680)).save(SHOTS / "frozen-client.png")
             icon = _window_icon("LAN Chat")
             icon.save(SHOTS / "frozen-client-icon.png")
-            assert icon.size[0] >= 32
+            assert icon.size == (128, 128)
             assert len(icon.getcolors(maxcolors=1 << 16) or ()) > 10  # drawn, not blank
             proc.terminate()
             assert proc.wait(timeout=5) == 0
@@ -124,8 +124,8 @@ def _window_icon(title_prefix: str) -> Image.Image:
     ).stdout
     match = re.search(rf'(0x[0-9a-f]+) "(?:\(\d+\) )?{re.escape(title_prefix)}', tree)
     assert match, f"no window titled {title_prefix!r}:\n{tree}"
-    prop = subprocess.run(
-        ["xprop", "-id", match.group(1), "_NET_WM_ICON"],
+    prop = subprocess.run(  # as numbers, not xprop's default ASCII art
+        ["xprop", "-id", match.group(1), "-f", "_NET_WM_ICON", "32c", " = $0+", "_NET_WM_ICON"],
         capture_output=True,
         text=True,
         check=True,
