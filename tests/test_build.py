@@ -20,6 +20,10 @@ from tests.wire import RawClient
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "tests" / "screenshots"
 
+# The release workflow builds and smoke-tests the other systems on their own
+# runners; this test checks the Linux build with X11 tools (xprop, xwininfo).
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux build checks")
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

@@ -109,6 +109,10 @@ def test_console_script_is_installed() -> None:
     assert "--port" in result.stdout
 
 
+POSIX_ONLY = pytest.mark.skipif(os.name == "nt", reason="POSIX signals (Windows: Ctrl+C)")
+
+
+@POSIX_ONLY
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_tells_every_client_and_exits_zero(run_server, signum: int) -> None:
     server = run_server("--host", "127.0.0.1", "--port", "0")
@@ -129,6 +133,7 @@ def test_signal_tells_every_client_and_exits_zero(run_server, signum: int) -> No
     assert "Traceback" not in server.stderr
 
 
+@POSIX_ONLY
 def test_logs_joins_leaves_and_renames(run_server) -> None:
     server = run_server("--host", "127.0.0.1", "--port", "0")
     port = server.wait_for_port()
@@ -201,6 +206,7 @@ def test_unknown_host_is_a_clear_error() -> None:
     assert "Traceback" not in result.stderr
 
 
+@POSIX_ONLY
 def test_restart_on_the_same_port_right_after_a_stop(run_server) -> None:
     first = run_server("--host", "127.0.0.1", "--port", "0")
     port = first.wait_for_port()
@@ -222,6 +228,7 @@ def test_restart_on_the_same_port_right_after_a_stop(run_server) -> None:
     assert second.finish(timeout=5) == 0
 
 
+@POSIX_ONLY
 def test_startup_text_on_every_interface(run_server) -> None:
     server = run_server("--port", "0", "--motd", "Hello LAN")
     assert server.proc.stdout is not None

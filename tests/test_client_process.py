@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from PIL import ImageGrab
 
 from app.chat_app import ChatApp
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "tests" / "screenshots"
 
 
+@pytest.mark.skipif(os.name == "nt", reason="SIGTERM is POSIX")
 def test_the_real_app_connects_shows_its_window_and_leaves_on_sigterm(
     start_server, tmp_path
 ) -> None:
