@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import replace
 from importlib import metadata
@@ -97,6 +97,8 @@ class ChatApp:
         self._seen: OrderedDict[tuple[int, float], None] = OrderedDict()
         self._retry_at: float | None = None
         self._lost_reason = ""
+        self._name_retry: str | None = None  # the pending after() of a name retry
+        self._held: deque[str] = deque()  # unsent texts waiting for the input box
         self._pump_id: str | None = None
         self._closing = False
         self._closed = False
@@ -203,17 +205,23 @@ class ChatApp:
                 on_choose_name=self.choose_name,
                 on_cancel=self.cancel,
                 on_close=self._dialog_closed,
+                close_text="Quit" if self._first_start else "Close",
             )
         if error:
             self.dialog.show_error(error)
         self.dialog.lift()
         return self.dialog
 
+    @property
+    def _first_start(self) -> bool:
+        """The chat window has not been shown yet: the dialog is all there is."""
+        return self.root.state() == "withdrawn"
+
     def _dialog_closed(self) -> None:
-        if self.client is not None and self.client.joined:
-            self._close_dialog()
-        else:
+        if self._first_start:
             self.quit()
+        else:
+            self._close_dialog()
 
     def _close_dialog(self) -> None:
         if self.dialog is not None:
@@ -286,6 +294,7 @@ class ChatApp:
         self.menubar.destroy()
 
     def _drop_client(self) -> None:
+        self._cancel_name_retry()
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -346,14 +355,21 @@ class ChatApp:
             case Received(message=message):
                 self._received(message)
             case Unsent(says=says, reason=reason):
-                self.view.restore_input("\n".join(_as_typed(say) for say in says))
-                self.notice(f"Not sent: {reason} Your text is back in the box.", "error")
+                self._give_back([_as_typed(say) for say in says])
+                count = len(says)
+                back = "Your text is" if count == 1 else f"{count} messages are"
+                self.notice(
+                    f"Not sent: {reason} {back} back in the box; Enter sends it again.", "error"
+                )
             case Stopped():
                 pass
 
     def _welcomed(self, event: Welcomed) -> None:
         welcome = event.welcome
-        self._close_dialog()
+        self._cancel_name_retry()
+        # A reconnection must not take away a dialog the user is typing in.
+        if not event.reconnected or (self.dialog is not None and self.dialog.busy):
+            self._close_dialog()
         self.root.deiconify()
         self._retry_at = None
         self.view.hide_banner()
@@ -373,20 +389,30 @@ class ChatApp:
         self.view.input.focus_set()
 
     def _name_refused(self, message: str) -> None:
-        if self.dialog is not None:
+        if self.dialog is not None and self.dialog.busy:
             self.dialog.ask_for_name(message)
             return
+        if self._first_start:  # --connect with a name someone has: ask for another
+            self.open_dialog().ask_for_name(message)
+            return
         # Reconnecting: our dropped connection may still hold the name until
-        # the server notices it is gone; ask again shortly.
+        # the server notices it is gone; ask again shortly (once at a time).
         client = self.client
         name = self.settings.name
         self.view.show_banner(f"Waiting for the server to free the name {name}…")
 
         def retry() -> None:
+            self._name_retry = None
             if self.client is client and client is not None:
                 client.choose_name(name)
 
-        self.root.after(NAME_RETRY_MS, retry)
+        self._cancel_name_retry()
+        self._name_retry = self.root.after(NAME_RETRY_MS, retry)
+
+    def _cancel_name_retry(self) -> None:
+        if self._name_retry is not None:
+            self.root.after_cancel(self._name_retry)
+            self._name_retry = None
 
     def _connection_lost(self, message: str, retry_in: float) -> None:
         self.view.set_users([])
@@ -466,6 +492,17 @@ class ChatApp:
 
     # -- what the user typed ------------------------------------------------------
 
+    def _give_back(self, texts: list[str]) -> None:
+        """Unsent texts return to the input box one at a time, each as typed:
+        merged, a /msg line would carry the lines after it along in private."""
+        self._held.extend(texts)
+        if not self.view.input_text().strip():
+            self._next_held()
+
+    def _next_held(self) -> None:
+        if self._held and not self.view.input_text().strip():
+            self.view.set_input(self._held.popleft())
+
     def on_send(self, typed: str) -> bool:
         """Act on the input box; ``True`` when it was used up (clear the box)."""
         command = commands.parse_input(typed)
@@ -499,19 +536,26 @@ class ChatApp:
                     return False
                 return client.rename(name)
             case commands.SendText(text=text, action=action, to=to):
-                try:
-                    clean_text(text)
-                except ProtocolError as exc:
-                    if len(text) > MAX_TEXT_LENGTH:
-                        self.notice(
-                            f"That is {len(text):,} characters; the limit is {MAX_TEXT_LENGTH:,}.",
-                            "error",
-                        )
-                    else:
-                        self.notice(exc.message, "error")
-                    return False
-                return client.say(text, action=action, to=to)
+                sent = self._say(client, text, action=action, to=to)
+                if sent and self._held:  # once the box is cleared, the next unsent text
+                    self.root.after_idle(self._next_held)
+                return sent
         return False
+
+    def _say(self, client: ChatClient, text: str, *, action: bool, to: str | None) -> bool:
+        """Check ``text`` as the server will, then send it; ``False``: it stays in the box."""
+        try:
+            clean_text(text)
+        except ProtocolError as exc:
+            if len(text) > MAX_TEXT_LENGTH:
+                self.notice(
+                    f"That is {len(text):,} characters; the limit is {MAX_TEXT_LENGTH:,}.",
+                    "error",
+                )
+            else:
+                self.notice(exc.message, "error")
+            return False
+        return client.say(text, action=action, to=to)
 
 
 def _as_typed(say: Say) -> str:

@@ -42,6 +42,7 @@ class ChatView(ttk.Frame):
         self._users: list[str] = []
         self._history: list[str] = []
         self._history_pos = 0
+        self._draft = ""  # what was in the box before Up recalled older input
         self._following = True
         self._astral_ok = fmt.tk_shows_astral(self)
 
@@ -132,8 +133,6 @@ class ChatView(ttk.Frame):
         self.input.delete("1.0", "end")
         self.input.insert("1.0", value)
         self.input.mark_set("insert", "end")
-        if "restored" in self.input.mark_names():
-            self.input.mark_unset("restored")
 
     def send(self) -> None:
         """Hand the input to ``on_send``; clear it only if it was taken."""
@@ -145,17 +144,6 @@ class ChatView(ttk.Frame):
                 self._history = [*self._history, value][-INPUT_HISTORY:]
             self._history_pos = len(self._history)
             self.set_input("")
-
-    def restore_input(self, value: str) -> None:
-        """Put text that was not sent back in the box: after text restored
-        before (so lines keep the order they were typed in), before anything
-        typed since."""
-        if "restored" in self.input.mark_names():
-            self.input.insert("restored", f"\n{value}")  # the mark moves past it
-            return
-        current = self.input_text()
-        self.set_input(value if not current.strip() else f"{value}\n{current}")
-        self.input.mark_set("restored", f"1.0 + {len(value)} chars")
 
     def start_private(self, name: str) -> None:
         self.set_input(f"/msg {name} ")
@@ -172,6 +160,8 @@ class ChatView(ttk.Frame):
     def _recall_previous(self, _event: tkinter.Event) -> str | None:
         if self.input.index("insert").split(".")[0] != "1" or not self._history:
             return None  # only from the first line: Up still moves within a long draft
+        if self._history_pos == len(self._history):
+            self._draft = self.input_text()
         self._history_pos = max(0, self._history_pos - 1)
         self.set_input(self._history[self._history_pos])
         return "break"
@@ -182,7 +172,7 @@ class ChatView(ttk.Frame):
             return None
         self._history_pos = min(len(self._history), self._history_pos + 1)
         recalled = self._history[self._history_pos : self._history_pos + 1]
-        self.set_input(recalled[0] if recalled else "")
+        self.set_input(recalled[0] if recalled else self._draft)
         return "break"
 
     def _input_changed(self, _event: tkinter.Event) -> None:

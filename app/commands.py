@@ -68,7 +68,10 @@ def parse_input(line: str) -> Command | None:
         return SendText(line)
     if line.startswith("//"):
         return SendText(line[1:])
-    word, *others = line[1:].split(None, 1)
+    parts = line[1:].split(None, 1)
+    if not parts:
+        return Hint("Type a command after the /, or /help to see them.")
+    word, *others = parts
     command = word.lower()
     rest = others[0].strip() if others else ""
     if command == "me":

@@ -54,8 +54,10 @@ class ConnectDialog(ttk.Toplevel):
         on_choose_name: Callable[[str], None],
         on_cancel: Callable[[], None],
         on_close: Callable[[], None],
+        close_text: str = "Quit",
     ) -> None:
         super().__init__(title="Join a chat", master=master, resizable=(False, False))
+        self.close_text = close_text  # "Quit" on start-up, "Close" over the chat window
         self.on_connect = on_connect
         self.on_choose_name = on_choose_name
         self.on_cancel = on_cancel
@@ -91,7 +93,7 @@ class ConnectDialog(ttk.Toplevel):
         buttons = ttk.Frame(body)
         buttons.grid(row=10, column=0, columnspan=2, sticky="e", pady=(16, 0))
         self.cancel_button = ttk.Button(
-            buttons, text="Quit", bootstyle="secondary", command=self._cancel_clicked
+            buttons, text=close_text, bootstyle="secondary", command=self._cancel_clicked
         )
         self.cancel_button.pack(side="left", padx=(0, 8))
         self.connect_button = ttk.Button(
@@ -134,6 +136,11 @@ class ConnectDialog(ttk.Toplevel):
 
         var.trace_add("write", changed)
         return entry
+
+    @property
+    def busy(self) -> bool:
+        """Whether a connection this dialog started is under way (or asks for a name)."""
+        return self._connecting or self._name_only
 
     # -- what the user sees ----------------------------------------------------
 
@@ -221,7 +228,7 @@ class ConnectDialog(ttk.Toplevel):
         self.progress.stop()
         self.progress.grid_remove()
         self._lock_fields(False)
-        self.cancel_button.configure(text="Cancel" if self._name_only else "Quit")
+        self.cancel_button.configure(text="Cancel" if self._name_only else self.close_text)
         self.refresh()
 
     def _lock_fields(self, locked: bool) -> None:

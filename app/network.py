@@ -232,6 +232,7 @@ class ChatClient:
         self._retry_now = threading.Event()
         self._name: str | None = None  # as the server keeps it, once welcomed
         self._joined = False
+        self._greeting = False  # connected, not yet welcomed: a hello may be retried
         self._pending: deque[Say] = deque()  # sent, not yet echoed
         self._thread = threading.Thread(target=self._run, name="chat-network", daemon=True)
 
@@ -272,9 +273,11 @@ class ChatClient:
         return self._send(Who(), joined_only=True)
 
     def choose_name(self, name: str) -> None:
-        """Try another name after ``NameRefused``."""
+        """Try another name after ``NameRefused`` (on the next connection if
+        this one is gone)."""
         self._wanted_name = name
-        self._send(Hello(name), joined_only=False)
+        if self._greeting:
+            self._send(Hello(name), joined_only=False)
 
     def reconnect_now(self) -> None:
         """Skip the rest of a backoff pause."""
@@ -385,6 +388,7 @@ class ChatClient:
         try:
             self._converse(sock, out, reconnecting)
         except _Stop:
+            self._greeting = False
             if self._joined:  # leave politely, with whatever was still unsent
                 try:
                     sock.send(bytes(out) + encode(Bye()))
@@ -392,6 +396,7 @@ class ChatClient:
                     pass  # the connection is going anyway
             raise
         finally:
+            self._greeting = False
             self._selector.unregister(sock)
             sock.close()
 
@@ -443,7 +448,12 @@ class ChatClient:
 
     def _converse(self, sock: socket.socket, out: bytearray, reconnecting: bool) -> None:
         decoder = FrameDecoder(MAX_SERVER_FRAME)
+        with self._lock:  # a retry meant for an earlier connection: this one says hello itself
+            kept = [item for item in self._outgoing if not isinstance(item[0], Hello)]
+            self._outgoing.clear()
+            self._outgoing.extend(kept)
         out += encode(Hello(self._wanted_name))
+        self._greeting = True
         last_heard = time.monotonic()
         pinged = False
         while True:
@@ -506,7 +516,8 @@ class ChatClient:
         if isinstance(message, Ping):
             return Pong(message.extra)
         if isinstance(message, Welcome):
-            self._name = message.name
+            self._name = self._wanted_name = message.name
+            self._greeting = False
             self._joined = True
             self._post(Welcomed(message, reconnecting))
         elif isinstance(message, Error):
@@ -520,7 +531,7 @@ class ChatClient:
                 if message.sender == self._name and self._pending:
                     self._pending.popleft()  # the echo confirms our oldest say
             elif isinstance(message, Renamed) and message.old == self._name:
-                self._name = message.new
+                self._name = self._wanted_name = message.new  # and reclaimed after a drop
             self._post(Received(message))
         return None
 

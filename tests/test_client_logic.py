@@ -864,3 +864,8 @@ def test_check_fields_port_never_raises(port: str) -> None:
     assert set(problems) <= {"port"}
     if not problems:
         assert 1 <= int(port) <= 65535
+
+
+@pytest.mark.parametrize("line", ["/", "/   ", "/\n"])
+def test_a_slash_alone_is_a_hint_not_a_crash(line: str) -> None:
+    assert isinstance(parse_input(line), Hint)

@@ -694,10 +694,7 @@ def test_rate_limited_says_come_back_into_the_input(
     for text in texts:
         assert app.on_send(text)
     # Whatever the server refused comes back into the box, in order.
-    wait_until(
-        app.root,
-        shows(app, "Not sent: You are sending too fast; slow down. Your text is back in the box."),
-    )
+    wait_until(app.root, shows(app, "Not sent: You are sending too fast; slow down."))
     delivered = []
     try:
         while True:
@@ -708,13 +705,14 @@ def test_rate_limited_says_come_back_into_the_input(
     refused = [text for text in texts if text not in delivered]
     assert refused, "the rate limit refused nothing"
     assert delivered == [text for text in texts if text not in refused]
-    in_the_box = app.view.input_text().splitlines()
-    # Nothing lost, nothing doubled: the box holds exactly what was refused...
-    assert sorted(in_the_box) == refused
-    # ...in the order it was typed, ready to send again.
-    assert in_the_box == refused
+    # Nothing lost, nothing doubled, nothing merged: the box holds the first
+    # refused line and the rest wait their turn, in the order they were typed.
+    assert [app.view.input_text(), *app._held] == refused
     shown = [line.split("  ", 1)[1] for line in lines(app) if "alice: line" in line]
     assert shown == [f"alice: {text}" for text in delivered]
+    app.view.send()  # Enter sends the first; the next takes its place
+    settle(app.root, 0.1)
+    assert app.view.input_text() == refused[1]
 
 
 def test_pump_handles_at_most_one_batch_per_call(
@@ -1015,3 +1013,44 @@ def test_in_the_background_unread_messages_count_and_mentions_alert(
 
     app._focused(None)  # the user comes back to the window
     assert app.root.title().startswith("LAN Chat")
+
+
+def test_up_and_down_keep_the_draft(app: ChatApp, start_server: StartServer) -> None:
+    srv = start_server()
+    join(app, srv, "alice")
+    type_and_send(app, "earlier message")
+    app.view.set_input("my unsent draft")
+    app.view.input.mark_set("insert", "1.0")
+    app.view.input.event_generate("<Up>")
+    assert app.view.input_text() == "earlier message"
+    app.view.input.event_generate("<Down>")
+    assert app.view.input_text() == "my unsent draft"
+
+
+def test_closing_the_dialog_over_the_chat_window_keeps_the_app(
+    app: ChatApp, start_server: StartServer, exits: list[bool]
+) -> None:
+    srv = start_server()
+    join(app, srv, "alice")
+    dialog = app.open_dialog()  # Chat > Connect to another server...
+    assert str(dialog.cancel_button.cget("text")) == "Close"
+    dialog.cancel_button.invoke()
+    assert exits == []
+    assert app.dialog is None
+    assert app.client is not None and app.client.joined
+
+
+def test_connect_flag_with_a_taken_name_asks_for_another(
+    app: ChatApp, start_server: StartServer, open_client: Callable[..., RawClient]
+) -> None:
+    srv = start_server()
+    open_client(srv, "alice")
+    app.connect(HOST, srv.port, "alice")  # what --connect does, with no dialog shown
+    wait_until(app.root, lambda: app.dialog is not None, what="the dialog")
+    dialog = app.dialog
+    assert dialog is not None
+    assert status_of(dialog) == "The name alice is already in use. Choose another name."
+    dialog.name_var.set("alice2")
+    dialog.submit()
+    wait_until(app.root, lambda: app.client is not None and app.client.joined, what="welcome")
+    assert app.client.name == "alice2"

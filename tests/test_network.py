@@ -1227,3 +1227,23 @@ def test_close_during_a_slow_name_lookup_releases_everything(
     assert not network_threads()
     gc.collect()
     assert _open_sockets() - before == set(), "close() returned early and nothing released"
+
+
+def test_a_new_name_is_the_one_reclaimed_after_a_reconnect(
+    servers: Callable[..., ServerThread],
+    join: Callable[..., ChatClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(network, "BACKOFF_FIRST", 20.0)
+    first = servers()
+    port = first.port
+    client = join(port, "alice")
+    assert client.rename("robert")
+    wait_for(client, Received)  # renamed
+    assert client.name == "robert"
+    first.stop()
+    wait_for(client, ConnectionLost)
+    servers(port)
+    client.reconnect_now()
+    welcomed = wait_for(client, Welcomed, timeout=3.0)[-1]
+    assert welcomed.welcome.name == "robert"
