@@ -339,6 +339,9 @@ class ChatApp:
         match event:
             case Connecting(host=host, port=port, attempt=attempt) if attempt > 0:
                 self.view.set_status(f"Reconnecting to {host}:{port}…")
+                if self._retry_at is not None:  # the pause is over: this is the attempt
+                    self._retry_at = None
+                    self.view.banner_label.configure(text=f"{self._lost_reason} Reconnecting…")
             case Welcomed():
                 self._welcomed(event)
             case NameRefused(message=message):
