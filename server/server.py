@@ -66,10 +66,7 @@ class IOLoop:
         self.config = config
         self._on_release = on_release
         self._selector = selectors.DefaultSelector()
-        self._wake_in, self._wake_out = socket.socketpair()
-        self._wake_in.setblocking(False)
-        self._wake_out.setblocking(False)
-        self._selector.register(self._wake_in, selectors.EVENT_READ, None)
+        self._wake_in, self._wake_out = _wake_pair(self._selector)
         self._connections: set[Connection] = set()
         self._members: set[Connection] = set()
         self._refused: set[Connection] = set()
@@ -188,19 +185,12 @@ class IOLoop:
         for key, mask in self._selector.select(timeout):
             conn = key.data
             if conn is None:
-                self._drain_wake_ups()
+                _drain(self._wake_in)
                 continue
             if mask & selectors.EVENT_READ:
                 _safely(conn, conn.on_readable)
             if mask & selectors.EVENT_WRITE and conn.state is not State.CLOSED:
                 _safely(conn, conn.on_writable)
-
-    def _drain_wake_ups(self) -> None:
-        try:
-            while self._wake_in.recv(4096):
-                pass
-        except OSError:
-            pass  # drained (EWOULDBLOCK)
 
     def _run_queues(self) -> None:
         self._woken = False
@@ -269,10 +259,7 @@ class ChatServer:
         self._count_lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         try:
-            self._wake_in, self._wake_out = socket.socketpair()
-            self._wake_in.setblocking(False)
-            self._wake_out.setblocking(False)
-            self._selector.register(self._wake_in, selectors.EVENT_READ, None)
+            self._wake_in, self._wake_out = _wake_pair(self._selector)
             for listener in self._listeners:
                 self._selector.register(listener, selectors.EVENT_READ, listener)
             for _ in range(max(1, config.io_threads)):
@@ -432,6 +419,16 @@ def _safely(conn: Connection, action: Callable[..., None], *args: object) -> Non
     except Exception:
         logger.exception("%s: internal error; closing the connection", conn.who)
         conn.abort(LeaveReason.ERROR)
+
+
+def _wake_pair(selector: selectors.BaseSelector) -> tuple[socket.socket, socket.socket]:
+    """A non-blocking socket pair whose reading end ``selector`` watches (data ``None``):
+    a byte written to the other end wakes a thread waiting in that selector."""
+    wake_in, wake_out = socket.socketpair()
+    wake_in.setblocking(False)
+    wake_out.setblocking(False)
+    selector.register(wake_in, selectors.EVENT_READ, None)
+    return wake_in, wake_out
 
 
 def _drain(sock: socket.socket) -> None:
