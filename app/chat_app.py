@@ -3,7 +3,8 @@
 How this works: ``ChatApp`` owns the Tk root, the ``ConnectDialog``, the
 ``ChatView`` and the current ``ChatClient``. The client's thread puts
 events on a queue; ``pump`` runs on the Tk thread every ``PUMP_MS`` and
-handles at most ``PUMP_BATCH`` of them, so a burst of thousands of
+handles at most ``PUMP_BATCH`` of them or ``PUMP_BUDGET`` seconds' worth,
+so a burst of thousands of
 messages is shown in slices and the window never stops responding. What
 the user types goes through ``commands.parse_input`` to the client.
 Everything here runs on the Tk thread.
@@ -303,7 +304,7 @@ class ChatApp:
     # -- the pump -----------------------------------------------------------------
 
     def pump(self) -> None:
-        """Handle up to ``PUMP_BATCH`` network events, then reschedule."""
+        """Handle up to ``PUMP_BATCH`` network events (or ``PUMP_BUDGET`` s), then reschedule."""
         more = False
         client = self.client
         try:
