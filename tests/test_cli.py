@@ -21,6 +21,17 @@ ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on 127\.0\.0\.1, port (\d+)")
 
 
+def run_server_command(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m server ARGS`` to completion (a bounded 30 s)."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 class ServerProcess:
     """A ``python -m server`` child process and what it printed."""
 
@@ -78,14 +89,8 @@ def run_server() -> Iterator[Callable[..., ServerProcess]]:
 
 
 def test_help_documents_every_option() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    result = run_server_command("--help")
+    assert result.returncode == 0, result.stderr
     for option in (
         "--host",
         "--port",
@@ -157,13 +162,7 @@ def test_port_in_use_is_one_clear_line_and_status_1() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = run_server_command("--host", "127.0.0.1", "--port", str(port))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"chat-server: Cannot listen on 127.0.0.1 port {port}: it is already in use "
@@ -181,26 +180,14 @@ def test_port_in_use_is_one_clear_line_and_status_1() -> None:
     ],
 )
 def test_bad_arguments_are_explained(args: list[str], message: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_server_command(*args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_unknown_host_is_a_clear_error() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "--host", "no-such-host.invalid", "--port", "0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_server_command("--host", "no-such-host.invalid", "--port", "0")
     assert result.returncode == 1
     assert "Cannot listen on no-such-host.invalid: no such host name or address." in result.stderr
     assert "Traceback" not in result.stderr
@@ -256,22 +243,10 @@ def test_startup_text_on_every_interface(run_server) -> None:
 
 
 def test_server_smoke_test_and_version() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "--smoke-test"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_server_command("--smoke-test")
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"chat-server \S+ smoke test passed\n", result.stdout)
-    version = subprocess.run(
-        [sys.executable, "-m", "server", "--version"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    version = run_server_command("--version")
     from importlib.metadata import version as installed  # noqa: PLC0415
 
     assert version.stdout == f"chat-server {installed('lan-chat')}\n"
