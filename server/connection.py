@@ -230,7 +230,8 @@ class Connection:
             if self.room.overrun(self, len(self._unsent)):
                 self._drop_too_slow()
             return
-        while True:
+        more = True
+        while more:
             if not self._unsent:
                 chunk = self.room.pull(self, SEND_CHUNK)
                 if chunk is None:
@@ -238,6 +239,9 @@ class Connection:
                     return
                 if not chunk:
                     break
+                # A short chunk emptied the outbox; whatever is queued after
+                # this pull comes with a new flush request.
+                more = len(chunk) >= SEND_CHUNK
                 self._unsent = memoryview(chunk)
             try:
                 sent = self.sock.send(self._unsent)

@@ -20,7 +20,7 @@ import math
 import re
 import struct
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, NamedTuple, Self
@@ -474,19 +474,47 @@ def parse_message(payload: Mapping[str, Any], table: Mapping[str, type[Message]]
 # Framing
 
 
+class NameList(tuple[str, ...]):
+    """Names (a tuple) with their JSON array text kept beside them.
+
+    ``encode`` writes ``json`` as it is rather than encoding the names
+    again: the room's user list goes into every ``welcome``, and in a room
+    of thousands, encoding it afresh for each join would cost more than
+    the rest of the join. ``items`` holds each name already as a JSON
+    string (``json_string``), in the same order as ``names``.
+    """
+
+    json: str
+
+    def __new__(cls, names: Iterable[str], items: Iterable[str]) -> Self:
+        self = super().__new__(cls, names)
+        self.json = "[" + ",".join(items) + "]"
+        return self
+
+
+def json_string(text: str) -> str:
+    """``text`` as a JSON string, written as ``encode`` writes strings."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def encode(message: Message, max_frame: int = MAX_SERVER_FRAME) -> bytes:
     """The frame (length prefix and payload) that carries ``message``.
 
     Raises ``LocalProtocolError`` when the payload would exceed ``max_frame``.
     """
     obj = message.to_wire()
+    ready = [(key, value.json) for key, value in obj.items() if isinstance(value, NameList)]
+    for key, _ in ready:
+        del obj[key]
     try:
-        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        payload = text.encode()
-    except UnicodeEncodeError:
-        # A lone surrogate (say, echoed in a ping) has no UTF-8 form; JSON's
-        # \u escapes carry it faithfully.
-        payload = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+        try:
+            text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            payload = _splice(text, ready).encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (say, echoed in a ping) has no UTF-8 form; JSON's
+            # \u escapes carry it faithfully.
+            text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+            payload = _splice(text, ready).encode()
     except (TypeError, ValueError) as exc:
         raise LocalProtocolError("bad-message", f"Cannot encode {message!r}: {exc}") from exc
     if len(payload) > max_frame:
@@ -495,6 +523,13 @@ def encode(message: Message, max_frame: int = MAX_SERVER_FRAME) -> bytes:
             f"A {message.TYPE} frame of {len(payload)} bytes exceeds {max_frame}.",
         )
     return HEADER.pack(len(payload)) + payload
+
+
+def _splice(text: str, ready: list[tuple[str, str]]) -> str:
+    """Add fields already in JSON to the JSON object ``text`` (never empty: it has a type)."""
+    if not ready:
+        return text
+    return text[:-1] + "".join(f",{json_string(key)}:{value}" for key, value in ready) + "}"
 
 
 def _reject_constant(name: str) -> Any:

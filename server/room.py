@@ -13,7 +13,11 @@ bound also lets the log forget everything older than ``max_backlog``.
 All state here is guarded by one lock. No method does socket I/O: a
 connection pulls its next bytes under the lock and writes them outside it.
 The room calls ``Member.notify`` (private frames waiting) and the
-``on_broadcast`` hook (the log grew) after releasing the lock.
+``on_broadcast`` hook (the log grew) after releasing the lock. The hook is
+told whether the new frame is *urgent* (a message, which people wait for)
+or presence (a join, leave or rename), which the server may hold back for
+a moment so that a storm of joins costs one write per member per moment
+rather than one per join.
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ from server.protocol import (
     Left,
     LocalProtocolError,
     Message,
+    NameList,
     RemoteProtocolError,
     Renamed,
     Users,
     Welcome,
     encode,
+    json_string,
     name_identity,
 )
 
@@ -51,11 +57,12 @@ class BroadcastLog:
     oldest position still held.
     """
 
-    __slots__ = ("_base", "_buffer")
+    __slots__ = ("_base", "_buffer", "_last_read")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._base = 0
+        self._last_read: tuple[int, int, bytes] = (0, 0, b"")
 
     @property
     def base(self) -> int:
@@ -75,7 +82,14 @@ class BroadcastLog:
 
     def read(self, start: int, stop: int) -> bytes:
         """The bytes between two positions, both at or after ``base``."""
-        return bytes(self._buffer[start - self._base : stop - self._base])
+        # Members that keep up all read the same slice after each append:
+        # copy it once and hand every one of them the same bytes. Positions
+        # are absolute and the log only grows, so a slice never goes stale.
+        last_start, last_stop, data = self._last_read
+        if start != last_start or stop != last_stop:
+            data = bytes(self._buffer[start - self._base : stop - self._base])
+            self._last_read = (start, stop, data)
+        return data
 
     def forget_before(self, position: int) -> None:
         """Drop the bytes before ``position``; nobody may read them again."""
@@ -190,6 +204,44 @@ class Outbox:
             self._grace = min(grace, len(owed))
 
 
+class Roster:
+    """The room's names, sorted by identity, then name, each kept as JSON too.
+
+    ``names`` is built once per change, with its JSON text ready for
+    ``encode`` (see ``protocol.NameList``): a join in a room of thousands
+    then copies the list instead of encoding it.
+    """
+
+    __slots__ = ("_items", "_keys", "_names", "_snapshot")
+
+    def __init__(self) -> None:
+        self._keys: list[tuple[str, str]] = []  # (identity, name)
+        self._names: list[str] = []
+        self._items: list[str] = []  # each name as a JSON string
+        self._snapshot: NameList | None = None
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def names(self) -> NameList:
+        if self._snapshot is None:
+            self._snapshot = NameList(self._names, self._items)
+        return self._snapshot
+
+    def add(self, identity: str, name: str) -> None:
+        index = bisect.bisect(self._keys, (identity, name))
+        self._keys.insert(index, (identity, name))
+        self._names.insert(index, name)
+        self._items.insert(index, json_string(name))
+        self._snapshot = None
+
+    def remove(self, identity: str, name: str) -> None:
+        index = bisect.bisect_left(self._keys, (identity, name))
+        del self._keys[index], self._names[index], self._items[index]
+        self._snapshot = None
+
+
 class Member(Protocol):
     """What the room needs of a connection (a fake one will do in tests)."""
 
@@ -240,7 +292,7 @@ class Room:
         history: int = DEFAULT_HISTORY,
         motd: str | None = None,
         max_backlog: int = DEFAULT_MAX_QUEUE,
-        on_broadcast: Callable[[], None] = lambda: None,
+        on_broadcast: Callable[[bool], None] = lambda urgent: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.motd = motd
@@ -250,7 +302,7 @@ class Room:
         self._lock = threading.Lock()
         self._log = BroadcastLog()
         self._members: dict[str, Member] = {}
-        self._roster: list[tuple[str, str]] = []  # (identity, name), kept sorted
+        self._roster = Roster()
         self._users_frame: bytes | None = None  # the encoded `users` reply, until a change
         self._history: deque[_HistoryEntry] = deque(maxlen=history)
         self._last_id = 0
@@ -264,7 +316,7 @@ class Room:
     def users(self) -> tuple[str, ...]:
         """Everyone in the room, sorted by identity, then name."""
         with self._lock:
-            return self._users()
+            return tuple(self._roster.names)
 
     def pull(self, member: Member, max_bytes: int) -> bytes | None:
         """Take up to about ``max_bytes`` owed to ``member``, or ``None`` if it is overrun."""
@@ -295,28 +347,26 @@ class Room:
             identity = name_identity(name)
             if identity in self._members:
                 raise _name_taken(name)
-            roster = self._roster.copy()
-            bisect.insort(roster, (identity, name))
-            users = tuple(name for _, name in roster)
+            self._roster.add(identity, name)
             try:
-                welcome = encode(Welcome(name, users, len(self._history), self.motd))
+                welcome = encode(Welcome(name, self._roster.names, len(self._history), self.motd))
             except LocalProtocolError:
                 # Only a huge room of long names outgrows a frame.
+                self._roster.remove(identity, name)
                 raise RemoteProtocolError(
                     ErrorCode.SERVER_FULL, "The room is too big to join; try again later."
                 ) from None
             member.name = name
             self._members[identity] = member
-            self._roster = roster
             self._users_frame = None
-            self._broadcast(Joined(name, self._clock()))
+            self._broadcast(Joined(name, self._now()))
             member.outbox.subscribe(self._log)
             outbox = member.outbox
             outbox.put(self._log, welcome, grace=True)
             for entry in self._history:
                 outbox.put(self._log, entry.frame, grace=True)
             online = len(self._members)
-        self._on_broadcast()
+        self._on_broadcast(False)
         member.notify()
         return online
 
@@ -334,9 +384,9 @@ class Room:
             self._roster_remove(identity, member.name)
             member.outbox.unsubscribe(self._log)
             if not self._closed:
-                self._broadcast(Left(member.name, reason, self._clock()))
+                self._broadcast(Left(member.name, reason, self._now()))
             online = len(self._members)
-        self._on_broadcast()
+        self._on_broadcast(False)
         return online
 
     def rename(self, member: Member, name: str) -> str:
@@ -354,9 +404,9 @@ class Room:
             self._roster_remove(old_identity, old)
             member.name = name
             self._members[identity] = member
-            bisect.insort(self._roster, (identity, name))
-            self._broadcast(Renamed(old, name, self._clock()))
-        self._on_broadcast()
+            self._roster.add(identity, name)
+            self._broadcast(Renamed(old, name, self._now()))
+        self._on_broadcast(False)
         return old
 
     def say(self, member: Member, text: str, *, action: bool = False, to: str | None = None) -> int:
@@ -379,7 +429,7 @@ class Room:
                 self._last_id,
                 sender,
                 text,
-                self._clock(),
+                self._now(),
                 action,
                 None if recipient is None else recipient.name,
             )
@@ -392,7 +442,7 @@ class Room:
                 if recipient is not member:
                     self._put(recipient, frame)
         if recipient is None:
-            self._on_broadcast()
+            self._on_broadcast(True)
         else:
             member.notify()
             if recipient is not member:
@@ -409,19 +459,13 @@ class Room:
     def send_users(self, member: Member) -> None:
         """Answer ``who``: queue the user list for ``member``.
 
-        The list is encoded once per change of the room, outside the lock:
-        a big room's list takes a millisecond to encode, and ``who`` is not
+        The frame is made once per change of the room, since ``who`` is not
         rate-limited.
         """
         with self._lock:
-            frame = self._users_frame
-            users = self._users() if frame is None else ()
-        if frame is None:
-            frame = encode(Users(users))
-        with self._lock:
-            if self._users_frame is None and users == self._users():
-                self._users_frame = frame
-            self._put(member, frame)
+            if self._users_frame is None:
+                self._users_frame = encode(Users(self._roster.names))
+            self._put(member, self._users_frame)
         member.notify()
 
     def close(self) -> None:
@@ -431,11 +475,13 @@ class Room:
 
     # -- helpers (the lock is held) ---------------------------------------
 
-    def _users(self) -> tuple[str, ...]:
-        return tuple(name for _, name in self._roster)
+    def _now(self) -> float:
+        # Milliseconds are all anyone shows; the digits beyond them would
+        # add an eighth to every presence frame a join storm sends.
+        return round(self._clock(), 3)
 
     def _roster_remove(self, identity: str, name: str) -> None:
-        del self._roster[bisect.bisect_left(self._roster, (identity, name))]
+        self._roster.remove(identity, name)
         self._users_frame = None
 
     def _broadcast(self, message: Message) -> None:

@@ -9,9 +9,15 @@ client and a wake-up per delivered message; a few loops hold thousands of
 clients and write each one's pending frames in one call.
 
 Threads meet only in the room (one lock, no socket I/O under it) and in
-each loop's wake-up queue: when the room's broadcast log grows, every loop
-is woken once and flushes all of its members; a frame for one member
-wakes just that member's loop.
+each loop's wake-up queue: when a message is added to the room's
+broadcast log, every loop is woken once and flushes all of its members; a
+frame for one member wakes just that member's loop. Presence (joins,
+leaves, renames) is held back for a moment to be flushed with whatever
+else comes: every join is news to everyone, so when a thousand people
+join at once, writing each join to each member on its own would cost a
+million system calls. The moment is ``PRESENCE_DELAY``, or longer in a
+room so big that writing to every member takes a while, so that presence
+never takes more than about a fifth of a loop's time.
 
 The life cycle follows ``socketserver``: construct (binds, so ``port`` is
 known), ``serve_forever()`` in some thread, ``shutdown()`` from another (or
@@ -45,6 +51,9 @@ LISTEN_BACKLOG = 4096  # the kernel caps it at somaxconn; join bursts need room
 ACCEPT_BATCH = 256  # accepts per wake-up, so that a stop request is seen soon
 TIMER_TICK = 0.25  # seconds between checks of handshake, keep-alive and close deadlines
 SHUTDOWN_GRACE = 1.0  # seconds clients get to take the shutdown frame
+PRESENCE_DELAY = 0.05  # seconds a join, leave or rename may wait to share a write
+PRESENCE_SPACING = 4  # ... or this many times what the last flush of every member took
+FLUSH_SLICE = 256  # members flushed between two looks at new input
 # Windows has only select(), which CPython builds for 512 sockets at most:
 # there a loop takes 500 connections and more loops start as needed.
 # epoll and kqueue have no such limit.
@@ -74,6 +83,8 @@ class IOLoop:
         self._new: deque[tuple[socket.socket, Any, bool]] = deque()
         self._dirty: deque[Connection] = deque()
         self._broadcast = False
+        self._presence_due: float | None = None  # when held-back presence must go out
+        self._flush_all_took = 0.0  # seconds the last flush of every member took
         self._stop_message: str | None = None
         self._stop_deadline = 0.0
         self._woken = False
@@ -96,10 +107,15 @@ class IOLoop:
         self._dirty.append(conn)
         self._wake()
 
-    def broadcast_pending(self) -> None:
-        """The room's log grew: flush every member."""
-        self._broadcast = True
-        self._wake()
+    def broadcast_pending(self, urgent: bool) -> None:
+        """The room's log grew: flush every member, now if ``urgent``, else soon."""
+        if urgent:
+            self._broadcast = True
+            self._wake()
+        elif self._presence_due is None:
+            delay = max(PRESENCE_DELAY, PRESENCE_SPACING * self._flush_all_took)
+            self._presence_due = time.monotonic() + delay
+            self._wake()  # to sleep no longer than that
 
     def stop(self, message: str, deadline: float) -> None:
         """Send every connection ``shutdown`` with ``message``, close them all by
@@ -166,8 +182,15 @@ class IOLoop:
         next_tick = time.monotonic() + TIMER_TICK
         try:
             while self._stop_message is None:
-                busy = self._new or self._dirty or self._broadcast
-                self._handle_events(0 if busy else max(0.0, next_tick - time.monotonic()))
+                wake_at = next_tick
+                if self._new or self._dirty or self._broadcast:
+                    wake_at = 0.0
+                elif (presence_due := self._presence_due) is not None:
+                    wake_at = min(wake_at, presence_due)
+                self._handle_events(max(0.0, wake_at - time.monotonic()))
+                presence_due = self._presence_due  # another thread may have set it
+                if presence_due is not None and time.monotonic() >= presence_due:
+                    self._broadcast = True
                 self._run_queues()
                 now = time.monotonic()
                 if now >= next_tick:
@@ -193,14 +216,34 @@ class IOLoop:
                 _safely(conn, conn.on_writable)
 
     def _run_queues(self) -> None:
+        self._run_own_queues()
+        if self._broadcast:
+            # Cleared before the flush, so a frame logged during it gets
+            # another flush, and held-back presence goes out with this one.
+            self._broadcast = False
+            self._presence_due = None
+            took = 0.0
+            members = list(self._members)
+            for start in range(0, len(members), FLUSH_SLICE):
+                started = time.monotonic()
+                for conn in members[start : start + FLUSH_SLICE]:
+                    _safely(conn, conn.flush)
+                took += time.monotonic() - started
+                if start + FLUSH_SLICE < len(members):
+                    # Writing to a big room takes a while: meanwhile, let
+                    # newcomers in and answer everyone else between slices.
+                    self._handle_events(0)
+                    self._run_own_queues()
+            self._flush_all_took = took
+
+    def _run_own_queues(self) -> None:
+        """Open handed-over connections, flush those with frames of their own."""
         self._woken = False
         while self._new:
             sock, address, refuse = self._new.popleft()
             self._open(sock, address, refuse)
-        if self._broadcast:
-            self._broadcast = False
-            for conn in list(self._members):
-                _safely(conn, conn.flush)
+        # Before any flush of every member: a welcome should not wait
+        # behind a write to everyone in a big room.
         while self._dirty:
             conn = self._dirty.popleft()
             _safely(conn, conn.flush)
@@ -393,9 +436,9 @@ class ChatServer:
         with self._count_lock:
             self._open_count -= 1
 
-    def _broadcast_pending(self) -> None:
+    def _broadcast_pending(self, urgent: bool) -> None:
         for loop in self._loops:
-            loop.broadcast_pending()
+            loop.broadcast_pending(urgent)
 
     def _stop_loops(self) -> None:
         self.room.close()

@@ -86,12 +86,13 @@ class Harness:
 
     def __init__(self, **kwargs: Any) -> None:
         self.clock = FakeClock()
-        self.broadcasts = 0
+        self.urgency: list[bool] = []  # one entry per on_broadcast call
         kwargs.setdefault("clock", self.clock)
-        self.room = Room(on_broadcast=self._on_broadcast, **kwargs)
+        self.room = Room(on_broadcast=self.urgency.append, **kwargs)
 
-    def _on_broadcast(self) -> None:
-        self.broadcasts += 1
+    @property
+    def broadcasts(self) -> int:
+        return len(self.urgency)
 
     def join(self, name: str, *, drain: bool = True) -> FakeMember:
         member = FakeMember()
@@ -275,6 +276,16 @@ def test_join_calls_on_broadcast_and_notifies_the_joiner():
     assert h.broadcasts == 2
     assert bob.notified == 1
     assert alice.notified == 1  # alice learns of bob through the log, not notify
+    assert h.urgency == [False, False]  # presence may wait to share a write
+
+
+def test_leave_and_rename_are_presence_not_urgent():
+    h = Harness()
+    alice = h.join("alice")
+    bob = h.join("bob")
+    h.room.rename(bob, "robert")
+    h.room.leave(alice, LeaveReason.QUIT)
+    assert h.urgency == [False, False, False, False]
 
 
 # --------------------------------------------------------------------------
@@ -389,6 +400,18 @@ def test_joiner_with_a_full_history_of_long_messages_is_not_overrun():
 # Say
 
 
+def test_ts_is_rounded_to_the_millisecond_everywhere():
+    h = Harness()
+    h.clock.now = T0 + 0.123456789
+    alice = h.join("alice")
+    bob = h.join("bob", drain=False)
+    h.room.say(bob, "hi")
+    h.room.rename(bob, "robert")
+    h.room.leave(bob, LeaveReason.QUIT)
+    stamps = [frame["ts"] for frame in payloads(h.room, alice)]
+    assert stamps == [T0 + 0.123] * 4  # joined, message, renamed, left
+
+
 def test_say_ids_increase_from_one_and_ts_comes_from_the_clock():
     h = Harness()
     alice = h.join("alice")
@@ -426,6 +449,7 @@ def test_say_calls_on_broadcast_not_notify():
     before = (h.broadcasts, alice.notified)
     h.room.say(alice, "hi")
     assert (h.broadcasts, alice.notified) == (before[0] + 1, before[1])
+    assert h.urgency[-1] is True  # people wait for messages: flush at once
 
 
 def test_action_is_copied():
