@@ -1,0 +1,132 @@
+"""How the server spreads frames to a room: presence held back to share
+writes, big rooms written to in slices, one user list encoding per change."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+
+import server.server as server_module
+from server.protocol import Users, Welcome, encode
+from server.room import Room, Roster
+from server.server import ChatServer
+from tests.wire import RawClient
+
+
+def _count_writes(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the chunks the server pulls to write to member ``name``: one per write."""
+    writes = [0]
+    pull = Room.pull
+
+    def counting_pull(self: Room, member, max_bytes: int) -> bytes | None:
+        chunk = pull(self, member, max_bytes)
+        if chunk and member.name == name:
+            writes[0] += 1
+        return chunk
+
+    monkeypatch.setattr(Room, "pull", counting_pull)
+    return writes
+
+
+def test_a_stream_of_joins_reaches_a_member_in_a_few_writes(
+    start_server: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    srv = start_server()
+    watcher = open_client(srv, "watcher")
+    writes = _count_writes(monkeypatch, "watcher")
+    names = [f"user{i}" for i in range(40)]
+    started = time.monotonic()
+    for name in names:  # one after another, as people arrive
+        open_client(srv, name)
+    for name in names:
+        watcher.expect("joined", name=name)
+    took = time.monotonic() - started
+    # Written one by one, 40 joins are 40 writes; held back for 50 ms at a
+    # time they share one write per 50 ms that the joins took.
+    assert writes[0] <= 2 + took / server_module.PRESENCE_DELAY
+    assert writes[0] < len(names) / 2
+
+
+def test_presence_waits_only_a_moment(
+    start_server: Callable[..., ChatServer], open_client: Callable[..., RawClient]
+) -> None:
+    srv = start_server()
+    watcher = open_client(srv, "watcher")
+    started = time.monotonic()
+    open_client(srv, "bob")
+    watcher.expect("joined", name="bob", timeout=2)
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_message_goes_out_at_once_with_the_presence_before_it(
+    start_server: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A long presence delay: only the message can have flushed the join.
+    monkeypatch.setattr(server_module, "PRESENCE_DELAY", 30.0)
+    srv = start_server(rate_limit=None)
+    watcher = open_client(srv, "watcher")
+    bob = open_client(srv, "bob")
+    bob.send({"type": "say", "text": "hi"})
+    assert watcher.recv(timeout=2)["type"] == "joined"
+    assert watcher.recv(timeout=2)["text"] == "hi"
+
+
+def test_a_room_written_to_in_slices_gets_everything_in_order(
+    start_server: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(server_module, "FLUSH_SLICE", 2)  # 9 members: 5 slices per flush
+    srv = start_server(rate_limit=None)
+    clients = [open_client(srv, f"c{i}") for i in range(8)]
+    late = None
+    for round_ in range(5):
+        for i, client in enumerate(clients):
+            client.send({"type": "say", "text": f"{i} {round_}"})
+        if round_ == 2:  # a newcomer arrives in the middle of the stream
+            late = open_client(srv, "late")
+    assert late is not None
+    for client in [*clients, late]:
+        got: dict[int, list[int]] = {i: [] for i in range(8)}
+        while any(not rounds or rounds[-1] < 4 for rounds in got.values()):
+            frame = client.recv(timeout=5)
+            if frame["type"] == "message" and not frame.get("history"):
+                sender, round_ = map(int, frame["text"].split())
+                got[sender].append(round_)
+        for rounds in got.values():
+            if client is late:  # it joined in the middle: from some round on, all
+                assert rounds == list(range(rounds[0], 5))
+            else:
+                assert rounds == list(range(5))
+
+
+def test_roster_keeps_names_sorted_with_their_json() -> None:
+    roster = Roster()
+    for name in ["bob", "Alice", 'q"uote', "émile", "alice"]:
+        roster.add(name.casefold(), name)
+    roster.remove("bob", "bob")
+    names = roster.names
+    assert list(names) == ["Alice", "alice", 'q"uote', "émile"]
+    assert json.loads(names.json) == list(names)
+    assert roster.names is names  # kept until the next change
+    roster.add("zed", "zed")
+    assert roster.names is not names
+    assert json.loads(roster.names.json) == ["Alice", "alice", 'q"uote', "zed", "émile"]
+
+
+@pytest.mark.parametrize("make", [lambda n: Welcome("me", n, 3, "motd"), Users])
+def test_a_ready_name_list_encodes_as_a_plain_one(make: Callable[..., object]) -> None:
+    roster = Roster()
+    for name in ["zoë", "bob", "日本", "me"]:
+        roster.add(name.casefold(), name)
+    ready, plain = encode(make(roster.names)), encode(make(tuple(roster.names)))  # type: ignore[arg-type]
+    assert json.loads(ready[4:]) == json.loads(plain[4:])
+    assert len(ready) == len(plain)
+    assert int.from_bytes(ready[:4], "big") == len(ready) - 4
