@@ -17,7 +17,9 @@ The room calls ``Member.notify`` (private frames waiting) and the
 told whether the new frame is *urgent* (a message, which people wait for)
 or presence (a join, leave or rename), which the server may hold back for
 a moment so that a storm of joins costs one write per member per moment
-rather than one per join.
+rather than one per join. Presence becomes urgent too once a quarter of
+the slow-reader bound of it is held back, so that holding it back never
+makes a member that keeps up look slow.
 """
 
 from __future__ import annotations
@@ -307,6 +309,7 @@ class Room:
         self._history: deque[_HistoryEntry] = deque(maxlen=history)
         self._last_id = 0
         self._closed = False
+        self._presence_held = 0  # bytes logged since the last urgent broadcast
 
     # -- queries ---------------------------------------------------------
 
@@ -359,14 +362,14 @@ class Room:
             member.name = name
             self._members[identity] = member
             self._users_frame = None
-            self._broadcast(Joined(name, self._now()))
+            urgent = self._broadcast(Joined(name, self._now()))
             member.outbox.subscribe(self._log)
             outbox = member.outbox
             outbox.put(self._log, welcome, grace=True)
             for entry in self._history:
                 outbox.put(self._log, entry.frame, grace=True)
             online = len(self._members)
-        self._on_broadcast(False)
+        self._on_broadcast(urgent)
         member.notify()
         return online
 
@@ -383,10 +386,11 @@ class Room:
             del self._members[identity]
             self._roster_remove(identity, member.name)
             member.outbox.unsubscribe(self._log)
+            urgent = False
             if not self._closed:
-                self._broadcast(Left(member.name, reason, self._now()))
+                urgent = self._broadcast(Left(member.name, reason, self._now()))
             online = len(self._members)
-        self._on_broadcast(False)
+        self._on_broadcast(urgent)
         return online
 
     def rename(self, member: Member, name: str) -> str:
@@ -405,8 +409,8 @@ class Room:
             member.name = name
             self._members[identity] = member
             self._roster.add(identity, name)
-            self._broadcast(Renamed(old, name, self._now()))
-        self._on_broadcast(False)
+            urgent = self._broadcast(Renamed(old, name, self._now()))
+        self._on_broadcast(urgent)
         return old
 
     def say(self, member: Member, text: str, *, action: bool = False, to: str | None = None) -> int:
@@ -434,7 +438,7 @@ class Room:
                 None if recipient is None else recipient.name,
             )
             if recipient is None:
-                self._broadcast(message)
+                self._broadcast(message, urgent=True)
                 self._history.append(_HistoryEntry(message))
             else:
                 frame = encode(message)
@@ -484,11 +488,20 @@ class Room:
         self._roster.remove(identity, name)
         self._users_frame = None
 
-    def _broadcast(self, message: Message) -> None:
+    def _broadcast(self, message: Message, *, urgent: bool = False) -> bool:
+        """Log ``message`` for everyone. Returns whether to flush it at once:
+        when ``urgent``, or when so much presence is held back that a member
+        who keeps up could come near the slow-reader bound."""
         log = self._log
-        log.append(encode(message))
+        frame = encode(message)
+        log.append(frame)
         if log.held > self._TRIM_FACTOR * self.max_backlog:
             log.forget_before(log.end - self.max_backlog)
+        self._presence_held += len(frame)
+        if urgent or self._presence_held > self.max_backlog // 4:
+            self._presence_held = 0
+            return True
+        return False
 
     def _put(self, member: Member, frame: bytes) -> None:
         member.outbox.put(self._log, frame)

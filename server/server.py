@@ -15,9 +15,11 @@ frame for one member wakes just that member's loop. Presence (joins,
 leaves, renames) is held back for a moment to be flushed with whatever
 else comes: every join is news to everyone, so when a thousand people
 join at once, writing each join to each member on its own would cost a
-million system calls. The moment is ``PRESENCE_DELAY``, or longer in a
-room so big that writing to every member takes a while, so that presence
-never takes more than about a fifth of a loop's time.
+million system calls. The moment is ``PRESENCE_DELAY``, or longer (up to
+``PRESENCE_MAX_DELAY``) in a room so big that writing to every member
+takes a while, so that presence takes no more than about a fifth of a
+loop's time. The room asks for a flush at once when the presence held
+back nears the slow-reader bound.
 
 The life cycle follows ``socketserver``: construct (binds, so ``port`` is
 known), ``serve_forever()`` in some thread, ``shutdown()`` from another (or
@@ -53,6 +55,7 @@ TIMER_TICK = 0.25  # seconds between checks of handshake, keep-alive and close d
 SHUTDOWN_GRACE = 1.0  # seconds clients get to take the shutdown frame
 PRESENCE_DELAY = 0.05  # seconds a join, leave or rename may wait to share a write
 PRESENCE_SPACING = 4  # ... or this many times what the last flush of every member took
+PRESENCE_MAX_DELAY = 0.5  # ... but never longer than this
 FLUSH_SLICE = 256  # members flushed between two looks at new input
 # Windows has only select(), which CPython builds for 512 sockets at most:
 # there a loop takes 500 connections and more loops start as needed.
@@ -114,6 +117,7 @@ class IOLoop:
             self._wake()
         elif self._presence_due is None:
             delay = max(PRESENCE_DELAY, PRESENCE_SPACING * self._flush_all_took)
+            delay = min(delay, PRESENCE_MAX_DELAY)
             self._presence_due = time.monotonic() + delay
             self._wake()  # to sleep no longer than that
 

@@ -3,17 +3,20 @@ writes, big rooms written to in slices, one user list encoding per change."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+import server.room as room_module
 import server.server as server_module
-from server.protocol import Users, Welcome, encode
-from server.room import Room, Roster
+from server.protocol import LeaveReason, RemoteProtocolError, Users, Welcome, encode
+from server.room import Outbox, Room, Roster
 from server.server import ChatServer
-from tests.wire import RawClient
+from tests.wire import Closed, RawClient
 
 
 def _count_writes(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
@@ -36,6 +39,8 @@ def test_a_stream_of_joins_reaches_a_member_in_a_few_writes(
     open_client: Callable[..., RawClient],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The longest hold, so that a slow machine's joins still share writes.
+    monkeypatch.setattr(server_module, "PRESENCE_DELAY", server_module.PRESENCE_MAX_DELAY)
     srv = start_server()
     watcher = open_client(srv, "watcher")
     writes = _count_writes(monkeypatch, "watcher")
@@ -46,9 +51,9 @@ def test_a_stream_of_joins_reaches_a_member_in_a_few_writes(
     for name in names:
         watcher.expect("joined", name=name)
     took = time.monotonic() - started
-    # Written one by one, 40 joins are 40 writes; held back for 50 ms at a
-    # time they share one write per 50 ms that the joins took.
-    assert writes[0] <= 2 + took / server_module.PRESENCE_DELAY
+    # Written one by one, 40 joins are 40 writes; held back, they share one
+    # write per hold that the joins took.
+    assert writes[0] <= 2 + took / server_module.PRESENCE_MAX_DELAY
     assert writes[0] < len(names) / 2
 
 
@@ -130,3 +135,118 @@ def test_a_ready_name_list_encodes_as_a_plain_one(make: Callable[..., object]) -
     assert json.loads(ready[4:]) == json.loads(plain[4:])
     assert len(ready) == len(plain)
     assert int.from_bytes(ready[:4], "big") == len(ready) - 4
+
+
+def _frames_until(
+    client: RawClient, done: Callable[[list[dict[str, Any]]], bool], timeout: float
+) -> list[dict[str, Any]]:
+    """Frames from ``client`` until ``done(frames)``, the server closes, or ``timeout``."""
+    frames: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not done(frames):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            frames.append(client.recv(remaining))
+        except (TimeoutError, Closed):
+            break
+    return frames
+
+
+def test_held_back_joins_do_not_make_a_reader_that_keeps_up_too_slow(
+    start_server: Callable[..., ChatServer], open_client: Callable[..., RawClient]
+) -> None:
+    # The watcher's socket has plenty of room: whatever the server writes
+    # reaches it. Only bytes the server holds back itself can pass the bound.
+    srv = start_server(max_queue=1024)
+    watcher = open_client(srv, "watcher")
+    names = [f"user{i:02d}" for i in range(40)]
+    for name in names:  # one after another, as people arrive
+        open_client(srv, name)
+    frames = _frames_until(watcher, lambda got: len(got) >= len(names), timeout=5)
+    assert [(f["type"], f.get("name")) for f in frames] == [("joined", n) for n in names]
+
+
+def test_held_back_leaves_do_not_make_a_reader_that_keeps_up_too_slow(
+    start_server: Callable[..., ChatServer], open_client: Callable[..., RawClient]
+) -> None:
+    srv = start_server(max_queue=1024)
+    watcher = open_client(srv, "watcher")
+    names = [f"leaver{i:02d}" for i in range(20)]
+    leavers = []
+    for name in names:  # joined slowly: the watcher takes each join before the next
+        leavers.append(open_client(srv, name))
+        watcher.expect("joined", name=name, timeout=5)
+    for leaver in leavers:  # then they drop off one after another, as in a network outage
+        leaver.close()
+        time.sleep(0.002)
+    frames = _frames_until(watcher, lambda got: len(got) >= len(names), timeout=5)
+    assert [(f["type"], f.get("name")) for f in frames] == [("left", n) for n in names]
+
+
+@pytest.mark.parametrize("urgent", [False, True])
+def test_presence_on_one_loop_wakes_an_idle_other_loop(
+    start_server: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+    monkeypatch: pytest.MonkeyPatch,
+    urgent: bool,
+) -> None:
+    # With one I/O thread by default, nothing else covers a join on one loop
+    # reaching a member of another. An idle loop sleeps until its next timer
+    # tick: made long here, so only a wake-up can deliver in time.
+    monkeypatch.setattr(server_module, "TIMER_TICK", 30.0)
+    if urgent:  # presence held for long: only the message may carry the join
+        monkeypatch.setattr(server_module, "PRESENCE_DELAY", 30.0, raising=False)
+    srv = start_server(io_threads=2, rate_limit=None)
+    watcher = open_client(srv, "watcher")
+    time.sleep(0.2)  # the watcher's loop is asleep
+    started = time.monotonic()
+    bob = open_client(srv, "bob")
+    assert sorted(len(loop) for loop in srv._loops) == [1, 1]  # one each
+    if urgent:
+        bob.send({"type": "say", "text": "hi"})
+        assert watcher.recv(timeout=3)["type"] == "joined"
+        assert watcher.recv(timeout=3)["text"] == "hi"
+    else:
+        watcher.expect("joined", name="bob", timeout=3)
+        bob.send({"type": "rename", "name": "robert"})
+        watcher.expect("renamed", old="bob", new="robert", timeout=3)
+        bob.close()
+        watcher.expect("left", name="robert", timeout=3)
+    assert time.monotonic() - started < 2.0
+
+
+class _Member:
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.outbox = Outbox()
+
+    def notify(self) -> None:
+        pass
+
+
+def test_a_join_refused_for_a_too_big_welcome_leaves_the_roster_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A tiny frame limit stands in for a room of thousands of long names.
+    monkeypatch.setattr(room_module, "encode", functools.partial(encode, max_frame=120))
+    room = Room()
+    members = {}
+    refused = None
+    for name in ["alice", "bob", "carol", "dave", "erin", "frank", "george", "harry", "ivan"]:
+        member = _Member()
+        try:
+            room.join(member, name)
+        except RemoteProtocolError as exc:
+            assert exc.code == "server-full"
+            refused = name
+            break
+        members[name] = member
+    assert refused is not None
+    assert room.users() == tuple(members)  # no trace of the refused name
+    room.leave(members["alice"], LeaveReason.QUIT)
+    room.rename(members["bob"], "Bob")  # the same identity, another spelling
+    assert room.users() == ("Bob", *list(members)[2:])
+    room.join(_Member(), "al")  # the list is small enough again
+    assert room.users() == ("al", "Bob", *list(members)[2:])
