@@ -63,6 +63,12 @@ PUMP_BATCH = 200
 PUMP_BUDGET = 0.02
 NAME_RETRY_MS = 3000  # after a reconnect, our old connection may still hold the name
 SEEN_LIMIT = 2000  # message keys remembered to drop history replayed on reconnect
+# How long a mention's toast shows. Until it is gone, later mentions ring
+# no bell and open no toast (the title still counts them): a toast per
+# mention stacked up windows by the thousand in a busy room, which slowed
+# the window to a crawl, grew memory, and crashed Tk (a segfault) within
+# 30,000 messages (tests/bench/client_memory.py --background).
+TOAST_MS = 5000
 
 
 def app_version() -> str:
@@ -100,6 +106,7 @@ class ChatApp:
         self._lost_reason = ""
         self._name_retry: str | None = None  # the pending after() of a name retry
         self._held: deque[str] = deque()  # unsent texts waiting for the input box
+        self._toast_until = 0.0  # time.monotonic() when the last toast is gone
         self._pump_id: str | None = None
         self._closing = False
         self._closed = False
@@ -474,11 +481,16 @@ class ChatApp:
                 self.notice(text, "error")
 
     def _alert(self, message: ChatMessage) -> None:
+        """Ring and show a toast, unless the last toast is still up (see ``TOAST_MS``)."""
+        now = time.monotonic()
+        if now < self._toast_until:
+            return
+        self._toast_until = now + TOAST_MS / 1000
         self.root.bell()
         ttk.ToastNotification(
             title=f"{message.sender} mentioned you" if message.to is None else message.sender,
             message=message.text[:200],
-            duration=5000,
+            duration=TOAST_MS,
             icon="chat-dots-fill",
         ).show_toast()
 

@@ -25,7 +25,7 @@ import pytest
 import ttkbootstrap as ttk
 from PIL import ImageGrab
 
-from app import commands
+from app import chat_app, commands
 from app.chat_app import PUMP_BATCH, ChatApp
 from app.connect_dialog import ConnectDialog, check_fields
 from app.network import ChatClient, Received
@@ -971,48 +971,96 @@ def test_screenshots(
         assert (SHOTS / f"{name}.png").stat().st_size > 1000
 
 
-def test_in_the_background_unread_messages_count_and_mentions_alert(
-    app: ChatApp, start_server: StartServer, open_client: Callable[..., RawClient], monkeypatch
-) -> None:
-    srv = start_server()
-    join(app, srv, "alice")
-    bob = open_client(srv, "bob")
-    wait_shown(app, "bob joined")
-    bells: list[bool] = []
-    toasts: list[dict[str, Any]] = []
+class Alerts:
+    """What ``ChatApp`` did to get the user's attention: bells rung, toasts
+    shown (the options each was made with)."""
+
+    def __init__(self) -> None:
+        self.bells: list[bool] = []
+        self.toasts: list[dict[str, Any]] = []
+
+
+@pytest.fixture
+def alerts(app: ChatApp, monkeypatch: pytest.MonkeyPatch) -> Alerts:
+    """``app`` in the background, with its bells and toasts recorded, not shown."""
+    seen = Alerts()
 
     class FakeToast:
         def __init__(self, **options: Any) -> None:
-            toasts.append(options)
+            seen.toasts.append(options)
 
         def show_toast(self) -> None:
             pass
 
-    monkeypatch.setattr(app.root, "bell", lambda: bells.append(True))
+    monkeypatch.setattr(app.root, "bell", lambda: seen.bells.append(True))
     monkeypatch.setattr(ttk, "ToastNotification", FakeToast)
-    monkeypatch.setattr(app, "_has_focus", lambda: False)  # the window is in the background
+    monkeypatch.setattr(app, "_has_focus", lambda: False)
+    return seen
+
+
+def test_in_the_background_unread_messages_count_and_mentions_alert(
+    app: ChatApp,
+    start_server: StartServer,
+    open_client: Callable[..., RawClient],
+    alerts: Alerts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chat_app, "TOAST_MS", 0)  # each toast is gone before the next alert
+    srv = start_server()
+    join(app, srv, "alice")
+    bob = open_client(srv, "bob")
+    wait_shown(app, "bob joined")
 
     bob.send({"type": "say", "text": "lunch at noon"})
     wait_shown(app, "lunch at noon")
     assert app.root.title().startswith("(1) LAN Chat")
-    assert bells == [] and toasts == []
+    assert alerts.bells == [] and alerts.toasts == []
 
     bob.send({"type": "say", "text": "Alice, are you coming?"})
     wait_shown(app, "Alice, are you coming?")
     assert app.root.title().startswith("(2) LAN Chat")
-    assert bells == [True]
-    assert toasts[0]["title"] == "bob mentioned you"
+    assert alerts.bells == [True]
+    assert alerts.toasts[0]["title"] == "bob mentioned you"
 
     bob.send({"type": "say", "text": "psst", "to": "alice"})
     wait_shown(app, "psst")
-    assert len(bells) == 2 and toasts[1]["title"] == "bob"
+    assert len(alerts.bells) == 2 and alerts.toasts[1]["title"] == "bob"
 
     type_and_send(app, "my own words, alice")  # one's own echo is never unread
     wait_shown(app, "my own words, alice")
-    assert app.root.title().startswith("(3) LAN Chat") and len(bells) == 2
+    assert app.root.title().startswith("(3) LAN Chat") and len(alerts.bells) == 2
 
     app._focused(None)  # the user comes back to the window
     assert app.root.title().startswith("LAN Chat")
+
+
+def test_a_burst_of_mentions_in_the_background_rings_and_toasts_once(
+    app: ChatApp,
+    start_server: StartServer,
+    open_client: Callable[..., RawClient],
+    alerts: Alerts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A toast per mention once stacked thousands of windows: Tk crawled,
+    # memory grew, and Tk crashed (tests/bench/client_memory.py --background).
+    monkeypatch.setattr(chat_app, "TOAST_MS", 600_000)  # the first toast outlasts the test
+    srv = start_server(rate_limit=None)
+    join(app, srv, "alice")
+    bob = open_client(srv, "bob")
+    wait_shown(app, "bob joined")
+    count = 300
+    bob.send_raw(
+        b"".join(
+            frame({"type": "say", "text": f"alice, ping {i}"})
+            if i % 2
+            else frame({"type": "say", "text": f"psst {i}", "to": "alice"})
+            for i in range(count)
+        )
+    )
+    wait_shown(app, f"alice, ping {count - 1}")
+    assert alerts.bells == [True]
+    assert [toast["title"] for toast in alerts.toasts] == ["bob"]  # the first, private
+    assert app.root.title().startswith(f"({count}) LAN Chat")
 
 
 def test_up_and_down_keep_the_draft(app: ChatApp, start_server: StartServer) -> None:
