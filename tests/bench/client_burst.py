@@ -4,7 +4,7 @@ Run under a display (Xvfb works):
 
     xvfb-run -a python3 -m tests.bench.client_burst --messages 5000
 
-A real server on 127.0.0.1 (rate limit off), the real ChatApp, and a raw
+A real server on 127.0.0.1 (its own process, rate limit off), the real ChatApp, and a raw
 client that sends the burst. A 5 ms ``after`` heartbeat on the Tk thread
 records the gaps between its runs: the longest gap is the longest time
 the window could not react to the user. Prints one table.
@@ -14,25 +14,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import tempfile
-import threading
 import time
 
 import ttkbootstrap as ttk
 
 from app.chat_app import ChatApp
 from app.settings import Settings
-from server.config import ServerConfig
-from server.server import ChatServer
+from tests.bench.server_bench import Server
 from tests.wire import RawClient, frame
 
 
 def run(messages: int) -> dict[str, float]:
     os.environ["LAN_CHAT_CONFIG_DIR"] = tempfile.mkdtemp()
-    server = ChatServer(ServerConfig(host="127.0.0.1", port=0, rate_limit=None))
-    serving = threading.Thread(target=server.serve_forever, args=(0.05,))
-    serving.start()
+    # In a process of its own, as for a user: in this one, its threads
+    # would take turns with the window's for the interpreter lock.
+    server = Server.start(socket.AF_INET, "127.0.0.1", [])
     root = ttk.App(title="burst", theme="bootstrap-light", size=(920, 640))
     app = ChatApp(root, Settings(), save_settings=lambda _s: None, on_exit=lambda: None)
     gaps: list[float] = []
@@ -75,9 +74,7 @@ def run(messages: int) -> dict[str, float]:
     finally:
         app.close()
         root.destroy()
-        server.shutdown()
-        serving.join()
-        server.server_close()
+        server.stop(None)
     return {
         "messages": messages,
         "shown": shown,

@@ -22,8 +22,8 @@ messages the sender waits until the window has shown them all, and the Tk
 thread records one row of the table:
 
 - RSS MB: the whole process's resident memory (VmRSS), after
-  ``gc.collect()``: Python, Tcl/Tk, Xlib buffers, and the in-process
-  server (whose history and queues are bounded).
+  ``gc.collect()``: Python, Tcl/Tk and Xlib buffers (the server runs in a
+  process of its own).
 - Python heap MB: what tracemalloc traces at that moment, with
   ``--tracemalloc`` only: it slows the run about twofold and its own
   bookkeeping counts in RSS. It also prints the lines whose allocations
@@ -70,8 +70,7 @@ import ttkbootstrap as ttk
 from app.chat_app import ChatApp
 from app.chat_view import MAX_LINES
 from app.settings import Settings
-from server.config import ServerConfig
-from server.server import ChatServer
+from tests.bench.server_bench import Server
 from tests.wire import RawClient, frame
 
 READER = "reader"
@@ -185,9 +184,9 @@ def run(
     if trace:
         tracemalloc.start()
     deadline = time.monotonic() + timeout
-    server = ChatServer(ServerConfig(host="127.0.0.1", port=0, rate_limit=None))
-    serving = threading.Thread(target=server.serve_forever, args=(0.05,), name="bench-serve")
-    serving.start()
+    # In a process of its own, as for a user: in this one, its threads
+    # would take turns with the window's for the interpreter lock.
+    server = Server.start(socket.AF_INET, "127.0.0.1", [])
     root = ttk.App(title="memory", theme="bootstrap-light", size=(920, 640))
     app = ChatApp(root, Settings(), save_settings=lambda _s: None, on_exit=lambda: None)
     if background:
@@ -275,9 +274,7 @@ def run(
         root.destroy()
         if sender is not None:
             sender.close()
-        server.shutdown()
-        serving.join(5)
-        server.server_close()
+        server.stop(None)
         tracemalloc.stop()
     return samples, elapsed, growth
 
