@@ -120,6 +120,7 @@ class Connection:
         "_ping_due",
         "_unsent",
         "_waiting_to_write",
+        "_watching_writes",
         "config",
         "decoder",
         "loop",
@@ -150,6 +151,7 @@ class Connection:
         self._ping_due = now + config.idle_ping_after
         self._unsent = memoryview(b"")
         self._waiting_to_write = False
+        self._watching_writes = False  # the selector watches for room to write
         self._close_deadline = 0.0
         self._eof_sent = False
         self._peer_closed = False
@@ -215,7 +217,7 @@ class Connection:
         elif not self._waiting_to_write:
             self.abort(None)
         if self.state is not State.CLOSED:
-            self.loop.want_write(self, True)  # and no longer read: EOF stays readable
+            self._watch_writes(True)  # and no longer read: EOF stays readable
 
     def on_writable(self) -> None:
         self._waiting_to_write = False
@@ -254,13 +256,18 @@ class Connection:
             self._unsent = self._unsent[sent:]
             if self._unsent:
                 self._waiting_to_write = True
-                self.loop.want_write(self, True)
+                self._watch_writes(True)
                 if self.room.overrun(self, len(self._unsent)):
                     self._drop_too_slow()
                 return
-        self.loop.want_write(self, False)
+        if self._watching_writes:
+            self._watch_writes(False)
         if self.state is State.CLOSING:
             self._finish_close()
+
+    def _watch_writes(self, wanted: bool) -> None:
+        self._watching_writes = wanted
+        self.loop.want_write(self, wanted)
 
     def check_timers(self, now: float) -> None:
         """Apply the handshake, keep-alive and closing deadlines."""
