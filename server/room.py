@@ -219,19 +219,18 @@ class Roster:
 
     ``names`` is built once per change, with its JSON text ready for
     ``encode`` (see ``protocol.NameList``): a join in a room of thousands
-    then copies the list instead of encoding it.
+    then copies the list instead of encoding it. So is the ``users`` frame,
+    since ``who`` is not rate-limited.
     """
 
-    __slots__ = ("_items", "_keys", "_names", "_snapshot")
+    __slots__ = ("_items", "_keys", "_names", "_snapshot", "_users_frame")
 
     def __init__(self) -> None:
         self._keys: list[tuple[str, str]] = []  # (identity, name)
         self._names: list[str] = []
         self._items: list[str] = []  # each name as a JSON string
         self._snapshot: NameList | None = None
-
-    def __len__(self) -> int:
-        return len(self._keys)
+        self._users_frame: bytes | None = None
 
     @property
     def names(self) -> NameList:
@@ -239,17 +238,23 @@ class Roster:
             self._snapshot = NameList(self._names, self._items)
         return self._snapshot
 
+    @property
+    def users_frame(self) -> bytes:
+        if self._users_frame is None:
+            self._users_frame = encode(Users(self.names))
+        return self._users_frame
+
     def add(self, identity: str, name: str) -> None:
         index = bisect.bisect(self._keys, (identity, name))
         self._keys.insert(index, (identity, name))
         self._names.insert(index, name)
         self._items.insert(index, json_string(name))
-        self._snapshot = None
+        self._snapshot = self._users_frame = None
 
     def remove(self, identity: str, name: str) -> None:
         index = bisect.bisect_left(self._keys, (identity, name))
         del self._keys[index], self._names[index], self._items[index]
-        self._snapshot = None
+        self._snapshot = self._users_frame = None
 
 
 class Member(Protocol):
@@ -313,7 +318,6 @@ class Room:
         self._log = BroadcastLog()
         self._members: dict[str, Member] = {}
         self._roster = Roster()
-        self._users_frame: bytes | None = None  # the encoded `users` reply, until a change
         self._history: deque[_HistoryEntry] = deque(maxlen=history)
         self._last_id = 0
         self._closed = False
@@ -327,7 +331,7 @@ class Room:
     def users(self) -> tuple[str, ...]:
         """Everyone in the room, sorted by identity, then name."""
         with self._lock:
-            return tuple(self._roster.names)
+            return self._roster.names
 
     def pull(self, member: Member, max_bytes: int) -> bytes | None:
         """Take up to about ``max_bytes`` owed to ``member``, or ``None`` if it is overrun."""
@@ -369,7 +373,6 @@ class Room:
                 ) from None
             member.name = name
             self._members[identity] = member
-            self._users_frame = None
             urgent = self._broadcast(Joined(name, self._now()))
             member.outbox.subscribe(self._log)
             outbox = member.outbox
@@ -392,7 +395,7 @@ class Room:
                 return None
             identity = name_identity(member.name)
             del self._members[identity]
-            self._roster_remove(identity, member.name)
+            self._roster.remove(identity, member.name)
             member.outbox.unsubscribe(self._log)
             urgent = False
             if not self._closed:
@@ -413,7 +416,7 @@ class Room:
             if identity != old_identity and identity in self._members:
                 raise _name_taken(name)
             del self._members[old_identity]
-            self._roster_remove(old_identity, old)
+            self._roster.remove(old_identity, old)
             member.name = name
             self._members[identity] = member
             self._roster.add(identity, name)
@@ -469,15 +472,9 @@ class Room:
         member.notify()
 
     def send_users(self, member: Member) -> None:
-        """Answer ``who``: queue the user list for ``member``.
-
-        The frame is made once per change of the room, since ``who`` is not
-        rate-limited.
-        """
+        """Answer ``who``: queue the user list for ``member``."""
         with self._lock:
-            if self._users_frame is None:
-                self._users_frame = encode(Users(self._roster.names))
-            self._put(member, self._users_frame)
+            self._put(member, self._roster.users_frame)
         member.notify()
 
     def close(self) -> None:
@@ -491,10 +488,6 @@ class Room:
         # Milliseconds are all anyone shows; the digits beyond them would
         # add an eighth to every presence frame a join storm sends.
         return round(self._clock(), 3)
-
-    def _roster_remove(self, identity: str, name: str) -> None:
-        self._roster.remove(identity, name)
-        self._users_frame = None
 
     def _broadcast(self, message: Message, *, urgent: bool = False) -> bool:
         """Log ``message`` for everyone. Returns whether to flush it at once:
