@@ -33,6 +33,7 @@ from server.config import RateLimit, ServerConfig
 from server.protocol import (
     CLIENT_MESSAGES,
     MAX_CLIENT_FRAME,
+    MAX_ECHOED_TYPE,
     PROTOCOL_VERSION,
     Bye,
     Error,
@@ -40,6 +41,7 @@ from server.protocol import (
     FrameDecoder,
     Hello,
     LeaveReason,
+    LocalProtocolError,
     Message,
     Ping,
     Pong,
@@ -52,6 +54,7 @@ from server.protocol import (
     clean_text,
     normalize_name,
     parse_message,
+    show_wire,
 )
 from server.room import Outbox, Room
 
@@ -382,7 +385,7 @@ class Connection:
                 raise RemoteProtocolError(ErrorCode.ALREADY_JOINED, "You have already joined.")
             elif kind not in CLIENT_MESSAGES:
                 raise RemoteProtocolError(
-                    ErrorCode.UNKNOWN_TYPE, f"This server does not know {kind!r} frames."
+                    ErrorCode.UNKNOWN_TYPE, f"This server does not know {show_wire(kind)} frames."
                 )
             elif (
                 kind in _RATE_LIMITED_TYPES
@@ -395,15 +398,22 @@ class Connection:
             message = parse_message(payload, CLIENT_MESSAGES)
             self._HANDLERS[type(message)](self, message)
         except RemoteProtocolError as exc:
-            if exc.in_reply_to is None:
+            if exc.in_reply_to is None and len(kind) <= MAX_ECHOED_TYPE:
                 exc.in_reply_to = kind
             self.fail(exc, LeaveReason.ERROR)
+        except LocalProtocolError as exc:
+            # We could not encode our own answer: the server's fault, not the
+            # peer's. The frame goes unanswered and the connection stays, as
+            # the room's state is untouched (a reply is encoded before it is
+            # queued); closing it would punish the peer for our bug.
+            logger.error("%s: cannot answer its %s frame (a server bug): %s", self.who, kind, exc)
 
     def _on_hello(self, hello: Hello) -> None:
         if hello.protocol != PROTOCOL_VERSION:
             raise RemoteProtocolError(
                 ErrorCode.PROTOCOL_VERSION,
-                f"This server speaks protocol version {PROTOCOL_VERSION}, not {hello.protocol}.",
+                f"This server speaks protocol version {PROTOCOL_VERSION}, not "
+                f"{hello.protocol if abs(hello.protocol) < 10**6 else 'that one'}.",
             )
         online = self.room.join(self, normalize_name(hello.name))
         self.state = State.JOINED

@@ -40,6 +40,26 @@ MAX_SERVER_FRAME = 1024 * 1024
 MAX_NAME_LENGTH = 32
 MAX_TEXT_LENGTH = 4000
 
+# Normalising a long run of combining marks costs time quadratic in its
+# length (CPython sorts them by insertion), so a name or `to` is measured
+# before it is normalised. No code point's canonical decomposition is
+# longer than 4 code points (U+1F82 is one of 4), and every spelling of a
+# name decomposes to that name's decomposition, never shorter than the
+# spelling; so every spelling of a valid name, fully decomposed included,
+# is at most 4 * 32 code points, and anything longer is no one's name.
+MAX_NAME_INPUT = 4 * MAX_NAME_LENGTH
+
+# How deep arrays and objects may nest in a frame, the frame's own object
+# being level 1. Our frames need 3; a ping may carry more, and this is what
+# the server promises to echo. Far deeper ones would fail to encode again.
+MAX_NESTING = 32
+
+# The longest `type` an error's `in_reply_to` repeats (every type there is
+# or will be is far shorter), and how much of any other wire string an
+# error message or a log line shows (see ``show_wire``).
+MAX_ECHOED_TYPE = 64
+SHOWN_LENGTH = 40
+
 # Server policy numbers that PROTOCOL.md fixes, shared so that clients can
 # pace themselves (rate limit) and notice a dead peer (keep-alive) alike.
 RATE_BURST = 20
@@ -116,6 +136,38 @@ class LocalProtocolError(ProtocolError):
 
 _NAME_PUNCTUATION = frozenset("_-.")
 
+# Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties.txt,
+# Unicode 15.1; the set last changed in 14.0, which added U+180F), which
+# Python's unicodedata does not offer: code points that render as nothing
+# (fillers, variation selectors, joiners, tags), so that a name holding one
+# would look like another name or like no name at all. Inclusive ranges.
+DEFAULT_IGNORABLE_RANGES = (
+    (0x00AD, 0x00AD),  # soft hyphen
+    (0x034F, 0x034F),  # combining grapheme joiner
+    (0x061C, 0x061C),  # Arabic letter mark
+    (0x115F, 0x1160),  # Hangul choseong and jungseong fillers
+    (0x17B4, 0x17B5),  # Khmer inherent vowels
+    (0x180B, 0x180F),  # Mongolian free variation selectors, vowel separator
+    (0x200B, 0x200F),  # zero-width space, joiners, direction marks
+    (0x202A, 0x202E),  # bidirectional embeddings and overrides
+    (0x2060, 0x206F),  # word joiner, invisible operators, isolates, deprecated formats
+    (0x3164, 0x3164),  # Hangul filler
+    (0xFE00, 0xFE0F),  # variation selectors 1 to 16
+    (0xFEFF, 0xFEFF),  # zero-width no-break space (BOM)
+    (0xFFA0, 0xFFA0),  # halfwidth Hangul filler
+    (0xFFF0, 0xFFF8),  # unassigned, reserved as ignorable
+    (0x1BCA0, 0x1BCA3),  # shorthand format controls
+    (0x1D173, 0x1D17A),  # musical symbol beam and phrase controls
+    (0xE0000, 0xE0FFF),  # tags, variation selectors 17 to 256, reserved
+)
+_DEFAULT_IGNORABLE = re.compile(
+    "[" + "".join(f"{chr(first)}-{chr(last)}" for first, last in DEFAULT_IGNORABLE_RANGES) + "]"
+)
+
+
+def _name_invalid(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(ErrorCode.NAME_INVALID, message)
+
 
 def normalize_name(name: str) -> str:
     """Return ``name`` in the form the server keeps (NFC), or raise.
@@ -123,24 +175,30 @@ def normalize_name(name: str) -> str:
     Raises ``RemoteProtocolError`` with code ``name-invalid`` and a reason
     written for people when the name breaks the rules of PROTOCOL.md.
     """
+    too_long = f"A name can be at most {MAX_NAME_LENGTH} characters long."
+    if len(name) > MAX_NAME_INPUT:
+        raise _name_invalid(too_long)  # before normalising it: see MAX_NAME_INPUT
     nfc = unicodedata.normalize("NFC", name)
     if not nfc:
-        raise RemoteProtocolError(ErrorCode.NAME_INVALID, "A name cannot be empty.")
+        raise _name_invalid("A name cannot be empty.")
     if len(nfc) > MAX_NAME_LENGTH:
-        raise RemoteProtocolError(
-            ErrorCode.NAME_INVALID, f"A name can be at most {MAX_NAME_LENGTH} characters long."
+        raise _name_invalid(too_long)
+    invisible = _DEFAULT_IGNORABLE.search(nfc)
+    if invisible is not None:
+        raise _name_invalid(
+            f"A name cannot hold invisible characters (U+{ord(invisible.group()):04X})."
         )
     if unicodedata.category(nfc[0]).startswith("M"):
-        raise RemoteProtocolError(
-            ErrorCode.NAME_INVALID, "A name cannot start with a combining mark."
-        )
+        raise _name_invalid("A name cannot start with a combining mark.")
+    has_letter_or_digit = False
     for char in nfc:
-        if unicodedata.category(char)[0] not in "LMN" and char not in _NAME_PUNCTUATION:
+        category = unicodedata.category(char)[0]
+        if category not in "LMN" and char not in _NAME_PUNCTUATION:
             shown = "a space" if char == " " else repr(char)
-            raise RemoteProtocolError(
-                ErrorCode.NAME_INVALID,
-                f"A name can only hold letters, digits and _ - . (not {shown}).",
-            )
+            raise _name_invalid(f"A name can only hold letters, digits and _ - . (not {shown}).")
+        has_letter_or_digit = has_letter_or_digit or category in "LN"
+    if not has_letter_or_digit:
+        raise _name_invalid("A name needs at least one letter or digit.")
     return nfc
 
 
@@ -150,8 +208,40 @@ def name_identity(name: str) -> str:
 
 
 def sort_names(names: list[str]) -> list[str]:
-    """Sort names the way every user list is sorted: identity, then name."""
-    return sorted(names, key=lambda name: (name_identity(name), name))
+    """Sort names the way every user list is sorted: identity, then name.
+
+    A string longer than any spelling of a name (which no honest server
+    sends) is not normalised, and sorts by itself.
+    """
+    return sorted(
+        names, key=lambda name: (name_identity(name) if len(name) <= MAX_NAME_INPUT else name, name)
+    )
+
+
+def show_wire(text: str) -> str:
+    """``text`` from the wire as an error message or a log line may show it.
+
+    It is quoted, cut to ``SHOWN_LENGTH`` code points (an ellipsis and its
+    length say so), and every character that could start a line, hide,
+    or reorder what is around it (controls, formats, separators,
+    surrogates, unassigned and default-ignorable code points) is written
+    as an escape.
+    """
+    body = "".join(map(_shown_char, text[:SHOWN_LENGTH]))
+    if len(text) > SHOWN_LENGTH:
+        return f"'{body}…' ({len(text)} characters)"
+    return f"'{body}'"
+
+
+def _shown_char(char: str) -> str:
+    if char in "'\\":
+        return "\\" + char
+    if char.isprintable() and not _DEFAULT_IGNORABLE.match(char):
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 # Cc characters but tab and newline, and the bidi overrides and isolates.
@@ -515,8 +605,11 @@ def encode(message: Message, max_frame: int = MAX_SERVER_FRAME) -> bytes:
             # \u escapes carry it faithfully.
             text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
             payload = _splice(text, ready).encode()
-    except (TypeError, ValueError) as exc:
-        raise LocalProtocolError("bad-message", f"Cannot encode {message!r}: {exc}") from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        # Not the message itself in the text: it may be a large echo.
+        raise LocalProtocolError(
+            "bad-message", f"Cannot encode a {message.TYPE or 'message'} frame: {exc}"
+        ) from exc
     if len(payload) > max_frame:
         raise LocalProtocolError(
             "frame-too-large",
@@ -564,7 +657,29 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "The frame is not a JSON object.")
     if type(obj.get("type")) is not str:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "The frame has no string `type`.")
+    # Counting brackets, those inside strings too, bounds the depth for
+    # next to nothing; only a frame with many of them is walked.
+    if payload.count(b"[") + payload.count(b"{") > MAX_NESTING and _nests_deeper(obj, MAX_NESTING):
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FRAME, f"The frame nests deeper than {MAX_NESTING} levels."
+        )
     return obj
+
+
+def _nests_deeper(obj: dict[str, Any], limit: int) -> bool:
+    """Whether arrays and objects in ``obj`` nest more than ``limit`` levels
+    (``obj`` is level 1). A walk level by level, not a recursion."""
+    level: list[Any] = [obj]
+    for _ in range(limit):
+        level = [
+            child
+            for value in level
+            for child in (value.values() if type(value) is dict else value)
+            if type(child) is dict or type(child) is list
+        ]
+        if not level:
+            return False
+    return True
 
 
 class FrameDecoder:

@@ -34,6 +34,7 @@ from typing import Protocol
 from server.protocol import (
     DEFAULT_HISTORY,
     DEFAULT_MAX_QUEUE,
+    MAX_NAME_INPUT,
     ChatMessage,
     ErrorCode,
     Joined,
@@ -49,6 +50,7 @@ from server.protocol import (
     encode,
     json_string,
     name_identity,
+    show_wire,
 )
 
 
@@ -429,15 +431,20 @@ class Room:
 
         Returns the message id. Raises ``RemoteProtocolError`` ``no-such-user``.
         """
+        # Outside the lock; and a `to` longer than any spelling of a name
+        # names nobody, so it is not normalised at all.
+        wanted = None if to is None or len(to) > MAX_NAME_INPUT else name_identity(to)
         with self._lock:
             sender = member.name
             assert sender is not None, "only a member can speak"
             recipient = None
             if to is not None:
-                recipient = self._members.get(name_identity(to))
+                recipient = None if wanted is None else self._members.get(wanted)
                 if recipient is None:
                     raise RemoteProtocolError(
-                        ErrorCode.NO_SUCH_USER, f"Nobody called {to} is in the room.", "say"
+                        ErrorCode.NO_SUCH_USER,
+                        f"Nobody called {show_wire(to)} is in the room.",
+                        "say",
                     )
             self._last_id += 1
             message = ChatMessage(

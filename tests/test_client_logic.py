@@ -812,6 +812,9 @@ def test_check_fields_empty_name() -> None:
         ("bob\x00", "\\x00"),
         ("a" * 33, "32"),
         ("\u0301a", "combining mark"),
+        ("_-.", "letter or digit"),
+        ("bob\ufe0f", "U+FE0F"),
+        ("\u3164", "U+3164"),
     ],
 )
 def test_check_fields_name_reason_is_the_protocols(name: str, says: str) -> None:
@@ -831,7 +834,7 @@ def test_check_fields_name_reason_is_the_protocols(name: str, says: str) -> None
         "\uff41\uff4c\uff49\uff43\uff45",
         "x\u0301",
         "٣",
-        "_-.",
+        "_-.1",
     ],
 )
 def test_check_fields_names_the_protocol_allows(name: str) -> None:

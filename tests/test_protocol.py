@@ -7,6 +7,7 @@ names, text, and Hypothesis properties tying them together.
 
 from __future__ import annotations
 
+import itertools
 import json
 import unicodedata
 from typing import Any
@@ -17,9 +18,12 @@ from hypothesis import strategies as st
 
 from server.protocol import (
     CLIENT_MESSAGES,
+    DEFAULT_IGNORABLE_RANGES,
     HEADER,
     MAX_CLIENT_FRAME,
+    MAX_NAME_INPUT,
     MAX_NAME_LENGTH,
+    MAX_NESTING,
     MAX_SERVER_FRAME,
     MAX_TEXT_LENGTH,
     SERVER_MESSAGES,
@@ -45,10 +49,12 @@ from server.protocol import (
     Welcome,
     Who,
     clean_text,
+    decode_payload,
     encode,
     name_identity,
     normalize_name,
     parse_message,
+    show_wire,
     sort_names,
 )
 
@@ -815,6 +821,90 @@ def test_any_ping_the_decoder_accepts_can_be_echoed(literal):
     assert echoed == {"type": "pong", "n": ping.extra["n"]}
 
 
+def _nested_ping(depth: int, inside: str = "[]") -> bytes:
+    """A ping whose frame object and arrays nest ``depth`` levels deep."""
+    return b'{"type":"ping","n":' + b"[" * (depth - 2) + inside.encode() + b"]" * (depth - 2) + b"}"
+
+
+def test_nesting_at_the_limit_is_accepted_and_echoed():
+    payload = decode_payload(_nested_ping(MAX_NESTING))
+    ping = parse_message(payload, CLIENT_MESSAGES)
+    echoed = decode_one(encode(Pong(ping.extra)))
+    assert echoed == {"type": "pong", "n": ping.extra["n"]}
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 1, 100, 900])
+def test_nesting_beyond_the_limit_is_bad_frame(depth):
+    error = assert_bad_frame(frame(_nested_ping(depth)), MAX_CLIENT_FRAME)
+    assert str(MAX_NESTING) in error.message
+
+
+def test_nesting_counts_objects_and_arrays_alike():
+    def ping(objects: int) -> bytes:
+        inner = b'{"a":' * objects + b"1" + b"}" * objects
+        return b'{"type":"ping","n":' + inner + b"}"
+
+    assert decode_payload(ping(MAX_NESTING - 1))["type"] == "ping"
+    assert_bad_frame(frame(ping(MAX_NESTING)))
+
+
+def test_brackets_inside_strings_are_not_nesting():
+    payload = {"type": "say", "text": "[{" * 1000, "extra": [[[1]], {"a": ["[" * 50]}]}
+    assert decode_payload(json.dumps(payload).encode()) == payload
+
+
+def test_encoding_something_too_deep_is_a_local_error():
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(LocalProtocolError) as info:
+        encode(Pong({"n": deep}))
+    assert "pong" in info.value.message
+    assert len(info.value.message) < 200  # the message, not the data
+
+
+# --------------------------------------------------------------------------
+# Showing wire strings in error messages and log lines
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("bob", "'bob'"),
+        ("José 张伟", "'José 张伟'"),
+        ("a\nb", "'a\\x0ab'"),
+        ("\n2026-12-01 INFO forged", "'\\x0a2026-12-01 INFO forged'"),
+        ("it's", "'it\\'s'"),
+        ("back\\slash", "'back\\\\slash'"),
+        ("\x1b[31mred", "'\\x1b[31mred'"),
+        ("a\u202eb", "'a\\u202eb'"),  # bidi override
+        ("a\u2028b", "'a\\u2028b'"),  # line separator
+        ("bob\ufe0f", "'bob\\ufe0f'"),  # default-ignorable, though printable
+        ("\u3164", "'\\u3164'"),
+        ("x\U000e0100", "'x\\U000e0100'"),
+        ("a\ud800", "'a\\ud800'"),  # lone surrogate
+        ("", "''"),
+    ],
+)
+def test_show_wire_quotes_and_escapes(text, shown):
+    assert show_wire(text) == shown
+
+
+def test_show_wire_cuts_long_text():
+    shown = show_wire("\u0301" * 65536)
+    assert shown == "'" + "\u0301" * 40 + "…' (65536 characters)"
+    assert show_wire("x" * 40) == "'" + "x" * 40 + "'"
+
+
+@PROPERTY
+@given(st.text())
+def test_property_show_wire_is_one_short_safe_line(text):
+    shown = show_wire(text)
+    assert len(shown) <= 40 * 10 + 40
+    assert shown.isprintable()
+    shown.encode("utf-8")  # no lone surrogate left
+
+
 # --------------------------------------------------------------------------
 # Names
 
@@ -828,9 +918,9 @@ def test_any_ping_the_decoder_accepts_can_be_echoed(literal):
         "bob_2",
         "alice",
         "a.b-c_d",
-        "_",
-        "-",
-        ".",
+        "_1",
+        "x.",
+        "-a-",
         "42",
         "٣٤",  # Arabic-Indic digits (Nd)
         "Ⅻ",  # Roman numeral (Nl)
@@ -886,6 +976,20 @@ def test_names_are_nfc_normalised(raw, kept):
         "a\ud800",
         "\ue000",  # private use
         "a\u0378",  # unassigned
+        # no letter or digit
+        "_",
+        "-",
+        ".",
+        "._-",
+        "\u0301_",
+        # default-ignorable code points, which would look blank or like another name
+        "\u3164",  # Hangul filler (Lo)
+        "alice\ufe0f",  # variation selector-16 (Mn)
+        "alice\u034f",  # combining grapheme joiner (Mn)
+        "alice\U000e0100",  # variation selector-17 (Mn)
+        "a\u200db",  # zero-width joiner (Cf)
+        "\u115fbob",  # Hangul choseong filler (Lo)
+        "bob\uffa0",  # halfwidth Hangul filler (Lo)
     ],
 )
 def test_invalid_names(name):
@@ -894,6 +998,107 @@ def test_invalid_names(name):
     assert info.value.code == "name-invalid"
     assert info.value.fatal is False
     assert info.value.message
+
+
+@pytest.mark.parametrize(
+    "char",
+    [
+        chr(code)
+        for first, last in DEFAULT_IGNORABLE_RANGES
+        for code in sorted({first, (first + last) // 2, last})
+    ],
+)
+def test_every_default_ignorable_range_is_refused_in_a_name(char):
+    with pytest.raises(RemoteProtocolError) as info:
+        normalize_name("alice" + char)
+    assert info.value.code == "name-invalid"
+    assert info.value.message == (f"A name cannot hold invisible characters (U+{ord(char):04X}).")
+
+
+def test_default_ignorable_ranges_are_sorted_and_apart():
+    flat = [code for pair in DEFAULT_IGNORABLE_RANGES for code in pair]
+    assert flat == sorted(flat)
+    assert all(
+        last + 1 < first for (_, last), (first, _) in itertools.pairwise(DEFAULT_IGNORABLE_RANGES)
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["alice\u00ad", "alice\u061c", "\u17b4a", "a\u180eb", "a\u2060", "a\ufeff", "a\U0001d173"],
+)
+def test_invisible_characters_are_named_in_the_reason(name):
+    char = next(c for c in name if c not in "abilce")
+    with pytest.raises(RemoteProtocolError) as info:
+        normalize_name(name)
+    assert f"U+{ord(char):04X}" in info.value.message
+
+
+@pytest.mark.parametrize("name", ["_", ".", "-", "._-", "_\u0301"])
+def test_a_name_without_a_letter_or_digit_says_so(name):
+    with pytest.raises(RemoteProtocolError) as info:
+        normalize_name(name)
+    assert info.value.message == "A name needs at least one letter or digit."
+
+
+@pytest.mark.parametrize(
+    "nfc",
+    [
+        "\uac01" * 32,  # Hangul syllable GAG: 3 jamo each when decomposed
+        "\u00e9" * 32,  # e + combining acute
+        "\u1f82" * 32,  # alpha with psili, varia, ypogegrammeni: 4 code points
+        "\u1ec7" * 31 + "x",  # e with circumflex and dot below
+    ],
+)
+def test_every_decomposed_spelling_of_a_valid_name_passes_the_early_bound(nfc):
+    decomposed = unicodedata.normalize("NFD", nfc)
+    assert len(decomposed) > MAX_NAME_LENGTH
+    assert len(decomposed) <= MAX_NAME_INPUT
+    assert normalize_name(decomposed) == nfc
+
+
+def test_no_code_point_decomposes_beyond_what_the_early_bound_allows():
+    # MAX_NAME_INPUT rests on this: a name of 32 code points never has a
+    # canonically equivalent spelling longer than MAX_NAME_INPUT.
+    longest = max(
+        len(unicodedata.normalize("NFD", chr(code)))
+        for code in range(0x110000)
+        if not 0xD800 <= code <= 0xDFFF
+    )
+    assert longest * MAX_NAME_LENGTH <= MAX_NAME_INPUT
+
+
+@pytest.fixture
+def normalising_only_short(monkeypatch):
+    """Make normalising anything longer than MAX_NAME_INPUT code points fail the test."""
+    real = unicodedata.normalize
+
+    def normalize(form: str, text: str) -> str:
+        assert len(text) <= MAX_NAME_INPUT, f"normalised {len(text)} code points"
+        return real(form, text)
+
+    monkeypatch.setattr(unicodedata, "normalize", normalize)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a" + "\u0301" * (MAX_NAME_INPUT),
+        "a" + "\u0301" * 32767,
+        "x" * (MAX_NAME_INPUT + 1),
+    ],
+    ids=["marks-129", "marks-32768", "letters-129"],
+)
+def test_an_over_long_name_is_refused_before_it_is_normalised(normalising_only_short, name):
+    with pytest.raises(RemoteProtocolError) as info:
+        normalize_name(name)
+    assert info.value.code == "name-invalid"
+    assert info.value.message == "A name can be at most 32 characters long."
+
+
+def test_sorting_does_not_normalise_an_over_long_name(normalising_only_short):
+    long = "b" + "\u0301" * 5000
+    assert sort_names([long, "Bob", "alice"]) == ["alice", "Bob", long]
 
 
 def test_name_length_boundary_in_code_points():
@@ -1154,6 +1359,10 @@ def _name_rules_hold(name: str) -> bool:
         and unicodedata.normalize("NFC", name) == name
         and not unicodedata.category(name[0]).startswith("M")
         and all(unicodedata.category(c)[0] in "LMN" or c in "_-." for c in name)
+        and any(unicodedata.category(c)[0] in "LN" for c in name)
+        and not any(
+            first <= ord(c) <= last for c in name for first, last in DEFAULT_IGNORABLE_RANGES
+        )
     )
 
 
