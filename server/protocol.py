@@ -8,6 +8,10 @@ buffers whatever bytes arrive and hands back whole payload objects;
 Nothing here touches a socket, a thread or Tk, so the server, the desktop
 client and any test harness share it.
 
+Every input from the wire is bounded before work whose cost grows
+faster than its length (``MAX_NAME_INPUT``, ``MAX_NESTING``), and an error
+message or log line shows one only through ``show_wire``.
+
 Errors say whose fault they are: ``RemoteProtocolError`` means the peer
 broke the rules (its ``code`` is the wire error code to answer with),
 ``LocalProtocolError`` means we tried to send something illegal.
@@ -45,8 +49,11 @@ MAX_TEXT_LENGTH = 4000
 # before it is normalised. No code point's canonical decomposition is
 # longer than 4 code points (U+1F82 is one of 4), and every spelling of a
 # name decomposes to that name's decomposition, never shorter than the
-# spelling; so every spelling of a valid name, fully decomposed included,
-# is at most 4 * 32 code points, and anything longer is no one's name.
+# spelling; so every canonically equivalent spelling of a valid name,
+# fully decomposed included, is at most 4 * 32 code points. Longer input
+# is refused as a name, and as a `to` it names nobody (a compatibility
+# spelling, such as U+FDFA written out as its 18 letters, could be longer,
+# but clients address people by the name the server gave them).
 MAX_NAME_INPUT = 4 * MAX_NAME_LENGTH
 
 # How deep arrays and objects may nest in a frame, the frame's own object
@@ -137,7 +144,7 @@ class LocalProtocolError(ProtocolError):
 _NAME_PUNCTUATION = frozenset("_-.")
 
 # Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties.txt,
-# Unicode 15.1; the set last changed in 14.0, which added U+180F), which
+# the same list in Unicode 14.0 to 15.1), which
 # Python's unicodedata does not offer: code points that render as nothing
 # (fillers, variation selectors, joiners, tags), so that a name holding one
 # would look like another name or like no name at all. Inclusive ranges.
@@ -203,7 +210,11 @@ def normalize_name(name: str) -> str:
 
 
 def name_identity(name: str) -> str:
-    """The key under which two spellings of a name are the same name."""
+    """The key under which two spellings of a name are the same name.
+
+    Its cost grows faster than the length of ``name``: bound input from the
+    wire first (``MAX_NAME_INPUT``).
+    """
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
