@@ -359,8 +359,8 @@ class ChatApp:
                 self.view.set_status("Not connected")
                 self._update_title()
                 self.open_dialog(message)
-            case ConnectionLost(message=message, retry_in=retry_in):
-                self._connection_lost(message, retry_in)
+            case ConnectionLost(message=message, retry_in=retry_in, again=again):
+                self._connection_lost(message, retry_in, again=again)
             case ServerShutdown(message=message):
                 self.notice(f"{message}.", "error")
             case Received(message=message):
@@ -425,7 +425,7 @@ class ChatApp:
             self.root.after_cancel(self._name_retry)
             self._name_retry = None
 
-    def _connection_lost(self, message: str, retry_in: float) -> None:
+    def _connection_lost(self, message: str, retry_in: float, *, again: bool) -> None:
         self.view.set_users([])
         self.view.set_status("Not connected")
         self._update_title()
@@ -434,7 +434,8 @@ class ChatApp:
             self.view.show_banner(message)
             self.view.reconnect_button.configure(text="Connect again")
             return
-        self.notice(f"{message}")
+        if not again:  # a retry that failed as the last one did: the banner says it
+            self.notice(message)
         self._lost_reason = message
         self._retry_at = time.monotonic() + retry_in
         self.view.show_banner(f"{message} Retrying…")

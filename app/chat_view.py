@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import tkinter
 import webbrowser
+from bisect import bisect_left
 from collections.abc import Callable
 from tkinter import font as tkfont
 
 import ttkbootstrap as ttk
 
 from app import text as fmt
-from server.protocol import MAX_TEXT_LENGTH, ChatMessage, sort_names
+from server.protocol import MAX_TEXT_LENGTH, ChatMessage, name_identity
 
 MAX_LINES = 10_000  # transcript lines kept; older ones are dropped in chunks
 COUNTER_FROM = MAX_TEXT_LENGTH - 500  # the length counter shows from here on
@@ -38,8 +39,8 @@ class ChatView(ttk.Frame):
         super().__init__(master)
         self.on_send = on_send
         self.on_reconnect = on_reconnect
-        self.own_name: str | None = None
-        self._users: list[str] = []
+        self._own_name: str | None = None
+        self._users: list[str] = []  # sorted by _user_key, row for row as in user_list
         self._history: list[str] = []
         self._history_pos = 0
         self._draft = ""  # what was in the box before Up recalled older input
@@ -186,8 +187,10 @@ class ChatView(ttk.Frame):
 
     def _private_to_selected(self, _event: tkinter.Event) -> None:
         selection = self.user_list.curselection()
-        if selection:
-            self.start_private(self.user_list.get(selection[0]))
+        # The name itself, not the row's text (which may have U+FFFD for an emoji).
+        name = self._users[selection[0]] if selection else None
+        if name is not None and name != self.own_name:
+            self.start_private(name)
 
     def _open_link(self, _event: tkinter.Event) -> None:
         start, end = self.transcript.tag_prevrange("link", "current + 1c")
@@ -262,27 +265,70 @@ class ChatView(ttk.Frame):
 
     # -- who is online, status, banner ----------------------------------------
 
+    # The list is sorted as the protocol sorts users (identity, then name),
+    # in ``_users`` and row for row in the Listbox, so a join or a leave
+    # finds its row by bisection and inserts or deletes that one row: a
+    # rebuild per join cost milliseconds in a room of thousands.
+
     def set_users(self, users: list[str] | tuple[str, ...]) -> None:
-        self._users = sort_names(list(users))
+        self._users = sorted(set(users), key=_user_key)
         self.user_list.delete(0, "end")
-        for name in self._users:
-            self.user_list.insert("end", fmt.displayable(name, astral_ok=self._astral_ok))
-            if name == self.own_name:
-                self.user_list.itemconfigure("end", foreground=self._own_color)
-        self.online_label.configure(text=f"Online — {len(self._users)}")
+        if self._users:
+            shown = [fmt.displayable(name, astral_ok=self._astral_ok) for name in self._users]
+            self.user_list.insert("end", *shown)
+        self._color_own(self.own_name, self._own_color)
+        self._count_users()
 
     @property
     def users(self) -> list[str]:
         return list(self._users)
 
+    @property
+    def own_name(self) -> str | None:
+        """The user's own name, highlighted in the list."""
+        return self._own_name
+
+    @own_name.setter
+    def own_name(self, name: str | None) -> None:
+        self._color_own(self._own_name, "")
+        self._own_name = name
+        self._color_own(name, self._own_color)
+
     def user_joined(self, name: str) -> None:
-        self.set_users([*self._users, name])
+        row = bisect_left(self._users, _user_key(name), key=_user_key)
+        if row < len(self._users) and self._users[row] == name:
+            return
+        self._users.insert(row, name)
+        self.user_list.insert(row, fmt.displayable(name, astral_ok=self._astral_ok))
+        if name == self.own_name:
+            self.user_list.itemconfigure(row, foreground=self._own_color)
+        self._count_users()
 
     def user_left(self, name: str) -> None:
-        self.set_users([user for user in self._users if user != name])
+        row = self._row_of(name)
+        if row is not None:
+            del self._users[row]
+            self.user_list.delete(row)
+            self._count_users()
 
     def user_renamed(self, old: str, new: str) -> None:
-        self.set_users([new if user == old else user for user in self._users])
+        if self._row_of(old) is not None:
+            self.user_left(old)
+            self.user_joined(new)
+
+    def _row_of(self, name: str | None) -> int | None:
+        if name is None:
+            return None
+        row = bisect_left(self._users, _user_key(name), key=_user_key)
+        return row if row < len(self._users) and self._users[row] == name else None
+
+    def _color_own(self, name: str | None, color: str) -> None:
+        row = self._row_of(name)
+        if row is not None:
+            self.user_list.itemconfigure(row, foreground=color)
+
+    def _count_users(self) -> None:
+        self.online_label.configure(text=f"Online — {len(self._users)}")
 
     def set_status(self, text: str) -> None:
         self.status_label.configure(text=text)
@@ -354,3 +400,8 @@ class ChatView(ttk.Frame):
         text.tag_configure("link", foreground=colors.primary, underline=True)
         text.tag_raise("link")
         self.set_users(self._users)
+
+
+def _user_key(name: str) -> tuple[str, str]:
+    """The order of every user list (``protocol.sort_names``): identity, then name."""
+    return (name_identity(name), name)

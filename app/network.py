@@ -9,7 +9,7 @@ one selector that also watches a wake-up socket, so ``close`` and
 connect or a backoff pause.
 
 The UI talks to it with plain method calls (any thread) and hears back
-through ``events``, a ``queue.Queue`` of the small frozen dataclasses
+through ``events``, an ``EventQueue`` of the small frozen dataclasses
 below, which the Tk thread drains with ``after()``. Nothing here touches
 a widget, so tests drive it without a display.
 
@@ -17,6 +17,19 @@ Nothing the user typed is lost: every ``say`` stays pending until the
 server's echo confirms it; a say the server refused (rate-limited, text
 invalid) or one the connection dropped before it was confirmed comes back
 in an ``Unsent`` event for the UI to put back in front of the user.
+
+The server is not trusted. Everything this side holds for it is bounded:
+the events waiting for the UI (``EVENT_LIMIT``: when the UI falls behind,
+the thread stops reading the socket rather than drop anything), the bytes
+waiting to be sent (``MAX_OUTGOING``: a server that never reads is
+dropped), the pongs (only those that fit a client frame). Every field the
+UI will show is made safe here (``_made_safe``): times it can convert,
+text and names Tk can draw, that cannot break or fake a line. Liveness
+counts whole frames, so a server that dribbles bytes is found dead; and a
+connection counts as healthy, resetting the backoff, only once it has
+lasted ``HEALTHY_AFTER``. While the server is plainly restarting (it said
+``shutdown``, or refuses connections), retries come every ``FAST_RETRY``
+seconds at most for the first ``FAST_FOR`` seconds of the outage.
 """
 
 from __future__ import annotations
@@ -26,17 +39,23 @@ import itertools
 import logging
 import os
 import random
+import re
 import selectors
 import socket
 import threading
 import time
+import unicodedata
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from queue import Queue
+from typing import Any
 
 from server.protocol import (
     MAX_CLIENT_FRAME,
+    MAX_NAME_LENGTH,
     MAX_SERVER_FRAME,
+    MAX_TEXT_LENGTH,
     SERVER_MESSAGES,
     Bye,
     ChatMessage,
@@ -44,6 +63,9 @@ from server.protocol import (
     ErrorCode,
     FrameDecoder,
     Hello,
+    Joined,
+    Left,
+    LocalProtocolError,
     Message,
     Ping,
     Pong,
@@ -53,6 +75,7 @@ from server.protocol import (
     Say,
     Shutdown,
     Unknown,
+    Users,
     Welcome,
     Who,
     encode,
@@ -69,6 +92,37 @@ PING_AFTER = 20.0
 DEAD_AFTER = 45.0
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
+# A connection resets the backoff only once it has lasted this long: one
+# that gets in and breaks at once (a server sending garbage) would
+# otherwise be retried every second for ever. As long as the longest
+# pause, so a server that breaks every connection costs at most about one
+# connection per BACKOFF_MAX either way.
+HEALTHY_AFTER = BACKOFF_MAX
+# A server that said `shutdown`, or whose port refuses connections, is
+# most likely restarting: retry at least this often for the first FAST_FOR
+# seconds of the outage, so that the user is back within about FAST_RETRY
+# of its return (refused connects on a LAN cost next to nothing).
+FAST_RETRY = 2.0
+FAST_FOR = 60.0
+
+# Events waiting for the UI before the network thread stops reading the
+# socket. The Tk thread handles about 6,000 a second (chat_app's pump), so
+# this is a fraction of a second of work; each event is small (the text
+# and name limits below), a waiting user list at most one (EventQueue).
+EVENT_LIMIT = 2000
+# Bytes held for a server that is not reading them, beyond what the OS
+# buffers. What the user typed waits in its own queue until the socket
+# takes it, so only our answers to the server's pings can fill this: a
+# server that pings and never reads is dropped when they would overflow.
+MAX_OUTGOING = 1024 * 1024
+# A room larger than this is listed only in part: sorting and showing more
+# would hold the Tk thread for seconds (a 1 MiB frame fits 250,000 names).
+MAX_USERS = 50_000
+# Times that every platform's localtime() converts (Windows refuses times
+# before 1970 in local time and after the year 3000); a server's ``ts``
+# is clamped into this range.
+MIN_TS = 86_400.0
+MAX_TS = 32_503_680_000.0
 
 NAME_ERRORS = frozenset({ErrorCode.NAME_TAKEN, ErrorCode.NAME_INVALID, ErrorCode.BAD_FIELD})
 
@@ -111,10 +165,14 @@ class ConnectFailed:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLost:
-    """A welcomed connection ended; the next try is in ``retry_in`` seconds."""
+    """A welcomed connection ended; the next try is in ``retry_in`` seconds.
+
+    ``again``: this outage has been reported with this ``message`` already
+    (a retry failed the same way), so there is nothing new to tell."""
 
     message: str
     retry_in: float
+    again: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +218,12 @@ Event = (
 class _Dropped(Exception):
     """The current connection is over; ``message`` says why, for people."""
 
-    def __init__(self, message: str, *, final: bool = False) -> None:
+    def __init__(self, message: str, *, final: bool = False, refused: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.final = final  # no point in reconnecting
+        self.restarting = refused  # or the server said shutdown: retry soon
+        self.healthy = False  # welcomed, and lasted HEALTHY_AFTER
 
 
 class _Stop(Exception):
@@ -192,6 +252,155 @@ def backoff_delay(attempt: int, rng: random.Random) -> float:
     return base * rng.uniform(0.5, 1.0)
 
 
+class EventQueue(Queue[Event]):
+    """``ChatClient.events``: what the network thread tells the UI, in order,
+    bounded without losing anything. Any thread may take from it.
+
+    The network thread asks ``has_room`` before it handles each frame from
+    the server and, while there is none, reads no more from the socket: TCP
+    then holds the server back (and a server may drop a client that slow,
+    which is right). Events about the connection itself are never held
+    back, so the queue holds at most ``limit`` and a handful more. When a
+    full queue has been drained to half, ``on_room`` is called (with the
+    queue's lock held: it must only wake the network thread up).
+
+    A ``users`` list replaces one still waiting: the later list is the
+    room's state after everything queued before it, so the UI ends up the
+    same, and a server sending lists in a loop holds one list here, not
+    thousands.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        super().__init__()
+        self.limit = EVENT_LIMIT if limit is None else limit
+        self.on_room: Callable[[], None] | None = None
+        self._held_back = False
+        self._waiting_users: Event | None = None
+
+    def has_room(self) -> bool:
+        """Whether another frame's event may be queued now."""
+        with self.mutex:
+            if self._qsize() < self.limit:
+                return True
+            self._held_back = True
+            return False
+
+    def _put(self, item: Event) -> None:
+        if isinstance(item, Received) and isinstance(item.message, Users):
+            old = self._waiting_users
+            if old is not None:
+                for index, waiting in enumerate(self.queue):
+                    if waiting is old:
+                        del self.queue[index]
+                        break
+            self._waiting_users = item
+        super()._put(item)
+
+    def _get(self) -> Event:
+        item = super()._get()
+        if item is self._waiting_users:
+            self._waiting_users = None
+        if self._held_back and self._qsize() <= self.limit // 2:
+            self._held_back = False
+            if self.on_room is not None:
+                self.on_room()
+        return item
+
+
+# -- what the UI may show of the server's frames ---------------------------------------
+
+# Controls but tab and newline, and the bidi overrides and isolates (as the
+# server strips them from what clients say); lone surrogates (a JSON escape
+# can carry one) make Tk raise, so they become U+FFFD.
+_UNSHOWN = dict.fromkeys(
+    itertools.chain(
+        range(0x00, 0x09),
+        range(0x0B, 0x20),
+        range(0x7F, 0xA0),
+        range(0x202A, 0x202F),
+        range(0x2066, 0x206A),
+    )
+)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_LINE_BREAKS = str.maketrans("\n\t\u2028\u2029", "    ")
+_NAME_PUNCTUATION = frozenset("_-.")
+# Frames whose `ts` the UI may show: a mistyped one is replaced by our clock
+# rather than losing the frame.
+_TIMED = frozenset({ChatMessage.TYPE, Joined.TYPE, Left.TYPE, Renamed.TYPE})
+
+
+def _safe_ts(ts: float) -> float:
+    return float(min(max(ts, MIN_TS), MAX_TS))
+
+
+def _safe_text(text: str, limit: int = MAX_TEXT_LENGTH, *, one_line: bool = False) -> str:
+    """``text`` cut to ``limit`` characters, with nothing Tk cannot draw or
+    that would reorder the line; ``one_line`` also turns line breaks into spaces."""
+    text = _LONE_SURROGATE.sub("\ufffd", text.translate(_UNSHOWN))
+    if one_line:
+        text = text.translate(_LINE_BREAKS)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _name_char(char: str) -> bool:
+    return char in _NAME_PUNCTUATION or unicodedata.category(char)[0] in "LMN"
+
+
+def _safe_name(name: str) -> str:
+    """A name as the server's rules allow is kept as it is; in any other, the
+    characters no name may hold become U+FFFD and the rest is cut to
+    ``MAX_NAME_LENGTH``. The same bad name always comes out the same, so the
+    online list still finds it when it leaves, and no name can break a
+    line or pass for another line of the transcript."""
+    if len(name) <= MAX_NAME_LENGTH and name and (name.isalnum() or all(map(_name_char, name))):
+        return name
+    return "".join(c if _name_char(c) else "\ufffd" for c in name[:MAX_NAME_LENGTH]) or "\ufffd"
+
+
+def _safe_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_safe_name(name) for name in names[:MAX_USERS])
+
+
+def _made_safe(message: Message) -> Message:
+    """``message`` with every field the UI shows made safe to show (see above)."""
+    match message:
+        case ChatMessage():
+            return replace(
+                message,
+                sender=_safe_name(message.sender),
+                text=_safe_text(message.text),
+                ts=_safe_ts(message.ts),
+                to=None if message.to is None else _safe_name(message.to),
+            )
+        case Joined():
+            return replace(message, name=_safe_name(message.name), ts=_safe_ts(message.ts))
+        case Left():
+            reason = _safe_text(message.reason, MAX_NAME_LENGTH, one_line=True)
+            name = _safe_name(message.name)
+            return replace(message, name=name, reason=reason, ts=_safe_ts(message.ts))
+        case Renamed():
+            old, new = _safe_name(message.old), _safe_name(message.new)
+            return replace(message, old=old, new=new, ts=_safe_ts(message.ts))
+        case Users():
+            return replace(message, users=_safe_names(message.users))
+        case Welcome():
+            motd = None if message.motd is None else _safe_text(message.motd)
+            name, users = _safe_name(message.name), _safe_names(message.users)
+            return replace(message, name=name, users=users, motd=motd)
+        case Error():
+            return replace(message, message=_safe_text(message.message, one_line=True))
+        case Shutdown():
+            return replace(message, message=_safe_text(message.message, one_line=True))
+    return message
+
+
+def _parse(payload: dict[str, Any]) -> Message:
+    """A frame from the server as a message whose fields are safe to show."""
+    if payload["type"] in _TIMED and type(payload.get("ts")) not in (int, float):
+        payload["ts"] = time.time()
+    return _made_safe(parse_message(payload, SERVER_MESSAGES))
+
+
 class ChatClient:
     """One user's connection to one server. See the module docstring.
 
@@ -205,7 +414,7 @@ class ChatClient:
         port: int,
         name: str,
         *,
-        events: Queue[Event] | None = None,
+        events: EventQueue | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         ping_after: float = PING_AFTER,
         dead_after: float = DEAD_AFTER,
@@ -213,7 +422,7 @@ class ChatClient:
     ) -> None:
         self.host = host
         self.port = port
-        self.events: Queue[Event] = events if events is not None else Queue()
+        self.events = events if events is not None else EventQueue()
         self._wanted_name = name
         self._connect_timeout = connect_timeout
         self._ping_after = ping_after
@@ -224,6 +433,7 @@ class ChatClient:
         self._wake_out.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_in, selectors.EVENT_READ, None)
+        self.events.on_room = self._wake
         self._outgoing: deque[tuple[Message, bytes]] = deque()  # from the UI, encoded
         # Held while checking "in the room?" and queueing, and while leaving the
         # room and taking back unsent says: no say slips between the two.
@@ -234,6 +444,9 @@ class ChatClient:
         self._joined = False
         self._greeting = False  # connected, not yet welcomed: a hello may be retried
         self._pending: deque[Say] = deque()  # sent, not yet echoed
+        self._welcomed_at: float | None = None  # on this connection
+        self._shutdown_said = False  # on this connection
+        self._refused_ping = False  # on this connection: a ping too large to answer
         self._thread = threading.Thread(target=self._run, name="chat-network", daemon=True)
 
     # -- the UI's side (any thread) -----------------------------------------
@@ -319,7 +532,9 @@ class ChatClient:
         self.events.put(event)
 
     def _run(self) -> None:
-        attempt = 0  # of the backoff, which restarts after a connection that got in
+        attempt = 0  # of the backoff, which restarts after a healthy connection
+        outage_since: float | None = None  # when the last healthy connection ended
+        told: set[str] = set()  # what the UI has heard about this outage
         welcomed_before = False
         try:
             for number in itertools.count():
@@ -337,10 +552,20 @@ class ChatClient:
                     if dropped.final:
                         self._post(ConnectionLost(dropped.message, -1.0))
                         return
-                    # A connection that got in starts the backoff over.
-                    attempt = 0 if got_in else attempt + 1
+                    now = time.monotonic()
+                    if dropped.healthy or outage_since is None:
+                        outage_since = now
+                    if dropped.healthy:
+                        attempt = 0
+                    if got_in:  # the UI said "reconnected": a loss is news again
+                        told.clear()
                     delay = backoff_delay(attempt, self._rng)
-                    self._post(ConnectionLost(dropped.message, delay))
+                    if dropped.restarting and now - outage_since < FAST_FOR:
+                        delay = min(delay, FAST_RETRY)
+                    attempt += 1
+                    again = dropped.message in told
+                    told.add(dropped.message)
+                    self._post(ConnectionLost(dropped.message, delay, again))
                     self._pause(delay)
         except _Stop:
             pass
@@ -383,10 +608,17 @@ class ChatClient:
 
     def _session(self, reconnecting: bool) -> None:
         """One connection, from connect to its end (raises ``_Dropped`` or ``_Stop``)."""
+        self._welcomed_at = None
+        self._shutdown_said = self._refused_ping = False
         sock = self._connect()
         out = bytearray()
         try:
             self._converse(sock, out, reconnecting)
+        except _Dropped as dropped:
+            since = self._welcomed_at
+            dropped.healthy = since is not None and time.monotonic() - since >= HEALTHY_AFTER
+            dropped.restarting = dropped.restarting or self._shutdown_said
+            raise
         except _Stop:
             self._greeting = False
             if self._joined:  # leave politely, with whatever was still unsent
@@ -397,7 +629,7 @@ class ChatClient:
             raise
         finally:
             self._greeting = False
-            self._selector.unregister(sock)
+            self._watch(sock, 0)
             sock.close()
 
     def _connect(self) -> socket.socket:
@@ -425,7 +657,10 @@ class ChatClient:
                 return sock
             self._selector.unregister(sock)
             sock.close()
-        raise _Dropped(describe_connect_error(error, self.host, self.port))
+        raise _Dropped(
+            describe_connect_error(error, self.host, self.port),
+            refused=isinstance(error, ConnectionRefusedError),
+        )
 
     def _finish_connect(self, sock: socket.socket, address: tuple, deadline: float) -> None:
         code = sock.connect_ex(address)
@@ -454,11 +689,15 @@ class ChatClient:
             self._outgoing.extend(kept)
         out += encode(Hello(self._wanted_name))
         self._greeting = True
-        last_heard = time.monotonic()
+        last_heard = time.monotonic()  # when the last whole frame arrived
         pinged = False
         while True:
-            # Queue what the UI asked for; says wait for the server's echo.
-            while self._outgoing:
+            if self._handle_frames(decoder, out, reconnecting):
+                last_heard = time.monotonic()
+                pinged = False
+            # Queue what the UI asked for; says wait for the server's echo. The
+            # rest waits in _outgoing until the socket has taken what is here.
+            while self._outgoing and len(out) < MAX_CLIENT_FRAME:
                 message, frame = self._outgoing.popleft()
                 if isinstance(message, Say):
                     self._pending.append(message)
@@ -471,8 +710,12 @@ class ChatClient:
                 except OSError:
                     raise _Dropped("The connection to the server was lost.") from None
                 del out[:sent]
-            self._selector.modify(
-                sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0), sock
+            reading = self.events.has_room()
+            if not reading:  # the server is not silent: we are not listening
+                last_heard = time.monotonic()
+            self._watch(
+                sock,
+                (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if out else 0),
             )
             now = time.monotonic()
             silent = now - last_heard
@@ -484,45 +727,63 @@ class ChatClient:
                 continue
             wait = (self._dead_after if pinged else self._ping_after) - silent
             for _key, mask in self._wait(max(0.0, wait)):
-                if mask & selectors.EVENT_READ and self._receive(sock, decoder, out, reconnecting):
-                    last_heard = time.monotonic()
-                    pinged = False
+                if mask & selectors.EVENT_READ:
+                    self._receive(sock, decoder)
 
-    def _receive(
-        self, sock: socket.socket, decoder: FrameDecoder, out: bytearray, reconnecting: bool
-    ) -> bool:
-        """Read and handle what arrived, queueing answers in ``out``; ``False``: nothing."""
+    def _watch(self, sock: socket.socket, events: int) -> None:
+        """Have the selector watch ``sock`` for ``events`` (none: not at all)."""
+        key = self._selector.get_map().get(sock)
+        if key is None:
+            if events:
+                self._selector.register(sock, events, sock)
+        elif not events:
+            self._selector.unregister(sock)
+        elif key.events != events:
+            self._selector.modify(sock, events, sock)
+
+    def _receive(self, sock: socket.socket, decoder: FrameDecoder) -> None:
+        """Read what arrived into ``decoder``."""
         try:
             data = sock.recv(256 * 1024)
         except (BlockingIOError, InterruptedError):
-            return False
+            return
         except OSError:
             raise _Dropped("The connection to the server was lost.") from None
         if not data:
             raise _Dropped("The server closed the connection.")
         decoder.receive_data(data)
+
+    def _handle_frames(self, decoder: FrameDecoder, out: bytearray, reconnecting: bool) -> bool:
+        """Handle the whole frames read so far, as far as the UI has room for their
+        events, queueing answers in ``out``; ``False``: none."""
+        handled = False
         try:
-            while (payload := decoder.next_payload()) is not None:
-                reply = self._handle(parse_message(payload, SERVER_MESSAGES), reconnecting)
+            while self.events.has_room() and (payload := decoder.next_payload()) is not None:
+                handled = True
+                reply = self._handle(_parse(payload), reconnecting)
                 if reply is not None:
-                    out += encode(reply)
+                    if len(out) + len(reply) > MAX_OUTGOING:
+                        raise _Dropped("The server stopped reading what this app sends.")
+                    out += reply
         except ProtocolError as exc:
             logger.warning("bad frame from the server: %s", exc)
             raise _Dropped("The server sent something this app does not understand.") from None
-        return True
+        return handled
 
-    def _handle(self, message: Message, reconnecting: bool) -> Message | None:
-        """Act on one frame from the server; return a frame to answer with."""
+    def _handle(self, message: Message, reconnecting: bool) -> bytes | None:
+        """Act on one frame from the server; return the frame to answer with."""
         if isinstance(message, Ping):
-            return Pong(message.extra)
+            return self._pong(message)
         if isinstance(message, Welcome):
             self._name = self._wanted_name = message.name
             self._greeting = False
             self._joined = True
+            self._welcomed_at = time.monotonic()
             self._post(Welcomed(message, reconnecting))
         elif isinstance(message, Error):
             self._on_error(message)
         elif isinstance(message, Shutdown):
+            self._shutdown_said = True
             self._post(ServerShutdown(message.message))
         elif isinstance(message, Unknown | Pong):
             return None
@@ -534,6 +795,17 @@ class ChatClient:
                 self._name = self._wanted_name = message.new  # and reclaimed after a drop
             self._post(Received(message))
         return None
+
+    def _pong(self, ping: Ping) -> bytes | None:
+        """The answer to ``ping``, unless it would not fit a client frame: the
+        server would drop us for sending it, and a ping that large is not meant well."""
+        try:
+            return encode(Pong(ping.extra), MAX_CLIENT_FRAME)
+        except LocalProtocolError as exc:
+            if not self._refused_ping:
+                self._refused_ping = True
+                logger.warning("not answering a ping from the server: %s", exc.message)
+            return None
 
     def _on_error(self, error: Error) -> None:
         if not self._joined and error.in_reply_to == Hello.TYPE:
@@ -576,6 +848,7 @@ __all__ = [
     "Connecting",
     "ConnectionLost",
     "Event",
+    "EventQueue",
     "NameRefused",
     "Received",
     "ServerShutdown",

@@ -787,8 +787,13 @@ def test_a_burst_of_5000_messages_is_shown_in_slices(
 
 
 def test_reconnect_now_after_the_server_restarts(
-    make_app: Callable[..., ChatApp], start_server: StartServer, saved: list[Settings]
+    make_app: Callable[..., ChatApp],
+    start_server: StartServer,
+    saved: list[Settings],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr("app.network.FAST_RETRY", 100.0)  # a shutdown's short pauses too
+
     def slow_to_retry(host: str, port: int, name: str) -> ChatClient:
         return ChatClient(host, port, name, rng=NoJitterRng())
 

@@ -24,11 +24,13 @@ from typing import Any
 import pytest
 
 from app import network
+from app import text as fmt
 from app.network import (
     ChatClient,
     ConnectFailed,
     Connecting,
     ConnectionLost,
+    EventQueue,
     NameRefused,
     Received,
     ServerShutdown,
@@ -39,7 +41,18 @@ from app.network import (
     describe_connect_error,
 )
 from server.config import ServerConfig
-from server.protocol import ChatMessage, Error, Renamed, Say, Users
+from server.protocol import (
+    MAX_CLIENT_FRAME,
+    MAX_NAME_LENGTH,
+    MAX_TEXT_LENGTH,
+    ChatMessage,
+    Error,
+    Joined,
+    Left,
+    Renamed,
+    Say,
+    Users,
+)
 from server.server import ChatServer
 from tests.conftest import _open_sockets
 from tests.wire import RawClient, frame
@@ -708,7 +721,7 @@ def test_say_accepted_just_before_a_drop_is_not_lost(
     """
     holder: list[ChatClient] = []
 
-    class SayOnWelcome(queue.Queue):
+    class SayOnWelcome(EventQueue):
         def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
             super().put(item, block, timeout)
             if isinstance(item, Welcomed):
@@ -753,7 +766,7 @@ def test_say_racing_with_a_drop_is_not_lost(
 
     monkeypatch.setattr(network, "encode", paused_encode)
 
-    class Watch(queue.Queue):
+    class Watch(EventQueue):
         def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
             super().put(item, block, timeout)
             if isinstance(item, ConnectionLost):
@@ -892,6 +905,7 @@ def test_shutdown_then_reconnect_now_on_the_same_port(
 ) -> None:
     # A long pause (10 to 20 s): only reconnect_now() can bring it back in time.
     monkeypatch.setattr(network, "BACKOFF_FIRST", 20.0)
+    monkeypatch.setattr(network, "FAST_RETRY", 20.0)  # even after a shutdown
     first = servers()
     port = first.port
     client = join(port, "alice")
@@ -941,6 +955,7 @@ def test_reconnect_with_the_name_taken_meanwhile(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(network, "BACKOFF_FIRST", 20.0)
+    monkeypatch.setattr(network, "FAST_RETRY", 20.0)  # even after a shutdown
     first = servers()
     port = first.port
     client = join(port, "alice")
@@ -1235,6 +1250,7 @@ def test_a_new_name_is_the_one_reclaimed_after_a_reconnect(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(network, "BACKOFF_FIRST", 20.0)
+    monkeypatch.setattr(network, "FAST_RETRY", 20.0)  # even after a shutdown
     first = servers()
     port = first.port
     client = join(port, "alice")
@@ -1247,3 +1263,353 @@ def test_a_new_name_is_the_one_reclaimed_after_a_reconnect(
     client.reconnect_now()
     welcomed = wait_for(client, Welcomed, timeout=3.0)[-1]
     assert welcomed.welcome.name == "robert"
+
+
+# -- a hostile server ------------------------------------------------------------------
+
+
+def test_a_ping_whose_pong_would_not_fit_a_client_frame_is_not_answered(
+    fake_server: Callable[..., FakeServer], join: Callable[..., ChatClient]
+) -> None:
+    got: list[dict[str, Any]] = []
+
+    def big_ping_then_small(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        peer.send({"type": "ping", "pad": "x" * MAX_CLIENT_FRAME})  # its pong: too large
+        peer.send({"type": "ping", "n": 2})
+        got.append(peer.recv())
+        got.extend(peer.expect_closed())  # until the test closes the client
+
+    fake = fake_server(big_ping_then_small)
+    client = join(fake.port, "alice")
+    deadline = time.monotonic() + WAIT
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.joined
+    client.close()
+    fake.finish()
+    assert got == [{"type": "pong", "n": 2}, {"type": "bye"}]
+
+
+def test_a_server_that_pings_and_never_reads_is_dropped_and_the_say_given_back(
+    fake_server: Callable[..., FakeServer], join: Callable[..., ChatClient]
+) -> None:
+    """Without a bound, the client buffered every pong (1.3 GB in 10 s)."""
+    sent = [0]
+
+    def pings_never_reads(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        ping = frame({"type": "ping", "pad": "x" * (MAX_CLIENT_FRAME - 100)})
+        deadline = time.monotonic() + 4 * WAIT
+        try:  # until the client gives up on us (or 64 MB, far beyond any buffer)
+            while sent[0] < 64 << 20 and time.monotonic() < deadline:
+                peer.sock.sendall(ping)
+                sent[0] += len(ping)
+        except OSError:
+            pass
+
+    fake = fake_server(pings_never_reads)
+    client = join(fake.port, "alice")
+    assert client.say("typed while the server stopped reading")
+    events = wait_for(client, ConnectionLost, timeout=4 * WAIT)
+    fake.finish()
+    assert events[-1].message == "The server stopped reading what this app sends."
+    assert events[-1].retry_in > 0
+    says = [say.text for e in events if isinstance(e, Unsent) for say in e.says]
+    assert says == ["typed while the server stopped reading"]
+    assert sent[0] < 64 << 20, "the client read every ping without ever giving up"
+    print(f"\ndropped after {sent[0] / 2**20:.1f} MiB of pings")
+
+
+def test_events_wait_in_a_bounded_queue_and_none_is_lost(
+    fake_server: Callable[..., FakeServer],
+    make_client: Callable[..., ChatClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nobody drains the queue for longer than the client's dead_after: it holds
+    at most about EVENT_LIMIT events meanwhile (the server is held back by
+    TCP), does not take the pause for a dead server, and loses nothing."""
+    monkeypatch.setattr(network, "EVENT_LIMIT", 50, raising=False)
+    count = 1000
+    done = threading.Event()
+
+    def flood(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        peer.send_raw(
+            b"".join(
+                frame({"type": "message", "id": i, "from": "bob", "text": f"m{i}", "ts": 1e9})
+                for i in range(count)
+            )
+        )
+        done.wait(2 * WAIT)
+
+    fake = fake_server(flood)
+    client = make_client(fake.port, "alice", ping_after=0.4, dead_after=0.8)
+    events = wait_for(client, Welcomed)
+    most = 0
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        most = max(most, client.events.qsize())
+        time.sleep(0.01)
+    assert 45 <= most <= 50 + 5, most
+    ids: list[int] = []
+    deadline = time.monotonic() + WAIT
+    while len(ids) < count and time.monotonic() < deadline:
+        try:
+            event = client.events.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        events.append(event)
+        if isinstance(event, Received) and isinstance(event.message, ChatMessage):
+            ids.append(event.message.id)
+    done.set()
+    fake.finish()
+    assert ids == list(range(count))
+    assert not [e for e in events if isinstance(e, ConnectionLost)]
+
+
+def test_a_users_list_replaces_the_one_still_waiting() -> None:
+    events = EventQueue(limit=10)
+    items = [
+        Received(Users(("a",))),
+        Received(Joined("b", 1e9)),
+        Received(Users(("a", "b"))),
+        Received(Left("a", "quit", 1e9)),
+        Received(Users(("b",))),
+        Unsent((Say("x"),), "Because."),
+    ]
+    for item in items:
+        events.put(item)
+    got = [events.get_nowait() for _ in range(events.qsize())]
+    assert got == [items[1], items[3], items[4], items[5]]
+    events.put(items[0])  # nothing waits: a list is queued as it is
+    assert events.get_nowait() is items[0]
+    assert events.qsize() == 0
+
+
+def test_a_server_sending_user_lists_in_a_loop_leaves_one_waiting(
+    fake_server: Callable[..., FakeServer], join: Callable[..., ChatClient]
+) -> None:
+    done = threading.Event()
+
+    def lists(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        lists = [frame({"type": "users", "users": ["alice", f"u{i}"]}) for i in range(300)]
+        end = frame({"type": "message", "id": 1, "from": "bob", "text": "end", "ts": 1e9})
+        peer.send_raw(b"".join(lists) + end)
+        done.wait(2 * WAIT)
+
+    fake = fake_server(lists)
+    client = join(fake.port, "alice")
+
+    def queued() -> list[Any]:
+        with client.events.mutex:
+            return list(client.events.queue)
+
+    deadline = time.monotonic() + WAIT
+    while not (waiting := queued()) or not isinstance(waiting[-1].message, ChatMessage):
+        assert time.monotonic() < deadline, waiting
+        time.sleep(0.01)
+    got = drain(client)
+    done.set()
+    fake.finish()
+    assert [e.message for e in got] == [
+        Users(("alice", "u299")),
+        ChatMessage(1, "bob", "end", 1e9),
+    ]
+
+
+def test_every_field_the_ui_shows_is_made_safe(
+    fake_server: Callable[..., FakeServer],
+    join: Callable[..., ChatClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Absurd values with the right JSON types (and a mistyped ``ts``) arrive
+    as frames the UI can show, instead of crashing the Tk thread
+    (``ts`` 1e20 raised OverflowError there) or dropping the connection."""
+    done = threading.Event()
+    long_name = "n" * 100
+    monkeypatch.setattr(network, "MAX_USERS", 1000, raising=False)
+    crowd = [f"u{i}" for i in range(1010)]
+
+    def absurd(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        for number, ts in enumerate([1e20, -1e20, 10**30, "soon", None, 1.7e9], 1):
+            text = "lone \ud800 surrogate" if number == 1 else f"t{number}"
+            peer.send({"type": "message", "id": number, "from": "bob", "text": text, "ts": ts})
+        peer.send({"type": "message", "id": 7, "from": "x\nbob", "text": "y" * 10**5, "ts": 1})
+        peer.send({"type": "joined", "name": long_name, "ts": 1e300})
+        peer.send({"type": "left", "name": "\u202ebob", "reason": "r\n" * 50, "ts": -5})
+        peer.send({"type": "renamed", "old": "", "new": "a\x00b", "ts": 1e9})
+        peer.send({"type": "users", "users": crowd})
+        peer.send({"type": "error", "code": "x", "message": "one\ntwo \ud800"})
+        peer.send({"type": "shutdown", "message": "bye\x1b[31m"})
+        done.wait(2 * WAIT)
+
+    fake = fake_server(absurd)
+    client = join(fake.port, "alice")
+    got = []
+    for _ in range(13):
+        event = last(client, Received | ServerShutdown)
+        got.append(event.message if isinstance(event, Received) else event)
+    done.set()
+    fake.finish()
+
+    messages = got[:7]
+    assert [m.id for m in messages] == [1, 2, 3, 4, 5, 6, 7]
+    for message in messages:
+        fmt.clock(message.ts)  # no OverflowError, OSError or ValueError
+        assert network.MIN_TS <= message.ts <= network.MAX_TS
+        message.text.encode()  # Tk raises for what UTF-8 cannot encode
+    assert messages[0].text == "lone \ufffd surrogate"
+    assert messages[0].ts == network.MAX_TS
+    assert messages[1].ts == network.MIN_TS
+    assert messages[2].ts == network.MAX_TS
+    assert abs(messages[3].ts - time.time()) < 60  # mistyped: our own clock
+    assert abs(messages[4].ts - time.time()) < 60  # missing
+    assert messages[5].ts == 1.7e9  # a sensible time is kept as it is
+    assert messages[6].sender == "x\ufffdbob"
+    assert len(messages[6].text) == MAX_TEXT_LENGTH
+    joined, left, renamed, users, error, shutdown = got[7:]
+    assert joined == Joined("n" * MAX_NAME_LENGTH, network.MAX_TS)
+    assert (left.name, left.ts) == ("\ufffdbob", network.MIN_TS)
+    assert "\n" not in left.reason and len(left.reason) <= MAX_NAME_LENGTH
+    assert (renamed.old, renamed.new) == ("\ufffd", "a\ufffdb")
+    assert users.users == tuple(crowd[:1000])
+    assert error.message == "one two \ufffd"
+    assert shutdown.message == "bye[31m"
+    assert client.joined
+
+
+@pytest.mark.parametrize("name", ["alice", "José", "张伟", "नमस्ते", "bob_2", "a.b-c", "x" * 32])
+def test_names_by_the_rules_are_shown_as_they_are(
+    fake_server: Callable[..., FakeServer], join: Callable[..., ChatClient], name: str
+) -> None:
+    def one_message(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"], ["alice", name]))
+        peer.send({"type": "message", "id": 1, "from": name, "text": "hi", "ts": 1.7e9})
+        peer.expect_closed()
+
+    fake = fake_server(one_message)
+    client = join(fake.port, "alice")
+    message = last(client, Received).message
+    client.close()
+    fake.finish()
+    assert message == ChatMessage(1, name, "hi", 1.7e9)
+
+
+def test_a_server_that_dribbles_bytes_is_found_dead(
+    fake_server: Callable[..., FakeServer], make_client: Callable[..., ChatClient]
+) -> None:
+    """A byte every 0.1 s is not a frame: the client must not count it as life."""
+
+    def dribble(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        peer.send_raw(b"\0\0\x03\xe8")  # a 1,000-byte frame follows, slowly
+        deadline = time.monotonic() + 2 * WAIT
+        try:
+            while time.monotonic() < deadline:
+                peer.send_raw(b" ")
+                time.sleep(0.1)
+        except OSError:
+            pass  # the client hung up
+
+    fake = fake_server(dribble)
+    client = make_client(fake.port, "alice", ping_after=0.3, dead_after=0.8)
+    last(client, Welcomed)
+    lost = last(client, ConnectionLost, timeout=3.0)
+    fake.finish()
+    assert lost.message == "The server stopped answering."
+
+
+def welcome_then_garbage(peer: Peer) -> None:
+    peer.send_raw(frame(welcome(peer.expect("hello")["name"])) + b"\0\0\0\x05hello")
+    peer.expect_closed()
+
+
+def test_connections_that_break_at_once_do_not_reset_the_backoff(
+    fake_server: Callable[..., FakeServer],
+    join: Callable[..., ChatClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that welcomes and then sends garbage was retried every second for ever."""
+    monkeypatch.setattr(network, "BACKOFF_FIRST", 0.05)
+    monkeypatch.setattr(network, "FAST_RETRY", 0.03, raising=False)  # garbage is no restart
+    fake = fake_server(*[welcome_then_garbage] * 4)
+    client = join(fake.port, "alice", rng=Lowest())
+    losses = [last(client, ConnectionLost) for _ in range(4)]
+    fake.finish()
+    assert [lost.retry_in for lost in losses] == pytest.approx([0.025, 0.05, 0.1, 0.2])
+    assert {lost.message for lost in losses} == {
+        "The server sent something this app does not understand."
+    }
+
+
+def test_a_connection_that_stayed_healthy_resets_the_backoff(
+    fake_server: Callable[..., FakeServer],
+    join: Callable[..., ChatClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(network, "BACKOFF_FIRST", 0.05)
+    monkeypatch.setattr(network, "HEALTHY_AFTER", 0.3, raising=False)
+
+    def healthy_then_closed(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        peer.expect_silence(0.5)
+
+    fake = fake_server(
+        welcome_then_garbage, welcome_then_garbage, healthy_then_closed, welcome_then_garbage
+    )
+    client = join(fake.port, "alice", rng=Lowest())
+    losses = [last(client, ConnectionLost) for _ in range(4)]
+    fake.finish()
+    assert [lost.retry_in for lost in losses] == pytest.approx([0.025, 0.05, 0.025, 0.05])
+    assert losses[2].message == "The server closed the connection."
+
+
+def test_after_a_shutdown_retries_come_quickly_and_each_failure_is_told_once(
+    servers: Callable[..., ServerThread], join: Callable[..., ChatClient]
+) -> None:
+    """The real pauses: the client is back within about two seconds of the
+    server's return (it took up to 29 s), and a refused retry that repeats
+    the last one is marked ``again`` for the UI to say once."""
+    first = servers()
+    port = first.port
+    client = join(port, "alice", rng=Highest())  # the longest pauses
+    first.stop()
+    losses = [last(client, ConnectionLost, timeout=2 * WAIT) for _ in range(3)]
+    assert [lost.retry_in for lost in losses] == [1.0, 2.0, 2.0]  # not 1, 2, 4
+    refused = f"Nothing is listening at {HOST}:{port}. Is the server running?"
+    assert [(lost.message, lost.again) for lost in losses] == [
+        ("The server closed the connection.", False),
+        (refused, False),
+        (refused, True),
+    ]
+    servers(port)
+    back = last(client, Welcomed, timeout=3.5)
+    assert back.reconnected
+
+
+def test_fast_retries_last_only_for_the_start_of_an_outage(
+    fake_server: Callable[..., FakeServer],
+    join: Callable[..., ChatClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(network, "BACKOFF_FIRST", 0.05)
+    monkeypatch.setattr(network, "FAST_RETRY", 0.06, raising=False)
+    monkeypatch.setattr(network, "FAST_FOR", 1.0, raising=False)
+
+    def welcome_then_shutdown(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        peer.send({"type": "shutdown", "message": "The server is shutting down"})
+
+    fake = fake_server(welcome_then_shutdown)  # later attempts are refused
+    client = join(fake.port, "alice", rng=Lowest())
+    started = time.monotonic()
+    delays = []
+    while not delays or delays[-1] <= 0.06:
+        assert len(delays) < 60 and time.monotonic() - started < 3 * WAIT, delays
+        delays.append(last(client, ConnectionLost).retry_in)
+    fake.finish()
+    assert delays[:3] == pytest.approx([0.025, 0.05, 0.06])
+    assert time.monotonic() - started >= 1.0  # capped for the first FAST_FOR seconds
