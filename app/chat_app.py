@@ -157,7 +157,7 @@ class ChatApp:
         )
         menubar.add_cascade(label="View", menu=view)
         help_menu = ttk.Menu(menubar, tearoff=False)
-        help_menu.add_command(label="Commands", command=lambda: self.notice(commands.HELP))
+        help_menu.add_command(label="Commands", command=lambda: self.notice(commands.HELP, "help"))
         help_menu.add_command(label="About LAN Chat", command=self.about)
         menubar.add_cascade(label="Help", menu=help_menu)
         self.root.configure(menu=menubar)
@@ -535,7 +535,7 @@ class ChatApp:
                 self.notice(message, "error")
                 return False
             case commands.ShowHelp():
-                self.notice(commands.HELP)
+                self.notice(commands.HELP, "help")
                 return True
             case _ if not joined or client is None:
                 self.notice(

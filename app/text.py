@@ -39,6 +39,15 @@ def clock(ts: float) -> str:
     return time.strftime("%H:%M", time.localtime(ts))
 
 
+# What else reads as a line break: each shows as a new, indented line.
+_LINE_BREAKS = re.compile("\r\n|[\r\x0b\x0c\x85\u2028\u2029]")
+
+
+def one_kind_of_newline(text: str) -> str:
+    """``text`` with every kind of line break as ``\\n`` (the view indents after each)."""
+    return _LINE_BREAKS.sub("\n", text)
+
+
 def split_links(text: str) -> list[tuple[str, bool]]:
     """``text`` cut into (piece, is_link) runs, in order."""
     pieces: list[tuple[str, bool]] = []
