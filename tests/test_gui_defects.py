@@ -481,3 +481,107 @@ def test_a_link_without_a_browser_says_so_and_copies_the_address(
 
 def test_line_separators_are_line_breaks() -> None:
     assert fmt.one_kind_of_newline("a\u2028b\u2029c\x85d") == "a\nb\nc\nd"
+
+
+# -- grouped runs, day separators, name colours ----------------------------------------------
+
+
+def test_contrast_ratio_follows_wcag() -> None:
+    assert fmt.contrast_ratio("#000000", "#ffffff") == pytest.approx(21.0)
+    assert fmt.contrast_ratio("#ffffff", "#000000") == pytest.approx(21.0)
+    assert fmt.contrast_ratio("#777777", "#777777") == pytest.approx(1.0)
+    # The two greys either side of 4.5:1 on white, as WCAG tools give them.
+    assert fmt.contrast_ratio("#767676", "#ffffff") == pytest.approx(4.54, abs=0.01)
+    assert fmt.contrast_ratio("#777777", "#fff") == pytest.approx(4.48, abs=0.01)
+    assert fmt.relative_luminance("#ff0000") == pytest.approx(0.2126)
+
+
+@pytest.mark.parametrize("background", ["#ffffff", "#f8f9fa", "#212529", "#2b3035", "#808080"])
+def test_every_name_colour_reads_on_the_background(background: str) -> None:
+    colors = {fmt.name_color(slot, background) for slot in range(len(fmt.NAME_HUES))}
+    assert all(fmt.contrast_ratio(color, background) >= 4.5 for color in colors)
+    assert len(colors) >= 2 or background == "#808080"
+
+
+def test_a_name_keeps_its_colour() -> None:
+    assert fmt.name_slot("Bob") == fmt.name_slot("bob") == fmt.name_slot("BOB")
+    slots = {fmt.name_slot(name) for name in ("alice", "bob", "carol", "dave", "erin", "zoë")}
+    assert len(slots) > 1  # not everyone alike
+
+
+def test_names_are_coloured_readably_in_both_themes(app: ChatApp) -> None:
+    view = app.view
+    view.own_name = "me"
+    now = time.time()
+    senders = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "me"]
+    for number, sender in enumerate(senders):
+        view.add_message(ChatMessage(number + 1, sender, "hello", now))
+    view.end_batch()
+    text = view.transcript
+    for _ in range(2):  # light, then dark
+        background = str(text.cget("background"))
+        for sender in senders:
+            index = text.search(f"{sender}: hello", "1.0")
+            tags = [t for t in text.tag_names(index) if t.startswith("name-") or t == "own"]
+            assert len(tags) == 1, text.tag_names(index)
+            color = str(text.tag_cget(tags[0], "foreground"))
+            rgb = "#" + "".join(f"{part >> 8:02x}" for part in text.winfo_rgb(color))
+            assert fmt.contrast_ratio(rgb, background) >= 4.5, (sender, rgb, background)
+        app.toggle_theme()
+        app.root.update()
+    assert text.tag_names(text.search("alice: hello", "1.0")) == text.tag_names(
+        text.search("alice: hello", "end", backwards=True)
+    )
+
+
+def test_a_run_of_one_persons_messages_shows_the_name_once(app: ChatApp) -> None:
+    shown_on_screen(app)
+    view = app.view
+    now = time.time() - 3600
+    view.add_message(ChatMessage(1, "bob", "first", now))
+    view.add_message(ChatMessage(2, "bob", "second", now + 30))
+    view.add_message(ChatMessage(3, "bob", "third", now + 60))
+    view.add_notice("carol joined")
+    view.add_message(ChatMessage(4, "bob", "after a notice", now + 70))
+    view.add_message(ChatMessage(5, "bob", "much later", now + 70 + 10 * 60))
+    view.add_message(ChatMessage(6, "alice", "another person", now + 71 + 10 * 60))
+    view.end_batch()
+    settle(app.root, 0.2)
+    text = view.transcript
+    left = text.bbox("1.0")[0]
+    indent = view.font.measure("00:00  ")
+
+    def starts_at(body: str) -> int:
+        return text.bbox(text.search(body, "1.0"))[0] - left
+
+    assert starts_at("first") > indent  # after "HH:MM  bob: "
+    for body in ("second", "third"):  # the name is not repeated, the text sits under it
+        assert starts_at(body) == indent
+        line = text.search(body, "1.0") + " linestart"
+        assert text.bbox(line)[2] == 0  # the time and name are elided...
+        assert text.get(line, f"{line} lineend").endswith(f"bob: {body}")  # ...yet copied
+    for body in ("after a notice", "much later", "another person"):
+        assert starts_at(body) > indent
+    assert "bob: third" in view.transcript_text()
+
+
+def test_a_separator_marks_each_new_day(app: ChatApp) -> None:
+    view = app.view
+    today = time.time()
+    view.add_message(ChatMessage(1, "bob", "two days back", today - 2 * 86400))
+    view.add_message(ChatMessage(2, "bob", "the day before", today - 86400))
+    view.add_message(ChatMessage(3, "bob", "this morning", today))
+    view.add_message(ChatMessage(4, "bob", "later today", today))
+    view.end_batch()
+    lines = view.transcript_text().splitlines()
+    labels = [line for line in lines if "bob:" not in line]
+    assert labels == [fmt.day_label(today - 2 * 86400), "Yesterday", "Today"], lines
+    assert labels[0] not in ("Today", "Yesterday") and "," in labels[0]
+    assert "day" in view.transcript.tag_names(view.transcript.search("Yesterday", "1.0"))
+
+
+def test_no_separator_when_everything_is_from_today(app: ChatApp) -> None:
+    view = app.view
+    view.add_message(ChatMessage(1, "bob", "hi", time.time()))
+    view.end_batch()
+    assert view.transcript_text().splitlines()[0].endswith("bob: hi")
