@@ -27,6 +27,7 @@ on the transcript's background in either theme.
 from __future__ import annotations
 
 import datetime
+import time
 import tkinter
 import webbrowser
 from collections.abc import Callable
@@ -379,14 +380,20 @@ class ChatView(ttk.Frame):
         self._group = (message.sender, message.ts) if plain else None
         return mention
 
-    def add_notice(self, text: str, kind: str = "system") -> None:
-        """A line from the app itself: ``system``, ``error``, ``motd`` or ``help``
-        (lines of ``command<TAB>what it does``, shown in two columns)."""
+    def add_notice(self, text: str, kind: str = "system", ts: float | None = None) -> None:
+        """A line from the app itself, with its time (``ts``, default now): ``system``,
+        ``error``, ``motd``, or ``help`` (lines of ``command<TAB>what it does``, in
+        two columns, without a time: it is no event)."""
+        self._group = None
         if kind == "help":
             self._help_text = text
             self._layout_help()
-        self._group = None
-        self._append([(text, (kind, "notice"))], (kind, "notice"))
+            self._append([(text, (kind, "notice"))], (kind, "notice"))
+            return
+        when = time.time() if ts is None else ts
+        self._mark_day(when)
+        stamp = (f"{fmt.clock(when)}  ", ("notice", "time"))
+        self._append([stamp, (text, (kind, "notice"))], (kind, "notice"))
 
     def _mark_day(self, ts: float) -> None:
         """A separator line where the day changes (and first, unless that is today)."""

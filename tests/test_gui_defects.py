@@ -390,7 +390,7 @@ def test_continuation_lines_are_indented_under_their_author(app: ChatApp) -> Non
     text = view.transcript
     fake = text.search("08:24  alice: send", "1.0")
     real = text.search("a real line", "1.0") + " linestart"
-    notice = text.search("carol joined", "1.0")
+    notice = text.search("carol joined", "1.0") + " linestart"
     assert fake and real and notice
     left = text.bbox(real)[0]
     assert text.bbox(notice)[0] == left
@@ -585,3 +585,12 @@ def test_no_separator_when_everything_is_from_today(app: ChatApp) -> None:
     view.add_message(ChatMessage(1, "bob", "hi", time.time()))
     view.end_batch()
     assert view.transcript_text().splitlines()[0].endswith("bob: hi")
+
+
+def test_notices_carry_their_time_and_help_none(app: ChatApp) -> None:
+    view = app.view
+    view.add_notice("carol joined", ts=time.mktime((2026, 12, 1, 8, 24, 0, 0, 0, -1)))
+    app.on_send("/help")
+    lines = view.transcript_text().splitlines()
+    assert lines[0] == "08:24  carol joined"
+    assert lines[1] == "Commands:"  # a block of help is no event
