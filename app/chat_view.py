@@ -265,7 +265,7 @@ class ChatView(ttk.Frame):
             self.input.see("insert")
             return "break"
         if event.keysym in SCROLL_KEYS:
-            self.after_idle(self._person_scrolled)
+            self._person_scrolled()
         return None  # Ctrl+C and the like keep working in the transcript
 
     def _paste_in_transcript(self, _event: tkinter.Event) -> str:
@@ -351,7 +351,7 @@ class ChatView(ttk.Frame):
         )
         # A run of one person's messages shows the time and name once: on the
         # later lines they are elided (still there to copy), the text indented.
-        head = ("elide", "grouped") if grouped else ()
+        head = ("elide", "grouped") if grouped else ("head",)
         base: tuple[str, ...] = ("msg", "mention") if mention else ("msg",)  # time included
         parts: list[tuple[str, tuple[str, ...]]] = [
             (f"{fmt.clock(message.ts)}  ", (*base, "time", *head))
@@ -505,6 +505,10 @@ class ChatView(ttk.Frame):
         text.tag_configure("cont", lmargin1=indent, lmargin2=indent)
         text.tag_configure("notice", lmargin2=indent)
         text.tag_configure("grouped", lmargin1=indent)
+        # A run starts with a gap, its messages a smaller one, a message's own
+        # lines none: where one message ends shows without a name.
+        text.tag_configure("head", spacing1=indent // 6)
+        text.tag_configure("cont", spacing1=0)
         self._layout_help()
 
     def _layout_help(self) -> None:

@@ -562,6 +562,19 @@ def test_a_run_of_one_persons_messages_shows_the_name_once(app: ChatApp) -> None
         assert text.get(line, f"{line} lineend").endswith(f"bob: {body}")  # ...yet copied
     for body in ("after a notice", "much later", "another person"):
         assert starts_at(body) > indent
+    view.add_message(ChatMessage(7, "alice", "two\nlines", now + 72 + 10 * 60))
+    view.end_batch()
+    settle(app.root, 0.2)
+
+    def height(body: str) -> int:  # of its line, with the space above it
+        return text.dlineinfo(text.search(body, "1.0"))[3]
+
+    # Lines of one message sit closer than messages of a run, which sit
+    # closer than runs: where a message ends shows without its name.
+    within = height("lines")
+    between_messages = height("second")
+    between_runs = height("another person")
+    assert within < between_messages < between_runs, (within, between_messages, between_runs)
     assert "bob: third" in view.transcript_text()
 
 
