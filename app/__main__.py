@@ -83,6 +83,9 @@ def setup_logging() -> Path:
     return path
 
 
+TEXT_SHOWN = 300  # characters of an error's text shown and told apart
+
+
 class ErrorReporter:
     """``root.report_callback_exception``: an error in a Tk callback, shown and logged.
 
@@ -110,7 +113,7 @@ class ErrorReporter:
 
     def __call__(self, exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
         self.count += 1
-        kind = f"{exc_type.__name__}: {exc}"
+        kind = f"{exc_type.__name__}: {exc}"[:TEXT_SHOWN]
         if self.depth:
             return  # counted, logged as "other" when the box closes
         self.depth += 1
@@ -139,7 +142,7 @@ class ErrorReporter:
 
     def _show(self, kind: str, exc: BaseException) -> None:
         if self.box is None:
-            self._first, self._first_kind = str(exc), kind
+            self._first, self._first_kind = str(exc)[:TEXT_SHOWN], kind
             box = ttk.Toplevel(title="LAN Chat", master=self.root, resizable=(False, False))
             self.box = box
             body = ttk.Frame(box, padding=20)
@@ -204,7 +207,6 @@ def smoke_test(root: ttk.App, settings: Settings) -> int:
         ChatMessage(2, "you", "waves", now, action=True),
         ChatMessage(3, "张伟", "a private word for you", now, to="you"),
     ]
-    view.begin_batch()
     for message in samples:
         view.add_message(message)
     view.add_notice("Ana joined")

@@ -316,7 +316,6 @@ class ChatApp:
         client = self.client
         try:
             if client is not None:
-                self.view.begin_batch()
                 deadline = time.perf_counter() + PUMP_BUDGET
                 for _ in range(PUMP_BATCH):
                     try:
@@ -502,7 +501,6 @@ class ChatApp:
         self.view.set_status(f"Connected to {host}:{port} as {self.client.name}, {online} online")
 
     def notice(self, text: str, kind: str = "system") -> None:
-        self.view.begin_batch()
         self.view.add_notice(text, kind)
         self.view.end_batch()
 

@@ -320,9 +320,6 @@ class ChatView(ttk.Frame):
 
     # -- the transcript -------------------------------------------------------
 
-    def begin_batch(self) -> None:
-        """Before adding lines (kept for callers; following is the person's choice)."""
-
     def end_batch(self) -> None:
         """After adding lines: follow them, unless the person scrolled up to read;
         then the new-messages button counts them."""

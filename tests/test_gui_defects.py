@@ -165,9 +165,9 @@ def test_a_flick_onto_the_menu_bar_raises_nothing(
 
 
 def test_many_errors_show_one_box_and_log_once_with_a_count(
-    tk_root: Any, caplog: pytest.LogCaptureFixture
+    tk_root: Any, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    reporter = ErrorReporter(tk_root, Path("/tmp/client.log"))
+    reporter = ErrorReporter(tk_root, tmp_path / "client.log")
     before = tk_root.report_callback_exception
     tk_root.report_callback_exception = reporter
     try:
@@ -200,8 +200,8 @@ def test_many_errors_show_one_box_and_log_once_with_a_count(
         tk_root.report_callback_exception = before
 
 
-def test_the_error_reporter_is_never_re_entered(tk_root: Any) -> None:
-    reporter = ErrorReporter(tk_root, Path("/tmp/client.log"))
+def test_the_error_reporter_is_never_re_entered(tk_root: Any, tmp_path: Path) -> None:
+    reporter = ErrorReporter(tk_root, tmp_path / "client.log")
     nested: list[int] = []
 
     class Reentering(logging.Handler):
@@ -301,7 +301,6 @@ def test_scrolled_up_new_messages_wait_behind_a_button(app: ChatApp) -> None:
     shown_on_screen(app)
     view = app.view
     now = time.time()
-    view.begin_batch()
     for number in range(80):
         view.add_message(ChatMessage(number + 1, "bob", f"old {number}", now))
     view.end_batch()
@@ -313,7 +312,6 @@ def test_scrolled_up_new_messages_wait_behind_a_button(app: ChatApp) -> None:
     settle(app.root, 0.3)
     top = view.transcript.index("@0,0")
     assert not last_line_in_view(view)
-    view.begin_batch()
     for number in range(3):
         view.add_message(ChatMessage(100 + number, "bob", f"new {number}", now))
     view.end_batch()
