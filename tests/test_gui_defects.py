@@ -372,6 +372,17 @@ def test_typing_after_a_click_in_the_transcript_goes_to_the_input(
     assert bob.skip_until("message")["text"] == "hello there"
 
 
+def test_a_paste_into_the_transcript_goes_to_the_input(app: ChatApp) -> None:
+    shown_on_screen(app)
+    app.root.clipboard_clear()
+    app.root.clipboard_append("pasted words")
+    app.view.transcript.focus_force()
+    wait_until(app.root, lambda: app.root.focus_get() is app.view.transcript, what="focus")
+    app.view.transcript.event_generate("<<Paste>>")
+    wait_until(app.root, lambda: app.view.input_text() == "pasted words", what="the paste")
+    assert app.root.focus_get() is app.view.input
+
+
 # -- 4. a newline in a message ------------------------------------------------------
 
 
