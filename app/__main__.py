@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import tkinter
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -82,6 +83,98 @@ def setup_logging() -> Path:
     return path
 
 
+TEXT_SHOWN = 300  # characters of an error's text shown and told apart
+
+
+class ErrorReporter:
+    """``root.report_callback_exception``: an error in a Tk callback, shown and logged.
+
+    A callback that fails on every motion event must not open a box per
+    event: a modal box's grab and nested event loop let the next event in
+    and fail again, stacking boxes by the hundred until Python's stack runs
+    out. So there is one box at a time, not modal, and what follows while it
+    is open is counted into it; each kind of error is logged once with its
+    traceback, and, when the box closes, once more with how often it
+    happened. An error while reporting one (a log handler, the box itself)
+    is only counted: the reporter never runs inside itself. Tk thread only.
+    """
+
+    MAX_KINDS = 20  # kinds of error told apart while one box is open
+
+    def __init__(self, root: tkinter.Misc, log_path: Path) -> None:
+        self.root = root
+        self.log_path = log_path
+        self.box: ttk.Toplevel | None = None
+        self.count = 0  # errors since the box opened
+        self.depth = 0  # >0 while reporting
+        self._kinds: Counter[str] = Counter()
+        self._first = self._first_kind = ""
+        self._label: ttk.Label | None = None
+
+    def __call__(self, exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
+        self.count += 1
+        kind = f"{exc_type.__name__}: {exc}"[:TEXT_SHOWN]
+        if self.depth:
+            return  # counted, logged as "other" when the box closes
+        self.depth += 1
+        try:
+            new = kind not in self._kinds
+            if new and len(self._kinds) < self.MAX_KINDS:
+                self._kinds[kind] += 1
+                logger.error("Unexpected error", exc_info=(exc_type, exc, tb))  # type: ignore[arg-type]
+            elif not new:
+                self._kinds[kind] += 1
+            self._show(kind, exc)
+        except Exception:  # the reporter of last resort must not fail
+            logger.error("The error box could not be shown", exc_info=True)
+        finally:
+            self.depth -= 1
+
+    def text(self) -> str:
+        """What the box says."""
+        if self.count == 1:
+            times = ""
+        elif self._kinds[self._first_kind] == self.count:
+            times = f"\n\nThis happened {self.count:,} times."
+        else:
+            times = f"\n\n{self.count:,} errors happened; this was the first."
+        return f"Something went wrong: {self._first}{times}\n\nDetails are in {self.log_path}."
+
+    def _show(self, kind: str, exc: BaseException) -> None:
+        if self.box is None:
+            self._first, self._first_kind = str(exc)[:TEXT_SHOWN], kind
+            box = ttk.Toplevel(title="LAN Chat", master=self.root, resizable=(False, False))
+            self.box = box
+            body = ttk.Frame(box, padding=20)
+            body.pack(fill="both", expand=True)
+            self._label = ttk.Label(body, text="", wraplength=420, justify="left")
+            self._label.pack(anchor="w")
+            ok = ttk.Button(body, text="OK", bootstyle="primary", command=self.close)
+            ok.pack(anchor="e", pady=(16, 0))
+            box.protocol("WM_DELETE_WINDOW", self.close)
+            box.bind("<Return>", lambda _event: self.close())
+            box.bind("<Escape>", lambda _event: self.close())
+            if self.root.winfo_viewable():
+                box.transient(self.root)
+            ok.focus_set()
+        if self._label is not None:
+            self._label.configure(text=self.text())
+
+    def close(self) -> None:
+        """Close the box; log how often each error happened while it was open."""
+        for kind, times in self._kinds.items():
+            if times > 1:
+                logger.error("%s happened %d times", kind, times)
+        others = self.count - sum(self._kinds.values())
+        if others > 0:
+            logger.error("%d more errors of other kinds", others)
+        self._kinds.clear()
+        self.count = 0
+        box, self.box, self._label = self.box, None, None
+        if box is not None and box.winfo_exists():
+            box.destroy()
+
+
 ICON_SIZES = (128, 64, 32, 16)
 
 
@@ -114,7 +207,6 @@ def smoke_test(root: ttk.App, settings: Settings) -> int:
         ChatMessage(2, "you", "waves", now, action=True),
         ChatMessage(3, "张伟", "a private word for you", now, to="you"),
     ]
-    view.begin_batch()
     for message in samples:
         view.add_message(message)
     view.add_notice("Ana joined")
@@ -153,13 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_window_icon(root)
     root.withdraw()  # shown once connected; the dialog comes first
 
-    def report(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
-        logger.error("Unexpected error", exc_info=(exc_type, exc, tb))  # type: ignore[arg-type]
-        ttk.Messagebox.show_error(
-            f"Something went wrong: {exc}\n\nDetails are in {path}.", "LAN Chat", parent=root
-        )
-
-    root.report_callback_exception = report
+    root.report_callback_exception = ErrorReporter(root, path)
     if args.smoke_test:
         return smoke_test(root, settings)
     chat = ChatApp(root, settings, save_settings=settings_store.save)

@@ -157,7 +157,7 @@ class ChatApp:
         )
         menubar.add_cascade(label="View", menu=view)
         help_menu = ttk.Menu(menubar, tearoff=False)
-        help_menu.add_command(label="Commands", command=lambda: self.notice(commands.HELP))
+        help_menu.add_command(label="Commands", command=lambda: self.notice(commands.HELP, "help"))
         help_menu.add_command(label="About LAN Chat", command=self.about)
         menubar.add_cascade(label="Help", menu=help_menu)
         self.root.configure(menu=menubar)
@@ -316,7 +316,6 @@ class ChatApp:
         client = self.client
         try:
             if client is not None:
-                self.view.begin_batch()
                 deadline = time.perf_counter() + PUMP_BUDGET
                 for _ in range(PUMP_BATCH):
                     try:
@@ -503,7 +502,6 @@ class ChatApp:
         self.view.set_status(f"Connected to {host}:{port} as {self.client.name}, {online} online")
 
     def notice(self, text: str, kind: str = "system") -> None:
-        self.view.begin_batch()
         self.view.add_notice(text, kind)
         self.view.end_batch()
 
@@ -536,7 +534,7 @@ class ChatApp:
                 self.notice(message, "error")
                 return False
             case commands.ShowHelp():
-                self.notice(commands.HELP)
+                self.notice(commands.HELP, "help")
                 return True
             case _ if not joined or client is None:
                 self.notice(

@@ -2,10 +2,32 @@
 
 The view shows what it is told and reports what the user does through
 callbacks; it knows nothing of sockets or commands. Tk thread only.
+
+How the transcript keeps the newest line in view: ``_following`` says
+whether the person is reading the end. Only the person changes it, by
+scrolling (wheel, keys, scrollbar) or by the "new messages" button;
+adding lines, a resize, a banner or a bigger font never do, and while it
+is set every batch, resize and font change ends with the view at the end.
+While it is not, new lines are counted on a button that takes them down.
+The scrollbar shows whenever there is more than one screen (ttkbootstrap's
+hover auto-hide hid it, and crashed on a fast move onto the menu bar).
+
+Nothing a person types reaches the left edge: each message line starts
+with its time and author, and its further lines (typed or wrapped) are
+indented under the author by the ``msg`` and ``cont`` tags' margins; only
+the app's own notices and the first line of a message start at the edge.
+
+A run of one person's messages (``GROUP_SECONDS`` apart at most, nothing
+between) shows the time and name once: on the later lines they are elided,
+still in the text for copying. A centred line marks each new day. Names
+take one of a dozen colours (``text.name_slot``), each made to read at 4.5:1
+on the transcript's background in either theme.
 """
 
 from __future__ import annotations
 
+import datetime
+import time
 import tkinter
 import webbrowser
 from bisect import bisect_left
@@ -20,6 +42,10 @@ from server.protocol import MAX_TEXT_LENGTH, ChatMessage, name_identity
 MAX_LINES = 10_000  # transcript lines kept; older ones are dropped in chunks
 COUNTER_FROM = MAX_TEXT_LENGTH - 500  # the length counter shows from here on
 INPUT_HISTORY = 100
+GROUP_SECONDS = 5 * 60  # one person's messages this close together show their name once
+CONTROL_MASK = 0x0004  # Tk's event.state bits (X11 and Windows alike)
+ALT_MASK = 0x0008 | 0x20000  # Mod1 on X11; Alt on Windows
+SCROLL_KEYS = frozenset({"Prior", "Next", "Up", "Down", "Home", "End"})
 
 
 class ChatView(ttk.Frame):
@@ -44,13 +70,17 @@ class ChatView(ttk.Frame):
         self._history: list[str] = []
         self._history_pos = 0
         self._draft = ""  # what was in the box before Up recalled older input
-        self._following = True
+        self._following = True  # the person reads the end (see the module docstring)
+        self._unseen = 0  # lines added while they read further up
+        self._help_text = ""  # the last /help shown, to lay out its columns again
+        self._day: datetime.date | None = None  # of the last message shown
+        self._group: tuple[str, float] | None = None  # sender and time of a run going on
         self._astral_ok = fmt.tk_shows_astral(self)
 
         self.font = tkfont.Font(self, family=tkfont.nametofont("TkTextFont").actual("family"))
         self.bold_font = tkfont.Font(self, weight="bold")
         self.italic_font = tkfont.Font(self, slant="italic")
-        self.set_font_size(font_size)
+        self._size_fonts(font_size)
 
         self.columnconfigure(0, weight=1)
         self.rowconfigure(1, weight=1)
@@ -80,13 +110,30 @@ class ChatView(ttk.Frame):
     def _build_middle(self) -> None:
         middle = ttk.Panedwindow(self, orient="horizontal")
         middle.grid(row=1, column=0, sticky="nsew", padx=10, pady=(10, 0))
-        self.scrolled = ttk.ScrolledText(middle, wrap="word", auto_hide=True, padding=0)
+        self.scrolled = ttk.ScrolledText(middle, wrap="word", padding=0)
         self.transcript: tkinter.Text = self.scrolled.text
         self.transcript.configure(
-            font=self.font, state="disabled", padx=8, pady=6, cursor="arrow", spacing1=2
+            font=self.font,
+            state="disabled",
+            padx=8,
+            pady=6,
+            cursor="arrow",
+            spacing1=2,
+            yscrollcommand=self._view_moved,
         )
-        # Read-only, yet selectable and copyable: typing is refused, not the focus.
-        self.transcript.bind("<1>", lambda _event: self.transcript.focus_set())
+        self.scrolled.vbar.configure(command=self._scroll_by_bar)
+        self.scrolled.vbar.grid_remove()  # until there is more than one screen
+        transcript = self.transcript
+        # Read-only, yet selectable and copyable; what is typed there goes to the input.
+        transcript.bind("<1>", lambda _event: transcript.focus_set())
+        transcript.bind("<KeyPress>", self._key_in_transcript)
+        transcript.bind("<<Paste>>", self._paste_in_transcript)
+        for sequence in ("<MouseWheel>", "<Button-4>", "<Button-5>", "<ButtonRelease-1>"):
+            transcript.bind(sequence, self._person_scrolled, add="+")
+        transcript.bind("<Configure>", lambda _event: self._keep_end(), add="+")
+        self.new_messages_button = ttk.Button(
+            self.scrolled, text="", bootstyle="primary", command=self.scroll_to_end
+        )
         self.transcript.tag_bind("link", "<Button-1>", self._open_link)
         self.transcript.tag_bind("link", "<Enter>", lambda _e: self._link_cursor("hand2"))
         self.transcript.tag_bind("link", "<Leave>", lambda _e: self._link_cursor("arrow"))
@@ -194,32 +241,123 @@ class ChatView(ttk.Frame):
 
     def _open_link(self, _event: tkinter.Event) -> None:
         start, end = self.transcript.tag_prevrange("link", "current + 1c")
-        webbrowser.open(fmt.link_target(self.transcript.get(start, end)))
+        target = fmt.link_target(self.transcript.get(start, end))
+        try:
+            opened = webbrowser.open(target)
+        except webbrowser.Error:
+            opened = False
+        if not opened:  # no browser here: say so, and leave the address to paste
+            self.clipboard_clear()
+            self.clipboard_append(target)
+            self.add_notice(
+                f"No web browser could be opened for {target}. "
+                "The address is copied: paste it into a browser.",
+                "error",
+            )
+            self.end_batch()
+
+    def _key_in_transcript(self, event: tkinter.Event) -> str | None:
+        """Typing goes to the input box, wherever the focus was."""
+        modifiers = int(event.state) & (CONTROL_MASK | ALT_MASK)
+        if event.keysym in ("Return", "KP_Enter"):
+            self.input.focus_set()
+            return "break"
+        if event.char and event.char.isprintable() and not modifiers:
+            self.input.focus_set()
+            self.input.insert("insert", event.char)
+            self.input.see("insert")
+            return "break"
+        if event.keysym in SCROLL_KEYS:
+            self._person_scrolled()
+        return None  # Ctrl+C and the like keep working in the transcript
+
+    def _paste_in_transcript(self, _event: tkinter.Event) -> str:
+        self.input.focus_set()
+        self.input.event_generate("<<Paste>>")
+        return "break"
+
+    def _person_scrolled(self, _event: tkinter.Event | None = None) -> None:
+        """After the person scrolled (the widget's own binding moves the view first)."""
+        self.after_idle(self._update_following)
+
+    def _scroll_by_bar(self, *args: str) -> None:
+        self.transcript.yview(*args)
+        self._update_following()
+
+    def _update_following(self) -> None:
+        if not self.transcript.winfo_exists():
+            return
+        self._following = self.transcript.yview()[1] >= 1.0
+        if self._following:
+            self._clear_unseen()
+
+    def _view_moved(self, first: str, last: str) -> None:
+        """The transcript's view changed: the scrollbar shows only if there is more."""
+        bar = self.scrolled.vbar
+        bar.set(first, last)
+        if float(first) <= 0.0 and float(last) >= 1.0:
+            bar.grid_remove()
+        elif not bar.winfo_manager():
+            bar.grid()
+        if float(last) >= 1.0:
+            self._following = True
+            self._clear_unseen()
+
+    def scroll_to_end(self) -> None:
+        """The new-messages button: back to the newest line, following again."""
+        self._following = True
+        self.transcript.see("end")
+        self._clear_unseen()
+
+    def _keep_end(self) -> None:
+        if self._following:
+            self.transcript.see("end")
+
+    def _clear_unseen(self) -> None:
+        self._unseen = 0
+        if self.new_messages_button.winfo_manager():
+            self.new_messages_button.place_forget()
 
     def _link_cursor(self, cursor: str) -> None:
         self.transcript.configure(cursor=cursor)
 
     # -- the transcript -------------------------------------------------------
 
-    def begin_batch(self) -> None:
-        """Before adding lines: remember whether the user is reading the end."""
-        self._following = self.transcript.yview()[1] >= 0.999
-
     def end_batch(self) -> None:
-        """After adding lines: follow them, unless the user scrolled up to read."""
+        """After adding lines: follow them, unless the person scrolled up to read;
+        then the new-messages button counts them."""
         lines = int(self.transcript.index("end-1c").split(".")[0])
         if lines > MAX_LINES:
             self._edit(lambda: self.transcript.delete("1.0", f"{lines - MAX_LINES + 1}.0"))
         if self._following:
             self.transcript.see("end")
+        elif self._unseen:
+            plural = "message" if self._unseen == 1 else "messages"
+            self.new_messages_button.configure(text=f"{self._unseen:,} new {plural} ↓")
+            if not self.new_messages_button.winfo_manager():
+                self.new_messages_button.place(relx=0.5, rely=1.0, y=-12, anchor="s")
 
     def add_message(self, message: ChatMessage) -> bool:
         """Show a chat message; returns whether it mentions the user."""
         own = message.sender == self.own_name
         mention = not own and fmt.mentions(message.text, self.own_name)
-        base = ("mention",) if mention else ()  # the whole line, time included
-        parts: list[tuple[str, tuple[str, ...]]] = [(f"{fmt.clock(message.ts)}  ", (*base, "time"))]
-        sender_tags = (*base, "own" if own else "sender")
+        self._mark_day(message.ts)
+        plain = message.to is None and not message.action
+        grouped = (
+            plain
+            and self._group is not None
+            and self._group[0] == message.sender
+            and 0 <= message.ts - self._group[1] <= GROUP_SECONDS
+        )
+        # A run of one person's messages shows the time and name once: on the
+        # later lines they are elided (still there to copy), the text indented.
+        head = ("elide", "grouped") if grouped else ("head",)
+        base: tuple[str, ...] = ("msg", "mention") if mention else ("msg",)  # time included
+        parts: list[tuple[str, tuple[str, ...]]] = [
+            (f"{fmt.clock(message.ts)}  ", (*base, "time", *head))
+        ]
+        name_tag = "own" if own else f"name-{fmt.name_slot(message.sender)}"
+        sender_tags = (*base, "sender", name_tag)
         if message.to is not None:
             arrow = f"{message.sender} → {message.to}"
             parts.append((f"{arrow} (private): ", (*base, "private", "sender-private")))
@@ -228,17 +366,55 @@ class ChatView(ttk.Frame):
             parts.append((f"* {message.sender} ", (*sender_tags, "action")))
             base = (*base, "action")
         else:
-            parts.append((f"{message.sender}: ", sender_tags))
-        for piece, is_link in fmt.split_links(message.text):
-            parts.append((piece, (*base, "link") if is_link else base))
-        self._append(parts, base)
+            parts.append((f"{message.sender}: ", (*sender_tags, *head)))
+        if grouped:
+            base = (*base, "grouped")
+        first, *further = fmt.one_kind_of_newline(message.text).split("\n")
+        for number, line in enumerate([first, *further]):
+            tags = (*base, "cont") if number else base
+            if number:
+                parts.append(("\n", tags))
+            for piece, is_link in fmt.split_links(line):
+                parts.append((piece, (*tags, "link") if is_link else tags))
+        self._append(parts, (*base, "cont") if further else base)
+        self._group = (message.sender, message.ts) if plain else None
         return mention
 
-    def add_notice(self, text: str, kind: str = "system") -> None:
-        """A line from the app itself: ``system``, ``error`` or ``motd``."""
-        self._append([(text, (kind,))], (kind,))
+    def add_notice(self, text: str, kind: str = "system", ts: float | None = None) -> None:
+        """A line from the app itself, with its time (``ts``, default now): ``system``,
+        ``error``, ``motd``, or ``help`` (lines of ``command<TAB>what it does``, in
+        two columns, without a time: it is no event)."""
+        self._group = None
+        if kind == "help":
+            self._help_text = text
+            self._layout_help()
+            self._append([(text, (kind, "notice"))], (kind, "notice"))
+            return
+        when = time.time() if ts is None else ts
+        self._mark_day(when)
+        stamp = (f"{fmt.clock(when)}  ", ("notice", "time"))
+        self._append([stamp, (text, (kind, "notice"))], (kind, "notice"))
 
-    def _append(self, parts: list[tuple[str, tuple[str, ...]]], line_tags: tuple[str, ...]) -> None:
+    def _mark_day(self, ts: float) -> None:
+        """A separator line where the day changes (and first, unless that is today)."""
+        day = datetime.date.fromtimestamp(ts)
+        if day == self._day:
+            return
+        if self._day is not None or day != datetime.date.today():
+            self._group = None
+            self._append([(fmt.day_label(ts), ("day",))], ("day",), counted=False)
+        self._day = day
+
+    def _append(
+        self,
+        parts: list[tuple[str, tuple[str, ...]]],
+        line_tags: tuple[str, ...],
+        *,
+        counted: bool = True,
+    ) -> None:
+        if counted and not self._following:
+            self._unseen += 1
+
         def insert() -> None:
             # Each line ends with its own newline, carrying the line's tags,
             # so that a highlight spans the full width of that line only.
@@ -258,6 +434,8 @@ class ChatView(ttk.Frame):
 
     def clear_transcript(self) -> None:
         self._edit(lambda: self.transcript.delete("1.0", "end"))
+        self._day = None
+        self._group = None
 
     def transcript_text(self) -> str:
         """Everything shown, one line per message or notice."""
@@ -351,10 +529,36 @@ class ChatView(ttk.Frame):
     # -- looks ----------------------------------------------------------------
 
     def set_font_size(self, size: int) -> None:
+        self._size_fonts(size)
+        self._set_margins()
+        # The text lays its lines out again later; follow once that is done.
+        self.after_idle(self._keep_end)
+
+    def _size_fonts(self, size: int) -> None:
         for each in (self.font, self.bold_font, self.italic_font):
             each.configure(size=size)
         self.bold_font.configure(family=self.font.actual("family"))
         self.italic_font.configure(family=self.font.actual("family"))
+
+    def _set_margins(self) -> None:
+        """Indents in pixels, from the font: further lines start under the author."""
+        indent = self.font.measure("00:00  ")
+        text = self.transcript
+        text.tag_configure("msg", lmargin2=indent)
+        text.tag_configure("cont", lmargin1=indent, lmargin2=indent)
+        text.tag_configure("notice", lmargin2=indent)
+        text.tag_configure("grouped", lmargin1=indent)
+        # A run starts with a gap, its messages a smaller one, a message's own
+        # lines none: where one message ends shows without a name.
+        text.tag_configure("head", spacing1=indent // 6)
+        text.tag_configure("cont", spacing1=0)
+        self._layout_help()
+
+    def _layout_help(self) -> None:
+        commands = [line.split("\t")[0] for line in self._help_text.splitlines() if "\t" in line]
+        if commands:
+            stop = max(self.font.measure(each) for each in commands) + self.font.measure("    ")
+            self.transcript.tag_configure("help", tabs=(stop,), lmargin2=stop)
 
     @property
     def _own_color(self) -> str:
@@ -389,7 +593,8 @@ class ChatView(ttk.Frame):
         motd = "#75b798" if dark else "#146c43"
         text.tag_configure("time", foreground=muted)
         text.tag_configure("sender", font=self.bold_font)
-        text.tag_configure("own", font=self.bold_font, foreground=colors.primary)
+        own = fmt.readable(colors.primary, colors.inputbg)
+        text.tag_configure("own", font=self.bold_font, foreground=own)
         text.tag_configure("action", font=self.italic_font)
         text.tag_configure("private", foreground=private)
         text.tag_configure("sender-private", font=self.bold_font)
@@ -397,8 +602,16 @@ class ChatView(ttk.Frame):
         text.tag_configure("motd", foreground=motd, font=self.italic_font)
         text.tag_configure("error", foreground=colors.danger)
         text.tag_configure("mention", background="#5c4a00" if dark else "#fff3cd")
+        text.tag_configure("help", font=self.font, foreground=colors.inputfg)
+        for slot in range(len(fmt.NAME_HUES)):
+            text.tag_configure(f"name-{slot}", foreground=fmt.name_color(slot, colors.inputbg))
+        text.tag_configure("elide", elide=True)
+        text.tag_configure(
+            "day", justify="center", foreground=muted, font=self.bold_font, spacing1=8, spacing3=4
+        )
         text.tag_configure("link", foreground=colors.primary, underline=True)
         text.tag_raise("link")
+        self._set_margins()
         self.set_users(self._users)
 
 

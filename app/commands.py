@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Command and meaning are split by a tab: the view lines the meanings up
+# in a column (spaces cannot, in a proportional font).
 HELP = """\
 Commands:
-  /me ACTION        show an action: /me waves
-  /msg NAME TEXT    a private message to NAME (or double-click a name)
-  /nick NAME        change your name
-  /who              list who is online
-  /help             this help
-  /quit or quit     leave the room and close the app
+  /me ACTION\tshow an action: /me waves
+  /msg NAME TEXT\ta private message to NAME (or double-click a name)
+  /nick NAME\tchange your name
+  /who\tlist who is online
+  /help\tthis help
+  /quit or quit\tleave the room and close the app
 Start a message with // to send a line that begins with /.
 Enter sends; Shift+Enter starts a new line; Up recalls what you sent."""
 

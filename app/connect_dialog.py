@@ -4,6 +4,11 @@ The dialog only collects and checks what the user types and shows what
 happens; ``ChatApp`` does the connecting and calls ``show_connecting``,
 ``show_error`` and ``ask_for_name`` as the network reports. Field checks
 live in ``check_fields``, a plain function tests call without a display.
+
+One error shows at a time, and the dialog keeps its width: a hint wraps
+within its field's column, the server's refusal of a name hides the
+name's own hint, and editing a field takes away a stale refusal or
+failure (it was about what the field held before).
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class ConnectDialog(ttk.Toplevel):
         self.on_cancel = on_cancel
         self.on_close = on_close
         self._connecting = False
+        self._status_is_error = False
         self._name_only = False  # the connection is open; only the name is wrong
         self._touched: set[str] = set()
         self._hints: dict[str, ttk.Label] = {}
@@ -85,6 +91,10 @@ class ConnectDialog(ttk.Toplevel):
         self.host_entry = self._field(body, 2, "Server address", self.host_var, "host")
         self.port_entry = self._field(body, 4, "Port", self.port_var, "port", width=8)
         self.name_entry = self._field(body, 6, "Your name", self.name_var, "name")
+        # Hints wrap within the field column (less a label's own padding), never widen it.
+        wrap = self.host_entry.winfo_reqwidth() - 8
+        for hint in self._hints.values():
+            hint.configure(wraplength=wrap)
 
         self.status_label = ttk.Label(body, text="", wraplength=340, justify="left")
         self.status_label.grid(row=8, column=0, columnspan=2, sticky="we", pady=(10, 0))
@@ -131,6 +141,8 @@ class ConnectDialog(ttk.Toplevel):
 
         def changed(*_: object) -> None:
             self._touched.add(key)
+            if self._status_is_error:
+                self._set_status("", "secondary")
             if key == "name" or not self._name_only:
                 self.refresh()
 
@@ -180,6 +192,7 @@ class ConnectDialog(ttk.Toplevel):
     def ask_for_name(self, message: str) -> None:
         """The server refused the name; the connection stays open for another."""
         self._name_only = True
+        self._touched.discard("name")  # the refusal below speaks for the name
         self._stop_connecting()
         self.host_entry.configure(state="disabled")
         self.port_entry.configure(state="disabled")
@@ -236,4 +249,5 @@ class ConnectDialog(ttk.Toplevel):
             entry.configure(state="disabled" if locked else "normal")
 
     def _set_status(self, text: str, style: str) -> None:
+        self._status_is_error = style == "danger"
         self.status_label.configure(text=text, bootstyle=style)

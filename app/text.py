@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import colorsys
+import datetime
 import re
 import time
 import tkinter
+import zlib
 
-from server.protocol import LeaveReason
+from server.protocol import LeaveReason, name_identity
 
 LEAVE_REASONS = {
     LeaveReason.QUIT: "left",
@@ -37,6 +40,15 @@ def left_words(name: str, reason: str) -> str:
 def clock(ts: float) -> str:
     """The local time of a server timestamp, as HH:MM."""
     return time.strftime("%H:%M", time.localtime(ts))
+
+
+# What else reads as a line break: each shows as a new, indented line.
+_LINE_BREAKS = re.compile("\r\n|[\r\x0b\x0c\x85\u2028\u2029]")
+
+
+def one_kind_of_newline(text: str) -> str:
+    """``text`` with every kind of line break as ``\\n`` (the view indents after each)."""
+    return _LINE_BREAKS.sub("\n", text)
 
 
 def split_links(text: str) -> list[tuple[str, bool]]:
@@ -73,3 +85,74 @@ def mentions(text: str, name: str | None) -> bool:
         return False
     pattern = rf"(?<![\w-])(?<!\w\.){re.escape(name)}(?![\w-]|\.\w)"
     return re.search(pattern, text, re.IGNORECASE) is not None
+
+
+def day_label(ts: float, now: float | None = None) -> str:
+    """The day of a server timestamp, for a separator: Today, Yesterday or a date."""
+    day = datetime.date.fromtimestamp(ts)
+    today = datetime.date.fromtimestamp(time.time() if now is None else now)
+    if day == today:
+        return "Today"
+    if day == today - datetime.timedelta(days=1):
+        return "Yesterday"
+    return f"{day.strftime('%A')}, {day.day} {day.strftime('%B %Y')}"
+
+
+# People's names get one of these hues, spread around the colour wheel; a
+# fixed few, so a room of thousands makes a dozen text tags, not thousands.
+NAME_HUES = (0, 25, 45, 95, 140, 165, 190, 210, 235, 265, 290, 325)
+MIN_CONTRAST = 4.5  # WCAG AA for body text
+
+
+def name_slot(name: str) -> int:
+    """Which of ``NAME_HUES`` a name gets: stable across runs, the same for Bob and bob."""
+    return zlib.crc32(name_identity(name).encode()) % len(NAME_HUES)
+
+
+def _rgb(color: str) -> tuple[float, float, float]:
+    value = color.lstrip("#")
+    if len(value) == 3:
+        value = "".join(char * 2 for char in value)
+    red, green, blue = (int(value[i : i + 2], 16) / 255 for i in (0, 2, 4))
+    return red, green, blue
+
+
+def relative_luminance(color: str) -> float:
+    """WCAG 2 relative luminance of ``#rrggbb`` (0 black, 1 white)."""
+
+    def linear(channel: float) -> float:
+        return channel / 12.92 if channel <= 0.04045 else ((channel + 0.055) / 1.055) ** 2.4
+
+    red, green, blue = (linear(channel) for channel in _rgb(color))
+    return 0.2126 * red + 0.7152 * green + 0.0722 * blue
+
+
+def contrast_ratio(first: str, second: str) -> float:
+    """WCAG 2 contrast ratio of two colours, from 1 (same) to 21 (black on white)."""
+    lighter, darker = sorted((relative_luminance(first), relative_luminance(second)))[::-1]
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def name_color(slot: int, background: str) -> str:
+    """The colour of names in ``slot`` on ``background`` (see ``readable``)."""
+    red, green, blue = colorsys.hls_to_rgb(NAME_HUES[slot] / 360, 0.5, 0.7)
+    return readable(_hex(red, green, blue), background)
+
+
+def readable(color: str, background: str) -> str:
+    """``color``, made darker on a light background or lighter on a dark one
+    until it reads at ``MIN_CONTRAST`` (its hue kept). Black or white, the
+    ends of that walk, always do on a theme's background."""
+    on_dark = relative_luminance(background) < 0.18
+    hue, lightness, saturation = colorsys.rgb_to_hls(*_rgb(color))
+    step = 0.02 if on_dark else -0.02
+    for _ in range(60):  # lightness walks to 0 or 1 at most
+        candidate = _hex(*colorsys.hls_to_rgb(hue, lightness, saturation))
+        if contrast_ratio(candidate, background) >= MIN_CONTRAST:
+            return candidate
+        lightness = min(1.0, max(0.0, lightness + step))
+    return "#ffffff" if on_dark else "#000000"
+
+
+def _hex(red: float, green: float, blue: float) -> str:
+    return "#" + "".join(f"{round(channel * 255):02x}" for channel in (red, green, blue))

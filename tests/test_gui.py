@@ -13,6 +13,7 @@ screen, or fails after a bounded time. The "other user" is a raw
 from __future__ import annotations
 
 import random
+import re
 import socket
 import threading
 import time
@@ -95,6 +96,13 @@ def status_of(dialog: ConnectDialog) -> str:
 
 def lines(app: ChatApp) -> list[str]:
     return app.view.transcript_text().splitlines()
+
+
+def notice_text(line: str) -> str:
+    """A notice's line without the time it starts with."""
+    time_, _, text = line.partition("  ")
+    assert re.fullmatch(r"\d\d:\d\d", time_), line
+    return text
 
 
 def shows(app: ChatApp, text: str) -> Callable[[], bool]:
@@ -447,7 +455,7 @@ def test_name_taken_asks_for_another_name_on_the_same_connection(
     assert client.joined and client.name == "alice2"
     other.expect("joined", name="alice2")
     other.expect_silence(0.2)  # no other join, no leave
-    assert lines(app)[0] == f"You joined {HOST}:{srv.port} as alice2."
+    assert notice_text(lines(app)[0]) == f"You joined {HOST}:{srv.port} as alice2."
     assert saved[-1].name == "alice2"
     assert app.view.users == ["alice", "alice2"]
 
@@ -643,14 +651,18 @@ def test_commands(
     assert app.view.input_text() == ""
 
     type_and_send(app, "/foo bar")
-    assert lines(app)[-1] == "There is no command /foo. Type /help to see the commands."
+    assert notice_text(lines(app)[-1]) == (
+        "There is no command /foo. Type /help to see the commands."
+    )
     assert app.view.input_text() == "/foo bar"  # kept, to fix the typo
     type_and_send(app, "/me")
-    assert lines(app)[-1] == "Usage: /me ACTION, as in /me waves"
+    assert notice_text(lines(app)[-1]) == "Usage: /me ACTION, as in /me waves"
     type_and_send(app, "/msg bob")
-    assert lines(app)[-1] == "Usage: /msg NAME TEXT"
+    assert notice_text(lines(app)[-1]) == "Usage: /msg NAME TEXT"
     type_and_send(app, "/nick bad name")
-    assert lines(app)[-1] == "A name can only hold letters, digits and _ - . (not a space)."
+    assert notice_text(lines(app)[-1]) == (
+        "A name can only hold letters, digits and _ - . (not a space)."
+    )
     assert app.view.input_text() == "/nick bad name"
     bob.expect_silence(0.3)  # none of those reached the server
     carol.expect_silence(0.1)
@@ -680,7 +692,9 @@ def test_quit_typed_in_the_box_leaves_and_exits(
 def test_sending_while_disconnected_keeps_the_text(app: ChatApp) -> None:
     type_and_send(app, "are you there?")
     assert app.view.input_text() == "are you there?"
-    assert lines(app)[-1] == "Not connected: your text stays in the box until you are back."
+    assert notice_text(lines(app)[-1]) == (
+        "Not connected: your text stays in the box until you are back."
+    )
 
 
 def test_rate_limited_says_come_back_into_the_input(
@@ -841,7 +855,7 @@ def test_disconnect_then_connect_again(
     assert bob.skip_until("left")["reason"] == "quit"
     assert app.view.banner_visible
     assert str(app.view.reconnect_button.cget("text")) == "Connect again"
-    assert lines(app)[-1] == "You left the room."
+    assert notice_text(lines(app)[-1]) == "You left the room."
     type_and_send(app, "kept")
     assert app.view.input_text() == "kept"
 
