@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("server")
 
 RECV_SIZE = 256 * 1024  # bytes read per pass at most
-FRAMES_PER_PASS = 32  # frames handled per pass at most
+FRAMES_PER_PASS = 64  # frames handled per pass at most
 REPLY_PAUSE_SHARE = 4  # input pauses while replies owed exceed max_queue / this
 SEND_CHUNK = 256 * 1024
 CLOSE_GRACE = 2.0  # seconds a closing peer gets to read its last frames
@@ -223,10 +223,10 @@ class Connection:
 
         The loop calls it once per pass while input waits (``_input_waiting``).
         """
+        if self.state is not State.GREETING and self.state is not State.JOINED:
+            return  # closed by what the loop served before it in this pass
         now = time.monotonic()
         for _ in range(FRAMES_PER_PASS):
-            if self.state is not State.GREETING and self.state is not State.JOINED:
-                return  # closing stopped serving input
             try:
                 payload = self.decoder.next_payload()
             except RemoteProtocolError as exc:
@@ -241,7 +241,9 @@ class Connection:
             self._last_heard = now
             self._ping_due = now + self.config.idle_ping_after
             self._dispatch(payload, now)
-            if self.outbox.replies > self._pause_at and self.state is not State.CLOSING:
+            if self.state is not State.GREETING and self.state is not State.JOINED:
+                return  # closing stopped serving input
+            if self.outbox.replies > self._pause_at:
                 self._paused = True
                 self._set_input_waiting(False)
                 self._update_events()
@@ -327,6 +329,8 @@ class Connection:
         """Have the selector watch for input unless it would not be served
         (the peer closed, input is paused or still waits) and for room to
         write when the socket is full."""
+        if self.state is State.CLOSED:
+            return
         read = not (self._peer_closed or self._paused or self._input_waiting)
         self.loop.watch(self, read=read, write=self._watching_writes)
 

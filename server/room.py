@@ -151,11 +151,13 @@ class Outbox:
 
     def overrun(self, log: BroadcastLog, max_backlog: int) -> bool:
         """Whether more than ``max_backlog`` bytes but replies are queued (or were lost)."""
-        if self.cursor is None:
+        cursor = self.cursor
+        if cursor is None:
             return self._counted > max_backlog
-        if self.cursor < log.base:
+        if cursor < log.base:
             return True
-        return self._log_end(log) - self.cursor + self._counted > max_backlog
+        end = log.end if self._until is None else self._until
+        return end - cursor + self._counted > max_backlog
 
     def put(self, log: BroadcastLog, frame: bytes, *, reply: bool = False) -> None:
         """Queue a frame for this member alone, after everything logged so far.
@@ -183,7 +185,10 @@ class Outbox:
             if start is None or start >= end:
                 return b""
             stop = min(end, start + max_bytes)
-            self._advance(stop, end)
+            if self._until is None:
+                self.cursor = stop
+            else:
+                self._advance(stop, end)
             return log.read(start, stop)
         parts: list[bytes] = []
         size = 0
