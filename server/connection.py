@@ -182,11 +182,6 @@ class Connection:
         return f"<Connection {self.who} {self.state.value}>"
 
     @property
-    def peer_closed(self) -> bool:
-        """Whether the peer has closed its side (it may still be reading)."""
-        return self._peer_closed
-
-    @property
     def who(self) -> str:
         """The peer as a log line names it."""
         return self.peer if self.name is None else f"{self.name} ({self.peer})"

@@ -403,7 +403,7 @@ class Room:
         """Whether ``member`` is more than ``max_backlog`` behind.
 
         ``unsent`` counts bytes the caller pulled earlier but could not yet
-        write; they are part of the member's backlog too.
+        write; they are part of the member's backlog too (replies aside).
         """
         with self._lock:
             return member.outbox.overrun(self._log, self.max_backlog - unsent)

@@ -6,7 +6,11 @@ threads. Each loop serves its connections with one selector (epoll,
 kqueue or select): it reads and handles their frames, and writes what the
 ``Room`` owes them. A thread per connection would cost a stack per
 client and a wake-up per delivered message; a few loops hold thousands of
-clients and write each one's pending frames in one call.
+clients and write each one's pending frames in one call. Each pass of a
+loop gives every connection a bounded helping of work (one read, a few
+dozen frames; see ``connection``), and flushes what that work queued, so
+that a flooding client delays the others by milliseconds; a stop request
+is seen within one pass.
 
 Threads meet only in the room (one lock, no socket I/O under it) and in
 each loop's wake-up queue: when a message is added to the room's
