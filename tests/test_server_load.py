@@ -240,6 +240,28 @@ def test_pipelined_requests_are_all_answered_once_read(
     pipeliner.skip_until("message")
 
 
+def test_a_paused_pipeliner_that_never_reads_is_still_dropped_for_the_room_s_messages(
+    start_server: StartServer, open_client: OpenClient
+) -> None:
+    # Back-pressure holds its requests, but the room's messages it fails to
+    # read still count: it cannot make the room wait.
+    srv = start_server(max_queue=64 * 1024, rate_limit=None)
+    sender = open_client(srv, "sender")
+    pipeliner = open_client(srv, "pipeliner")
+    sender.expect("joined", name="pipeliner")
+    pipeliner.send_raw(frame({"type": "who"}) * 2000)
+    text = "x" * 3000
+    for _ in range(200):
+        sender.send_raw(frame({"type": "say", "text": text}) * 10)
+        for _frame in range(10):
+            obj = sender.recv()
+            if obj["type"] == "left":
+                assert obj["name"] == "pipeliner" and obj["reason"] == "too-slow", obj
+                return
+            assert obj["type"] == "message", obj
+    raise AssertionError("the pipeliner was never dropped")
+
+
 def test_flooders_delay_a_bystander_by_a_moment_at_most(
     start_server: StartServer, open_client: OpenClient, pump: Pump
 ) -> None:
