@@ -88,7 +88,7 @@ class Pump(threading.Thread):
                 time.sleep(0.002)
 
     def _serve(self, sock: socket.socket, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE and self._out[sock]:
+        if mask & selectors.EVENT_WRITE:
             try:
                 sent = sock.send(self._out[sock][:SEND_CHUNK])
             except BlockingIOError:
@@ -96,8 +96,8 @@ class Pump(threading.Thread):
             except OSError:
                 sent = len(self._out[sock])
             self._out[sock] = self._out[sock][sent:]
-        if not self._out[sock]:
-            self._selector.modify(sock, selectors.EVENT_READ)
+            if not self._out[sock]:
+                self._selector.modify(sock, selectors.EVENT_READ)
         if not mask & selectors.EVENT_READ:
             return
         try:
@@ -109,6 +109,7 @@ class Pump(threading.Thread):
         if not data:
             self.closed.add(sock)
             self._selector.unregister(sock)
+            sock.close()  # so that the server need not wait for our side
             return
         self.received[sock] += len(data)
         self.tail[sock] = (self.tail[sock] + data)[-256:]
@@ -171,7 +172,7 @@ def start_flood(pump: Pump, port: int, count: int, pairs: int) -> list[socket.so
 
 # Enough that one pass of a loop that handles all it reads would take
 # seconds here, and a few milliseconds with a budget per pass.
-FLOODERS = 20
+FLOODERS = 40
 
 SHUTDOWN = b'{"type":"shutdown","message":"The server is shutting down"}'
 
@@ -298,10 +299,12 @@ def test_shutdown_under_a_flood_tells_every_connection_in_time(
     time.sleep(0.5)
     started = time.monotonic()
     srv.shutdown()
-    took = time.monotonic() - started
-    wait_for(lambda: len(pump.closed) == len(pump.sockets), 2.0, "every connection to close")
-    assert took < 2.0
+    # PROTOCOL.md's two seconds run from the stop request to the last close.
+    remaining = started + 2.0 - time.monotonic()
+    assert remaining > 0, "shutdown() took more than 2 s"
+    wait_for(lambda: len(pump.closed) == len(pump.sockets), remaining, "every connection to close")
     assert_everyone_told(pump)
+    assert all(not loop.thread.is_alive() for loop in srv._loops), "a loop outlived shutdown()"
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals (Windows: Ctrl+C)")
