@@ -14,6 +14,17 @@ pulls owed bytes from the room and writes them without blocking; if the
 peer stops reading and its backlog passes the room's bound, it is dropped
 as ``too-slow`` at once.
 
+Input is served in bounded helpings, so that a busy client costs the
+others milliseconds: one ``recv`` of at most ``RECV_SIZE``, then at most
+``FRAMES_PER_PASS`` frames per pass of the loop. Whole frames left in the
+decoder wait for the next pass (the loop keeps such connections in a set
+and does not sleep while it is not empty), and the socket is not read
+again until they are handled, so the decoder holds at most one read. A
+client that sends requests faster than it reads the replies is not
+dropped: while the replies it is owed exceed ``1/REPLY_PAUSE_SHARE`` of
+the room's bound, its input is not served or read (TCP then slows the
+client down), until they drain below it again.
+
 Closing is graceful where it can be: the last frames (an error, a
 shutdown) are written, our side is shut down, and the peer gets up to
 ``CLOSE_GRACE`` seconds to close its side, so that its unread input does
@@ -63,7 +74,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("server")
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 256 * 1024  # bytes read per pass at most
+FRAMES_PER_PASS = 64  # frames handled per pass at most
+REPLY_PAUSE_SHARE = 4  # input pauses while replies owed exceed max_queue / this
 SEND_CHUNK = 256 * 1024
 CLOSE_GRACE = 2.0  # seconds a closing peer gets to read its last frames
 LOGGED_ERRORS = 10  # non-fatal errors per connection logged at INFO
@@ -117,11 +130,15 @@ class Connection:
         "_close_deadline",
         "_eof_sent",
         "_errors_logged",
+        "_input_waiting",
         "_last_heard",
         "_opened",
+        "_pause_at",
+        "_paused",
         "_peer_closed",
         "_ping_due",
         "_unsent",
+        "_unsent_counted",
         "_waiting_to_write",
         "_watching_writes",
         "config",
@@ -153,6 +170,10 @@ class Connection:
         self._last_heard = now
         self._ping_due = now + config.idle_ping_after
         self._unsent = memoryview(b"")
+        self._unsent_counted = 0  # of _unsent, bytes that count towards the room's bound
+        self._input_waiting = False  # whole frames may be buffered: the loop serves them
+        self._paused = False  # replies owed exceed _pause_at: input is not served
+        self._pause_at = config.max_queue // REPLY_PAUSE_SHARE
         self._waiting_to_write = False
         self._watching_writes = False  # the selector watches for room to write
         self._close_deadline = 0.0
@@ -162,11 +183,6 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.who} {self.state.value}>"
-
-    @property
-    def peer_closed(self) -> bool:
-        """Whether the peer has closed its side (it may still be reading)."""
-        return self._peer_closed
 
     @property
     def who(self) -> str:
@@ -182,6 +198,8 @@ class Connection:
     # -- events from the loop ----------------------------------------------
 
     def on_readable(self) -> None:
+        if self._input_waiting or self._paused:
+            return  # what the last read brought is handled first
         try:
             data = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -195,21 +213,44 @@ class Connection:
             return
         if self.state is State.CLOSING:
             return  # closing: input is read only so that it is not reset
-        now = time.monotonic()
         self.decoder.receive_data(data)
-        while self.state is State.GREETING or self.state is State.JOINED:
+        self._set_input_waiting(True)
+
+    def serve_input(self) -> None:
+        """Handle up to ``FRAMES_PER_PASS`` of the whole frames received.
+
+        The loop calls it once per pass while input waits (``_input_waiting``).
+        """
+        if self.state is not State.GREETING and self.state is not State.JOINED:
+            return  # closed by what the loop served before it in this pass
+        now = time.monotonic()
+        for _ in range(FRAMES_PER_PASS):
             try:
                 payload = self.decoder.next_payload()
             except RemoteProtocolError as exc:
                 self.fail(exc, LeaveReason.ERROR)
                 return
             if payload is None:
+                self._set_input_waiting(False)
+                self._update_events()
                 return
             # Only whole frames are signs of life: a client dribbling a
             # frame it never finishes still times out.
             self._last_heard = now
             self._ping_due = now + self.config.idle_ping_after
             self._dispatch(payload, now)
+            if self.state is not State.GREETING and self.state is not State.JOINED:
+                return  # closing stopped serving input
+            if self.outbox.replies > self._pause_at:
+                self._paused = True
+                self._set_input_waiting(False)
+                self._update_events()
+                return
+        self._update_events()  # more may wait: read no more until it is handled
+
+    def _set_input_waiting(self, waiting: bool) -> None:
+        self._input_waiting = waiting
+        self.loop.wait_input(self, waiting)
 
     def _on_peer_closed(self) -> None:
         """The peer sent its FIN. It may still be reading (a half-close), so
@@ -232,22 +273,28 @@ class Connection:
             return
         if self._waiting_to_write:
             # The socket is full; only watch that the backlog stays bounded.
-            if self.room.overrun(self, len(self._unsent)):
+            if self.room.overrun(self, self._unsent_owed()):
                 self._drop_too_slow()
             return
         more = True
         while more:
             if not self._unsent:
+                replies = self.outbox.replies
                 chunk = self.room.pull(self, SEND_CHUNK)
                 if chunk is None:
                     self._drop_too_slow()
                     return
+                if self._paused and self.outbox.replies <= self._pause_at:
+                    self._paused = False
+                    self._set_input_waiting(True)  # what is buffered first, then read
                 if not chunk:
                     break
                 # A short chunk emptied the outbox; whatever is queued after
                 # this pull comes with a new flush request.
                 more = len(chunk) >= SEND_CHUNK
                 self._unsent = memoryview(chunk)
+                # Only this thread takes replies, so the drop is what this took.
+                self._unsent_counted = len(chunk) - (replies - self.outbox.replies)
             try:
                 sent = self.sock.send(self._unsent)
             except (BlockingIOError, InterruptedError):
@@ -260,7 +307,7 @@ class Connection:
             if self._unsent:
                 self._waiting_to_write = True
                 self._watch_writes(True)
-                if self.room.overrun(self, len(self._unsent)):
+                if self.room.overrun(self, self._unsent_owed()):
                     self._drop_too_slow()
                 return
         if self._watching_writes:
@@ -268,9 +315,22 @@ class Connection:
         if self.state is State.CLOSING:
             self._finish_close()
 
+    def _unsent_owed(self) -> int:
+        """An upper bound of the unsent bytes that count towards the room's bound."""
+        return min(self._unsent_counted, len(self._unsent))
+
     def _watch_writes(self, wanted: bool) -> None:
         self._watching_writes = wanted
-        self.loop.want_write(self, wanted)
+        self._update_events()
+
+    def _update_events(self) -> None:
+        """Have the selector watch for input unless it would not be served
+        (the peer closed, input is paused or still waits) and for room to
+        write when the socket is full."""
+        if self.state is State.CLOSED:
+            return
+        read = not (self._peer_closed or self._paused or self._input_waiting)
+        self.loop.watch(self, read=read, write=self._watching_writes)
 
     def check_timers(self, now: float) -> None:
         """Apply the handshake, keep-alive and closing deadlines."""
@@ -313,7 +373,7 @@ class Connection:
             logger.log(level, "%s: %s: %s", self.who, error.code, error.message)
             if self._errors_logged == LOGGED_ERRORS:
                 logger.info("%s: further errors of this client are logged at debug level", self.who)
-        self.room.send(self, Error.from_exception(error))
+        self.room.send(self, Error.from_exception(error), reply=True)
         if error.fatal:
             self.close(reason)
 
@@ -326,9 +386,16 @@ class Connection:
             return
         self._leave(reason)
         if goodbye is not None:
-            self.room.send(self, goodbye)
+            # A reply of sorts: it must not tip a member near the bound over it.
+            self.room.send(self, goodbye, reply=True)
         self.state = State.CLOSING
         self._close_deadline = time.monotonic() + CLOSE_GRACE
+        # Input is no longer served, only read and discarded so that it does
+        # not make the kernel reset the connection.
+        self._paused = False
+        if self._input_waiting:
+            self._set_input_waiting(False)
+        self._update_events()
         self.flush()
 
     def shut_down(self, message: str) -> None:
@@ -358,6 +425,7 @@ class Connection:
         if self.state is State.CLOSED:
             return
         self._leave(reason)
+        self.room.discard(self)
         self.state = State.CLOSED
         self._unsent = memoryview(b"")
         self.loop.discard(self)
@@ -431,7 +499,7 @@ class Connection:
         self.room.send_users(self)
 
     def _on_ping(self, ping: Ping) -> None:
-        self.room.send(self, Pong(ping.extra))
+        self.room.send(self, Pong(ping.extra), reply=True)
 
     def _on_pong(self, _pong: Pong) -> None:
         pass  # arriving at all is what counts (_last_heard)

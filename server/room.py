@@ -9,6 +9,10 @@ follow, so every member receives its frames in the server's order. A
 member that falls more than ``max_backlog`` bytes behind is *overrun*:
 ``pull`` answers ``None`` and its connection drops it as ``too-slow``. That
 bound also lets the log forget everything older than ``max_backlog``.
+Replies (what a member's connection asked for) are left out of that bound:
+its connection bounds them by no longer reading requests while they pile
+up. A leaver keeps its cursor up to where the log ended when it left,
+so leaving copies nothing, however much it is owed.
 
 All state here is guarded by one lock. No method does socket I/O: a
 connection pulls its next bytes under the lock and writes them outside it.
@@ -106,114 +110,168 @@ class BroadcastLog:
 class Outbox:
     """What one member has yet to receive, in order. Guarded by the room's lock.
 
-    ``cursor`` is the member's position in the broadcast log (``None`` for
-    a connection that is not in the room); ``_direct`` holds frames for it
-    alone, each after the log position it was queued at. ``_grace`` counts
-    queued bytes that do not count towards the slow-reader bound: the
-    welcome and history replay the server itself queues on joining, which
-    can be larger than the bound (100 long messages) and must not get a
-    newcomer dropped before it had a chance to read.
+    ``cursor`` is the next position owed in the broadcast log (``None``:
+    nothing is owed from it) and ``_until`` where what is owed from the log
+    ends (``None`` while a member, which follows the log to its end; on
+    leaving, the end at that moment). ``_direct`` holds frames for this
+    member alone, each after the log position it was queued at.
+
+    Direct frames are counted in bytes as they are queued, in two kinds.
+    *Replies* are what the connection asked for (its welcome and history,
+    a user list, a pong, an error): they do not count towards the
+    slow-reader bound, since the connection stops reading requests while
+    they exceed a fraction of it (back-pressure), which bounds them
+    instead; only the owning connection's thread adds or takes them, so
+    it may read ``replies`` without the lock. The others (private messages
+    from other members, the server's pings) count, like the log.
+
+    Leaving copies nothing: the owed tail of the log stays where it is,
+    and if the log forgets it before it is read, the leaver is overrun.
     """
 
-    __slots__ = ("_direct", "_direct_bytes", "_grace", "cursor")
+    __slots__ = ("_counted", "_direct", "_until", "cursor", "replies")
 
     def __init__(self) -> None:
         self.cursor: int | None = None
-        self._direct: deque[tuple[int, bytes]] = deque()
-        self._direct_bytes = 0
-        self._grace = 0
+        self._until: int | None = None
+        self._direct: deque[tuple[int, bytes, bool]] = deque()  # (position, frame, reply)
+        self._counted = 0
+        self.replies = 0
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether it follows the log as it grows (its member is in the room)."""
+        return self.cursor is not None and self._until is None
+
+    def _log_end(self, log: BroadcastLog) -> int:
+        return log.end if self._until is None else self._until
 
     def backlog(self, log: BroadcastLog) -> int:
         """Bytes queued for this member."""
-        unread = 0 if self.cursor is None else log.end - self.cursor
-        return unread + self._direct_bytes
+        unread = 0 if self.cursor is None else self._log_end(log) - self.cursor
+        return unread + self._counted + self.replies
 
     def overrun(self, log: BroadcastLog, max_backlog: int) -> bool:
-        """Whether more than ``max_backlog`` bytes are queued (or were lost)."""
-        if self.cursor is not None and self.cursor < log.base:
+        """Whether more than ``max_backlog`` bytes but replies are queued (or were lost)."""
+        cursor = self.cursor
+        if cursor is None:
+            return self._counted > max_backlog
+        if cursor < log.base:
             return True
-        return self.backlog(log) - self._grace > max_backlog
+        end = log.end if self._until is None else self._until
+        return end - cursor + self._counted > max_backlog
 
-    def put(self, log: BroadcastLog, frame: bytes, *, grace: bool = False) -> None:
+    def put(self, log: BroadcastLog, frame: bytes, *, reply: bool = False) -> None:
         """Queue a frame for this member alone, after everything logged so far.
 
-        ``grace``: the frame does not count towards the slow-reader bound.
+        ``reply``: the connection asked for it (see the class docstring).
         """
-        self._direct.append((log.end, frame))
-        self._direct_bytes += len(frame)
-        if grace:
-            self._grace += len(frame)
+        self._direct.append((log.end, frame, reply))
+        if reply:
+            self.replies += len(frame)
+        else:
+            self._counted += len(frame)
 
     def take(self, log: BroadcastLog, max_bytes: int) -> bytes:
         """Remove and return up to ``max_bytes`` of what is queued, in order.
 
         A frame longer than what is left of ``max_bytes`` is split, its rest
         kept first in line, so that what a connection holds unsent (and so
-        outside this backlog and its grace) stays small.
+        outside this backlog) stays small.
         """
         direct = self._direct
-        if not direct and self.cursor is not None:
+        end = self._log_end(log)
+        if not direct:
             # The common case, a member that keeps up: one slice of the log.
             start = self.cursor
-            stop = min(log.end, start + max_bytes)
-            if stop == start:
+            if start is None or start >= end:
                 return b""
-            self.cursor = stop
+            stop = min(end, start + max_bytes)
+            if self._until is None:
+                self.cursor = stop
+            else:
+                self._advance(stop, end)
             return log.read(start, stop)
         parts: list[bytes] = []
         size = 0
         while size < max_bytes:
             budget = max_bytes - size
-            if direct:
-                position, frame = direct[0]
-                if self.cursor is not None and position > self.cursor:
-                    stop = min(position, self.cursor + budget)
-                    piece = log.read(self.cursor, stop)
-                    self.cursor = stop
-                elif len(frame) > budget:
+            cursor = self.cursor
+            if cursor is not None and cursor < end and (not direct or direct[0][0] > cursor):
+                stop = min(end, cursor + budget)
+                if direct:
+                    stop = min(stop, direct[0][0])
+                piece = log.read(cursor, stop)
+                self._advance(stop, end)
+            elif direct:
+                position, frame, reply = direct[0]
+                if len(frame) > budget:
                     piece = frame[:budget]
-                    direct[0] = (position, frame[budget:])
-                    self._spent(piece)
+                    direct[0] = (position, frame[budget:], reply)
                 else:
                     piece = frame
                     direct.popleft()
-                    self._spent(piece)
-            elif self.cursor is not None and self.cursor < log.end:
-                stop = min(log.end, self.cursor + budget)
-                piece = log.read(self.cursor, stop)
-                self.cursor = stop
+                if reply:
+                    self.replies -= len(piece)
+                else:
+                    self._counted -= len(piece)
             else:
                 break
-            parts.append(piece)
-            size += len(piece)
+            if piece:
+                parts.append(piece)
+                size += len(piece)
         return b"".join(parts)
 
-    def _spent(self, piece: bytes) -> None:
-        self._direct_bytes -= len(piece)
-        # Frames go in order, so a grace frame taken early only makes the
-        # bound stricter for a moment, never looser.
-        self._grace = max(0, self._grace - len(piece))
+    def _advance(self, stop: int, end: int) -> None:
+        if stop >= end and self._until is not None:
+            # A leaver has read all the log owed it: it no longer holds the log.
+            self.cursor = self._until = None
+        else:
+            self.cursor = stop
 
     def subscribe(self, log: BroadcastLog) -> None:
         """Start receiving the log from its current end."""
+        if self.cursor is not None:
+            self._copy_owed_log(log)
         self.cursor = log.end
 
+    def _copy_owed_log(self, log: BroadcastLog) -> None:
+        """Turn what a leaver is still owed of the log into direct frames, so
+        that it can follow the log again (rejoining: at most ``max_backlog``)."""
+        assert self.cursor is not None and self._until is not None
+        if self.cursor < log.base:
+            self.clear()
+            return
+        cursor, end = self.cursor, self._until
+        direct: deque[tuple[int, bytes, bool]] = deque()
+        for position, frame, reply in self._direct:
+            if cursor < min(position, end):
+                direct.append((0, log.read(cursor, min(position, end)), False))
+                cursor = min(position, end)
+            direct.append((0, frame, reply))
+        if cursor < end:
+            direct.append((0, log.read(cursor, end), False))
+        self._counted += end - self.cursor
+        self._direct = direct
+        self.cursor = self._until = None
+
     def unsubscribe(self, log: BroadcastLog) -> None:
-        """Stop following the log, keeping what was already owed as direct frames."""
-        if self.cursor is None:
+        """Stop following the log; what it was owed up to now stays owed."""
+        if not self.subscribed:
             return
+        assert self.cursor is not None
         if self.cursor < log.base:  # overrun: what it was owed is gone
-            self._direct.clear()
-            self._direct_bytes = self._grace = 0
+            self.clear()
+        elif self.cursor == log.end:
             self.cursor = None
-            return
-        grace = self._grace  # take() spends it; the owed bytes still deserve it
-        owed = self.take(log, log.end - self.cursor + self._direct_bytes)
-        self.cursor = None
-        if owed:
-            self._direct.append((0, owed))
-            self._direct_bytes += len(owed)
-            self._grace = min(grace, len(owed))
+        else:
+            self._until = log.end
+
+    def clear(self) -> None:
+        """Forget everything owed (its connection is gone)."""
+        self._direct.clear()
+        self._counted = self.replies = 0
+        self.cursor = self._until = None
 
 
 class Roster:
@@ -347,7 +405,7 @@ class Room:
         """Whether ``member`` is more than ``max_backlog`` behind.
 
         ``unsent`` counts bytes the caller pulled earlier but could not yet
-        write; they are part of the member's backlog too.
+        write; they are part of the member's backlog too (replies aside).
         """
         with self._lock:
             return member.outbox.overrun(self._log, self.max_backlog - unsent)
@@ -378,9 +436,9 @@ class Room:
             urgent = self._broadcast(Joined(name, self._now()))
             member.outbox.subscribe(self._log)
             outbox = member.outbox
-            outbox.put(self._log, welcome, grace=True)
+            outbox.put(self._log, welcome, reply=True)
             for entry in self._history:
-                outbox.put(self._log, entry.frame, grace=True)
+                outbox.put(self._log, entry.frame, reply=True)
             online = len(self._members)
         self._on_broadcast(urgent)
         member.notify()
@@ -460,9 +518,9 @@ class Room:
                 self._history.append(_HistoryEntry(message))
             else:
                 frame = encode(message)
-                self._put(member, frame)
+                member.outbox.put(self._log, frame, reply=True)  # the sender's echo
                 if recipient is not member:
-                    self._put(recipient, frame)
+                    recipient.outbox.put(self._log, frame)
         if recipient is None:
             self._on_broadcast(True)
         else:
@@ -471,18 +529,28 @@ class Room:
                 recipient.notify()
         return message.id
 
-    def send(self, member: Member, message: Message) -> None:
-        """Queue ``message`` for ``member`` alone (a reply, an error, a ping)."""
+    def send(self, member: Member, message: Message, *, reply: bool = False) -> None:
+        """Queue ``message`` for ``member`` alone (a reply, an error, a ping).
+
+        ``reply``: ``member``'s connection asked for it, so it is bounded by
+        that connection's back-pressure rather than the slow-reader bound.
+        Only ``member``'s own thread may queue replies.
+        """
         frame = encode(message)
         with self._lock:
-            self._put(member, frame)
+            member.outbox.put(self._log, frame, reply=reply)
         member.notify()
 
     def send_users(self, member: Member) -> None:
         """Answer ``who``: queue the user list for ``member``."""
         with self._lock:
-            self._put(member, self._roster.users_frame)
+            member.outbox.put(self._log, self._roster.users_frame, reply=True)
         member.notify()
+
+    def discard(self, member: Member) -> None:
+        """Forget what ``member`` is owed: its connection is gone. Call ``leave`` first."""
+        with self._lock:
+            member.outbox.clear()
 
     def close(self) -> None:
         """The server is stopping: later departures are not announced."""
@@ -510,9 +578,6 @@ class Room:
             self._presence_held = 0
             return True
         return False
-
-    def _put(self, member: Member, frame: bytes) -> None:
-        member.outbox.put(self._log, frame)
 
 
 def _name_taken(name: str) -> RemoteProtocolError:

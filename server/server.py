@@ -6,7 +6,11 @@ threads. Each loop serves its connections with one selector (epoll,
 kqueue or select): it reads and handles their frames, and writes what the
 ``Room`` owes them. A thread per connection would cost a stack per
 client and a wake-up per delivered message; a few loops hold thousands of
-clients and write each one's pending frames in one call.
+clients and write each one's pending frames in one call. Each pass of a
+loop gives every connection a bounded helping of work (one read, a few
+dozen frames; see ``connection``), and flushes what that work queued, so
+that a flooding client delays the others by milliseconds; a stop request
+is seen within one pass.
 
 Threads meet only in the room (one lock, no socket I/O under it) and in
 each loop's wake-up queue: when a message is added to the room's
@@ -82,6 +86,7 @@ class IOLoop:
         self._connections: set[Connection] = set()
         self._members: set[Connection] = set()
         self._refused: set[Connection] = set()
+        self._input: set[Connection] = set()  # whole frames may wait in their decoders
         # Work handed over by other threads; deque appends and pops are atomic.
         self._new: deque[tuple[socket.socket, Any, bool]] = deque()
         self._dirty: deque[Connection] = deque()
@@ -142,13 +147,24 @@ class IOLoop:
 
     # -- the loop's own thread (called by its connections) ------------------
 
-    def want_write(self, conn: Connection, wanted: bool) -> None:
-        """Watch ``conn`` for room to write (and, until its peer closed, for input)."""
-        events = (0 if conn.peer_closed else selectors.EVENT_READ) | (
-            selectors.EVENT_WRITE if wanted else 0
-        )
-        if events and self._selector.get_key(conn.sock).events != events:
-            self._selector.modify(conn.sock, events, conn)  # no events: it is closing
+    def watch(self, conn: Connection, *, read: bool, write: bool) -> None:
+        """Watch ``conn`` for input, for room to write, both or neither."""
+        events = (selectors.EVENT_READ if read else 0) | (selectors.EVENT_WRITE if write else 0)
+        key = self._selector.get_map().get(conn.sock)
+        if key is None:
+            if events:
+                self._selector.register(conn.sock, events, conn)
+        elif not events:
+            self._selector.unregister(conn.sock)
+        elif key.events != events:
+            self._selector.modify(conn.sock, events, conn)
+
+    def wait_input(self, conn: Connection, waiting: bool) -> None:
+        """Serve ``conn``'s input on every pass (``waiting``) or no longer."""
+        if waiting:
+            self._input.add(conn)
+        else:
+            self._input.discard(conn)
 
     def joined_room(self, conn: Connection) -> None:
         self._members.add(conn)
@@ -160,7 +176,9 @@ class IOLoop:
         """``conn`` is closing its socket: forget it."""
         self._members.discard(conn)
         self._connections.discard(conn)
-        self._selector.unregister(conn.sock)
+        self._input.discard(conn)
+        if self._selector.get_map().get(conn.sock) is not None:
+            self._selector.unregister(conn.sock)
         if conn in self._refused:
             self._refused.discard(conn)
         else:
@@ -187,11 +205,12 @@ class IOLoop:
         try:
             while self._stop_message is None:
                 wake_at = next_tick
-                if self._new or self._dirty or self._broadcast:
+                if self._new or self._dirty or self._broadcast or self._input:
                     wake_at = 0.0
                 elif (presence_due := self._presence_due) is not None:
                     wake_at = min(wake_at, presence_due)
                 self._handle_events(max(0.0, wake_at - time.monotonic()))
+                self._serve_input()
                 presence_due = self._presence_due  # another thread may have set it
                 if presence_due is not None and time.monotonic() >= presence_due:
                     self._broadcast = True
@@ -219,6 +238,13 @@ class IOLoop:
             if mask & selectors.EVENT_WRITE and conn.state is not State.CLOSED:
                 _safely(conn, conn.on_writable)
 
+    def _serve_input(self) -> None:
+        """Give every connection with input waiting its helping (one each)."""
+        if self._stop_message is not None:
+            return  # stopping: nobody's input is handled any more
+        for conn in list(self._input):
+            _safely(conn, conn.serve_input)
+
     def _run_queues(self) -> None:
         self._run_own_queues()
         if self._broadcast:
@@ -237,6 +263,7 @@ class IOLoop:
                     # Writing to a big room takes a while: meanwhile, let
                     # newcomers in and answer everyone else between slices.
                     self._handle_events(0)
+                    self._serve_input()
                     self._run_own_queues()
             self._flush_all_took = took
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -1087,6 +1088,100 @@ def test_an_overrun_leaver_is_owed_nothing():
     assert h.room.pull(slow, EVERYTHING) == b""
 
 
+def _room_owing_user_lists(lists: int) -> tuple[Harness, FakeMember, int]:
+    """A room of 200 long names whose member ``attacker`` is owed ``lists`` user lists."""
+    h = Harness(history=0)
+    for i in range(200):
+        h.join(f"member_with_a_long_name_{i:05d}")
+    attacker = h.join("attacker")
+    for _ in range(lists):
+        h.room.send_users(attacker)
+    users_size = len(encode(Users(h.room.users())))
+    assert users_size > 6000
+    return h, attacker, users_size
+
+
+def test_leaving_owing_many_user_lists_copies_none_of_them():
+    # Each `who` queues a reference to the one cached users frame. Leaving
+    # used to join everything owed into one buffer, under the room's lock:
+    # 2,000 lists of 6 kB here, hundreds of MB in a big room.
+    h, attacker, users_size = _room_owing_user_lists(2000)
+    owed = attacker.outbox.backlog(h.room._log)
+    assert owed >= 2000 * users_size
+    tracemalloc.start()
+    try:
+        assert h.room.leave(attacker, LeaveReason.QUIT) == 200
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000, f"leaving allocated {peak} bytes"
+    # A graceful leaver still gets all it was owed, in order.
+    got = []
+    for _ in range(2 * owed // (256 * 1024) + 10):
+        got.extend(payloads(h.room, attacker, 256 * 1024))
+        if attacker.outbox.backlog(h.room._log) == 0:
+            break
+    assert [p["type"] for p in got] == ["users"] * 2000
+    assert all(len(p["users"]) == 201 for p in got)
+
+
+def test_a_discarded_member_is_owed_nothing():
+    h, attacker, _ = _room_owing_user_lists(50)
+    h.room.leave(attacker, LeaveReason.DISCONNECTED)
+    h.room.discard(attacker)
+    assert attacker.outbox.backlog(h.room._log) == 0
+    assert h.room.pull(attacker, EVERYTHING) == b""
+
+
+def test_replies_do_not_count_towards_the_slow_reader_bound():
+    # A client that pipelines requests is slowed down by its connection
+    # (it stops reading them), not dropped: its replies are bounded there.
+    h = Harness(max_backlog=4096, history=0)
+    alice = h.join("alice")
+    for _ in range(300):
+        h.room.send_users(alice)
+    assert alice.outbox.backlog(h.room._log) > 2 * 4096
+    assert h.room.overrun(alice, 0) is False
+    # What others send it still counts.
+    bob = h.join("bob")
+    payloads(h.room, alice)
+    for i in range(60):
+        h.room.say(bob, f"psst {i} " + "p" * 60, to="alice")
+    assert h.room.overrun(alice, 0) is True
+
+
+def test_a_leaver_owed_more_than_the_log_keeps_is_overrun():
+    h = Harness(max_backlog=4096, history=0)
+    leaver = h.join("leaver")
+    speaker = h.join("speaker")
+    h.room.say(speaker, "owed")
+    h.room.leave(leaver, LeaveReason.QUIT)
+    assert h.room.overrun(leaver, 0) is False
+    for i in range(200):  # the log forgets what the leaver has not read
+        h.room.say(speaker, f"later {i} " + "l" * 60)
+        payloads(h.room, speaker)
+    assert h.room.pull(leaver, EVERYTHING) is None
+
+
+def test_a_leaver_gets_the_log_up_to_its_leaving_and_no_further():
+    h = Harness(history=0)
+    leaver = h.join("leaver")
+    speaker = h.join("speaker")
+    h.room.say(speaker, "before")
+    h.room.send(leaver, Ping({"n": 1}))
+    h.room.say(speaker, "just before")
+    h.room.leave(leaver, LeaveReason.QUIT)
+    h.room.send(leaver, Ping({"n": 2}))
+    h.room.say(speaker, "after")
+    assert summaries(h.room, leaver) == [
+        "joined speaker",
+        "message 1",
+        "ping 1",
+        "message 2",
+        "ping 2",
+    ]
+
+
 # --------------------------------------------------------------------------
 # Outbox and BroadcastLog on their own
 
@@ -1173,7 +1268,7 @@ def test_outbox_reproduces_the_frame_order(ops: list[tuple[str, int]]):
         frame = ping(n, arg)
         if op == "broadcast":
             log.append(frame)
-            if outbox.cursor is not None:
+            if outbox.subscribed:
                 expected += frame
         elif op == "put":
             outbox.put(log, frame)
@@ -1185,11 +1280,11 @@ def test_outbox_reproduces_the_frame_order(ops: list[tuple[str, int]]):
             elif len(expected) > len(taken):
                 assert piece, "a take with bytes owed returned nothing"
             taken += piece
-        elif op == "subscribe" and outbox.cursor is None:
+        elif op == "subscribe" and not outbox.subscribed:
             outbox.subscribe(log)
         elif op == "unsubscribe":
             outbox.unsubscribe(log)
-            assert outbox.cursor is None
+            assert not outbox.subscribed
         elif op == "forget" and outbox.cursor is not None:
             # What the room may do: drop what this reader has already read.
             log.forget_before(outbox.cursor)
