@@ -101,7 +101,7 @@ class ErrorReporter:
 
     MAX_KINDS = 20  # kinds of error told apart while one box is open
 
-    def __init__(self, root: tkinter.Misc, log_path: Path) -> None:
+    def __init__(self, root: tkinter.Tk, log_path: Path) -> None:
         self.root = root
         self.log_path = log_path
         self.box: ttk.Toplevel | None = None
@@ -178,21 +178,24 @@ class ErrorReporter:
 ICON_SIZES = (128, 64, 32, 16)
 
 
-def set_window_icon(root: ttk.App) -> None:
+def set_window_icon(root: ttk.App) -> list[ImageTk.PhotoImage]:
     """Give every window the app's icon, at run time: Linux ignores the
     build's icon. On X11 all sizes travel in one property, which must fit in
-    one request (about 256 kB): 256 px alone would not, so 128 px is the most."""
+    one request (about 256 kB): 256 px alone would not, so 128 px is the most.
+
+    Returns the images, which the caller keeps for as long as the window
+    shows them: Tk holds no reference, and an image nobody holds vanishes."""
     path = asset("icon.png")
     if not path.exists():
         logger.warning("No window icon at %s", path)
-        return
+        return []
     source = Image.open(path)
     icons = [
         ImageTk.PhotoImage(source.resize((size, size), Image.Resampling.LANCZOS), master=root)
         for size in ICON_SIZES
     ]
-    root.iconphoto(True, *icons)
-    root.app_icons = icons  # Tk keeps no reference: without one the images vanish
+    root.iconphoto(True, *(str(icon) for icon in icons))  # by their Tk names
+    return icons
 
 
 def smoke_test(root: ttk.App, settings: Settings) -> int:
@@ -242,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         minsize=(560, 420),
         iconphoto=None,
     )
-    set_window_icon(root)
+    _icons = set_window_icon(root)  # held until the app ends (see there)
     root.withdraw()  # shown once connected; the dialog comes first
 
     root.report_callback_exception = ErrorReporter(root, path)

@@ -212,7 +212,7 @@ class ChatApp:
                 on_connect=self.connect,
                 on_choose_name=self.choose_name,
                 on_cancel=self.cancel,
-                on_close=self._dialog_closed,
+                on_dismiss=self._dialog_closed,
                 close_text="Quit" if self._first_start else "Close",
             )
         if error:
@@ -298,7 +298,7 @@ class ChatApp:
         self.root.unbind("<FocusIn>", self._focus_binding)
         self._close_dialog()
         self.view.destroy()
-        self.root.configure(menu="")
+        self.root["menu"] = ""
         self.menubar.destroy()
 
     def _drop_client(self) -> None:
@@ -378,7 +378,7 @@ class ChatApp:
         welcome = event.welcome
         self._cancel_name_retry()
         # A reconnection must not take away a dialog the user is typing in.
-        if not event.reconnected or (self.dialog is not None and self.dialog.busy):
+        if not event.reconnected or (self.dialog is not None and self.dialog.attempting):
             self._close_dialog()
         self.root.deiconify()
         self._retry_at = None
@@ -399,7 +399,7 @@ class ChatApp:
         self.view.input.focus_set()
 
     def _name_refused(self, message: str) -> None:
-        if self.dialog is not None and self.dialog.busy:
+        if self.dialog is not None and self.dialog.attempting:
             self.dialog.ask_for_name(message)
             return
         if self._first_start:  # --connect with a name someone has: ask for another

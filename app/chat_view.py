@@ -121,8 +121,11 @@ class ChatView(ttk.Frame):
             spacing1=2,
             yscrollcommand=self._view_moved,
         )
-        self.scrolled.vbar.configure(command=self._scroll_by_bar)
-        self.scrolled.vbar.grid_remove()  # until there is more than one screen
+        bar = self.scrolled.vbar
+        assert bar is not None, "a ScrolledText has a vertical bar unless told otherwise"
+        self._bar = bar
+        bar.configure(command=self._scroll_by_bar)
+        bar.grid_remove()  # until there is more than one screen
         transcript = self.transcript
         # Read-only, yet selectable and copyable; what is typed there goes to the input.
         transcript.bind("<1>", lambda _event: transcript.focus_set())
@@ -160,7 +163,7 @@ class ChatView(ttk.Frame):
         self.input = tkinter.Text(row, height=3, wrap="word", font=self.font, undo=True)
         self.input.grid(row=0, column=0, rowspan=2, sticky="we")
         self.send_button = ttk.Button(
-            row, text="Send", icon="send-fill", bootstyle="primary", command=self.send
+            row, text="Send", icon="send-fill", bootstyle="primary", command=self.send_input
         )
         self.send_button.grid(row=0, column=1, sticky="n", padx=(8, 0))
         self.counter_label = ttk.Label(row, text="", bootstyle="secondary")
@@ -182,7 +185,7 @@ class ChatView(ttk.Frame):
         self.input.insert("1.0", value)
         self.input.mark_set("insert", "end")
 
-    def send(self) -> None:
+    def send_input(self) -> None:
         """Hand the input to ``on_send``; clear it only if it was taken."""
         value = self.input_text()
         if not value.strip():
@@ -198,7 +201,7 @@ class ChatView(ttk.Frame):
         self.input.focus_set()
 
     def _enter(self, _event: tkinter.Event) -> str:
-        self.send()
+        self.send_input()
         return "break"
 
     def _newline(self, _event: tkinter.Event) -> str:
@@ -240,7 +243,10 @@ class ChatView(ttk.Frame):
             self.start_private(name)
 
     def _open_link(self, _event: tkinter.Event) -> None:
-        start, end = self.transcript.tag_prevrange("link", "current + 1c")
+        found = self.transcript.tag_prevrange("link", "current + 1c")
+        if not found:
+            return  # the link was trimmed away with old lines
+        start, end = found
         target = fmt.link_target(self.transcript.get(start, end))
         try:
             opened = webbrowser.open(target)
@@ -293,7 +299,7 @@ class ChatView(ttk.Frame):
 
     def _view_moved(self, first: str, last: str) -> None:
         """The transcript's view changed: the scrollbar shows only if there is more."""
-        bar = self.scrolled.vbar
+        bar = self._bar
         bar.set(first, last)
         if float(first) <= 0.0 and float(last) >= 1.0:
             bar.grid_remove()
@@ -562,11 +568,12 @@ class ChatView(ttk.Frame):
 
     @property
     def _own_color(self) -> str:
-        return self.winfo_toplevel().style.colors.primary
+        primary: str = _style().colors.primary
+        return primary
 
     def apply_theme(self) -> None:
         """Colour the transcript's tags for the current theme (light or dark)."""
-        style = self.winfo_toplevel().style
+        style = _style()
         colors = style.colors
         dark = style.theme_use().endswith("dark")
         text = self.transcript
@@ -618,3 +625,9 @@ class ChatView(ttk.Frame):
 def _user_key(name: str) -> tuple[str, str]:
     """The order of every user list (``protocol.sort_names``): identity, then name."""
     return (name_identity(name), name)
+
+
+def _style() -> ttk.Style:
+    """The app's one ttkbootstrap style, which knows the theme's colours."""
+    style: ttk.Style = ttk.Style.get_instance()
+    return style

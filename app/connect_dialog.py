@@ -47,7 +47,7 @@ class ConnectDialog(ttk.Toplevel):
 
     ``on_connect(host, port, name)`` asks to connect, ``on_choose_name(name)``
     tries another name on the open connection, ``on_cancel()`` stops a
-    connection attempt, ``on_close()`` means the user closed the dialog.
+    connection attempt, ``on_dismiss()`` means the user closed the dialog.
     """
 
     def __init__(
@@ -58,7 +58,7 @@ class ConnectDialog(ttk.Toplevel):
         on_connect: Callable[[str, int, str], None],
         on_choose_name: Callable[[str], None],
         on_cancel: Callable[[], None],
-        on_close: Callable[[], None],
+        on_dismiss: Callable[[], None],
         close_text: str = "Quit",
     ) -> None:
         super().__init__(title="Join a chat", master=master, resizable=(False, False))
@@ -66,7 +66,7 @@ class ConnectDialog(ttk.Toplevel):
         self.on_connect = on_connect
         self.on_choose_name = on_choose_name
         self.on_cancel = on_cancel
-        self.on_close = on_close
+        self.on_dismiss = on_dismiss
         self._connecting = False
         self._status_is_error = False
         self._name_only = False  # the connection is open; only the name is wrong
@@ -150,7 +150,7 @@ class ConnectDialog(ttk.Toplevel):
         return entry
 
     @property
-    def busy(self) -> bool:
+    def attempting(self) -> bool:
         """Whether a connection this dialog started is under way (or asks for a name)."""
         return self._connecting or self._name_only
 
@@ -234,7 +234,7 @@ class ConnectDialog(ttk.Toplevel):
             self.connect_button.configure(text="Connect")
             self.on_cancel()
         else:
-            self.on_close()
+            self.on_dismiss()
 
     def _stop_connecting(self) -> None:
         self._connecting = False

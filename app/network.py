@@ -248,7 +248,7 @@ def describe_connect_error(exc: OSError, host: str, port: int) -> str:
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
     """Seconds to wait before reconnection ``attempt`` (1, 2, 4 ... 30, with jitter)."""
-    base = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(attempt, 10))
+    base = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** min(attempt, 10))
     return base * rng.uniform(0.5, 1.0)
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -50,7 +51,7 @@ def load(path: Path | None = None) -> Settings:
         logger.warning("Ignoring unreadable settings in %s: %s", path, exc)
         return Settings()
     defaults = Settings()
-    values = {}
+    values: dict[str, Any] = {}
     for field in fields(Settings):
         value = saved.get(field.name) if isinstance(saved, dict) else None
         default = getattr(defaults, field.name)

@@ -11,7 +11,7 @@ import zlib
 
 from server.protocol import LeaveReason, name_identity
 
-LEAVE_REASONS = {
+LEAVE_REASONS: dict[str, str] = {
     LeaveReason.QUIT: "left",
     LeaveReason.DISCONNECTED: "lost their connection",
     LeaveReason.TIMEOUT: "timed out",

@@ -37,9 +37,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-import os
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -64,7 +64,7 @@ FLUSH_SLICE = 256  # members flushed between two looks at new input
 # Windows has only select(), which CPython builds for 512 sockets at most:
 # there a loop takes 500 connections and more loops start as needed.
 # epoll and kqueue have no such limit.
-LOOP_CAPACITY = 500 if selectors.DefaultSelector is selectors.SelectSelector else None
+LOOP_CAPACITY = 500 if sys.platform == "win32" else None
 
 _FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -554,7 +554,7 @@ def bind_listeners(host: str | None, port: int) -> list[socket.socket]:
 def _listen(family: int, sockaddr: tuple[Any, ...], *, dualstack: bool = False) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        if os.name == "nt":
+        if sys.platform == "win32":
             # Windows' SO_REUSEADDR would let another program steal the port.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
         else:

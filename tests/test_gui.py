@@ -141,7 +141,7 @@ def join(app: ChatApp, srv: ChatServer, name: str) -> None:
 
 def type_and_send(app: ChatApp, text: str) -> None:
     app.view.set_input(text)
-    app.view.send()
+    app.view.send_input()
 
 
 def menu_item(app: ChatApp, menu: str, item: int) -> None:
@@ -724,7 +724,7 @@ def test_rate_limited_says_come_back_into_the_input(
     assert [app.view.input_text(), *app._held] == refused
     shown = [line.split("  ", 1)[1] for line in lines(app) if "alice: line" in line]
     assert shown == [f"alice: {text}" for text in delivered]
-    app.view.send()  # Enter sends the first; the next takes its place
+    app.view.send_input()  # Enter sends the first; the next takes its place
     settle(app.root, 0.1)
     assert app.view.input_text() == refused[1]
 
@@ -862,7 +862,7 @@ def test_disconnect_then_connect_again(
     app.view.reconnect_button.invoke()
     assert bob.skip_until("joined")["name"] == "alice"
     wait_until(app.root, lambda: not app.view.banner_visible, what="the banner to go")
-    app.view.send()
+    app.view.send_input()
     assert message(bob)["text"] == "kept"
 
 
