@@ -17,10 +17,12 @@ Scenarios:
   pipeline ``say`` and ``ping`` frames as fast as their sockets take them (and
   read whatever comes back) for ``--seconds``. Meanwhile a bystander says a
   numbered message every ``--interval`` s and a watcher measures the delay
-  until it sees each one. The rate limit (5 a second by default) would refuse
-  a sender that says 20 a second, so the bystander's messages go out in turn
-  from ``SPEAKERS`` connections, each under the limit: every message is one
-  the server should deliver. Goal: the worst delay under 100 ms, none missed.
+  until it sees each one (and, from the send times the flood's texts carry,
+  how old the flood's messages are when it sees them: the room's lag). The
+  rate limit (5 a second by default) would refuse a sender that says 20 a
+  second, so the bystander's messages go out in turn from ``SPEAKERS``
+  connections, each under the limit: every message is one the server should
+  deliver. Goal: the worst delay under 100 ms, none missed.
 - ``shutdown``: the same room and flood, then SIGINT to the server. Goal:
   every connection gets ``shutdown``, exit status 0 within 2 s.
 - ``who``: ``--who-members`` join; then ``--attackers`` clients each pipeline
@@ -55,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -476,9 +479,10 @@ class Flood:
         self.speakers = [crowd.parsed(f"s{token}-{i}", self._speaker) for i in range(SPEAKERS)]
         self.watcher = crowd.parsed(f"w{token}", self._watched)
         self.text_re = re.compile(f"by{token} ([0-9]+) ([0-9]+)", re.ASCII)
-        self.batch = (
-            frame({"type": "say", "text": "flood"}) + frame({"type": "ping", "n": 1})
-        ) * FLOOD_BATCH
+        self.ping = frame({"type": "ping", "n": 1})
+        self.flood_re = re.compile(f"fl{token} ([0-9]+)", re.ASCII)
+        self.lags: list[int] = []  # how old each flood message was when the watcher saw it
+        self.watched = 0  # message frames the watcher saw, of any sender
         self.flooding = self.speaking = False
         self.sent = 0
         self.next_due = 0.0
@@ -499,8 +503,15 @@ class Flood:
     def _watched(self, conn: Conn, obj: dict[str, Any]) -> None:
         if obj["type"] != "message" or obj.get("history"):
             return
+        self.watched += 1
         text = obj.get("text")
-        match = self.text_re.fullmatch(text) if isinstance(text, str) else None
+        if not isinstance(text, str):
+            return
+        flood = self.flood_re.fullmatch(text)
+        if flood:
+            self.lags.append(time.perf_counter_ns() - int(flood[1]))
+            return
+        match = self.text_re.fullmatch(text)
         if match:
             seq, sent = int(match[1]), int(match[2])
             self.delays.setdefault(seq, time.perf_counter_ns() - sent)
@@ -517,7 +528,10 @@ class Flood:
         if self.flooding:
             for conn in self.flooders:
                 if conn.sock is not None and len(conn.wbuf) < FLOOD_BUFFER:
-                    self.loop.send(conn, self.batch)
+                    say = frame(
+                        {"type": "say", "text": f"fl{self.crowd.token} {time.perf_counter_ns()}"}
+                    )
+                    self.loop.send(conn, (say + self.ping) * FLOOD_BATCH)
         if not self.speaking:
             return 0.25
         while self.next_due <= now:
@@ -577,12 +591,17 @@ def run_flood(
     settle = min(deadline, time.monotonic() + GRACE_S)
     loop.run_until(lambda: len(room.delays) >= room.sent, settle, room.tick)
     delays = percentiles_ms(list(room.delays.values()))
+    lags = percentiles_ms(room.lags)
     rounds = percentiles_ms(room.rounds)
     missed = room.sent - len(room.delays)
     pongs = sum(conn.counts["pong"] for conn in room.flooders)
     result.update(
         sent=room.sent,
+        seen=len(room.delays),
         missed=missed,
+        watcher_messages=room.watched,
+        watcher_closed=room.watcher.closed_why,
+        flood_lag_ms=lags,
         delay_ms=delays,
         speaker_errors=room.speaker_errors,
         flooder_pongs_per_s=pongs / args.seconds,
@@ -640,7 +659,9 @@ def run_shutdown(
         room.tick()
         loop.pump(0.01)
     told = sum(1 for conn in everyone if conn.counts["shutdown"])
+    how = Counter(conn.closed_why or "still open" for conn in everyone)
     result.update(
+        closed_how=dict(how),
         open_at_signal=open_before,
         told=told,
         exit_status=process.poll(),
@@ -774,9 +795,14 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
 
 def details(result: dict[str, Any]) -> str:
     """The other numbers of a scenario, one line."""
-    skip = {*COLUMNS, "delay_ms", "generator_round_ms"}
-    parts = [f"{key}={value}" for key, value in result.items() if key not in skip and value]
-    for key in ("generator_round_ms",):
+    ranges = ("delay_ms", "flood_lag_ms", "generator_round_ms")
+    skip = {*COLUMNS, *ranges}
+    parts = [
+        f"{key}={value:.2f}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in result.items()
+        if key not in skip and value is not None
+    ]
+    for key in ranges:
         value = result.get(key)
         if value:
             parts.append(f"{key}=" + "/".join(f"{value[k]:.1f}" for k in ("p50", "p99", "max")))
