@@ -17,8 +17,9 @@ Scenarios:
   pipeline ``say`` and ``ping`` frames as fast as their sockets take them (and
   read whatever comes back) for ``--seconds``. Meanwhile a bystander says a
   numbered message every ``--interval`` s and a watcher measures the delay
-  until it sees each one (and, from the send times the flood's texts carry,
-  how old the flood's messages are when it sees them: the room's lag). The
+  until it sees each one (and ``flood_lag_ms``: how old the flood's messages
+  are when it sees them, counted from when the flooder queued them, so it
+  includes the wait in the flooder's own pipeline, not just the room's). The
   rate limit (5 a second by default) would refuse a sender that says 20 a
   second, so the bystander's messages go out in turn from ``SPEAKERS``
   connections, each under the limit: every message is one the server should
