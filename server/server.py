@@ -44,6 +44,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 from server.config import ServerConfig
@@ -61,6 +62,7 @@ PRESENCE_DELAY = 0.05  # seconds a join, leave or rename may wait to share a wri
 PRESENCE_SPACING = 4  # ... or this many times what the last flush of every member took
 PRESENCE_MAX_DELAY = 0.5  # ... but never longer than this
 FLUSH_SLICE = 256  # members flushed between two looks at new input
+BACKLOG_HELPINGS = 8  # connections served per pass from those with input left over
 # Windows has only select(), which CPython builds for 512 sockets at most:
 # there a loop takes 500 connections and more loops start as needed.
 # epoll and kqueue have no such limit.
@@ -86,7 +88,11 @@ class IOLoop:
         self._connections: set[Connection] = set()
         self._members: set[Connection] = set()
         self._refused: set[Connection] = set()
-        self._input: set[Connection] = set()  # whole frames may wait in their decoders
+        # Connections whose decoders may hold whole frames, oldest helping
+        # first (a dict keeps the order); those that read new input since
+        # the last pass are also in _fresh.
+        self._input: dict[Connection, None] = {}
+        self._fresh: list[Connection] = []
         # Work handed over by other threads; deque appends and pops are atomic.
         self._new: deque[tuple[socket.socket, Any, bool]] = deque()
         self._dirty: deque[Connection] = deque()
@@ -161,10 +167,11 @@ class IOLoop:
 
     def wait_input(self, conn: Connection, waiting: bool) -> None:
         """Serve ``conn``'s input on every pass (``waiting``) or no longer."""
-        if waiting:
-            self._input.add(conn)
-        else:
-            self._input.discard(conn)
+        if not waiting:
+            self._input.pop(conn, None)
+        elif conn not in self._input:
+            self._input[conn] = None
+            self._fresh.append(conn)
 
     def joined_room(self, conn: Connection) -> None:
         self._members.add(conn)
@@ -176,7 +183,7 @@ class IOLoop:
         """``conn`` is closing its socket: forget it."""
         self._members.discard(conn)
         self._connections.discard(conn)
-        self._input.discard(conn)
+        self._input.pop(conn, None)
         if self._selector.get_map().get(conn.sock) is not None:
             self._selector.unregister(conn.sock)
         if conn in self._refused:
@@ -238,12 +245,29 @@ class IOLoop:
             if mask & selectors.EVENT_WRITE and conn.state is not State.CLOSED:
                 _safely(conn, conn.on_writable)
 
-    def _serve_input(self) -> None:
-        """Give every connection with input waiting its helping (one each)."""
+    def _serve_input(self, *, backlog: bool = True) -> None:
+        """Give each connection that read new input its helping, and (with
+        ``backlog``) the ``BACKLOG_HELPINGS`` that have waited longest with
+        input left over theirs; each goes to the back of the line.
+
+        A client that sends in bursts then waits at most one pass however
+        many flood the server, and a pass stays a few milliseconds long:
+        the flooders take turns at what is left of it. Between the slices
+        of a big room's flush only new input is served, so that the flush,
+        which carries everyone's messages, is not drawn out by flooders.
+        """
         if self._stop_message is not None:
             return  # stopping: nobody's input is handled any more
-        for conn in list(self._input):
-            _safely(conn, conn.serve_input)
+        fresh, self._fresh = self._fresh, []
+        newcomers = set(fresh)
+        helpings = BACKLOG_HELPINGS if backlog else 0
+        first = islice(self._input, helpings + len(fresh))
+        oldest = [conn for conn in first if conn not in newcomers]
+        for conn in fresh + oldest[:helpings]:
+            if conn in self._input:
+                del self._input[conn]
+                self._input[conn] = None
+                _safely(conn, conn.serve_input)
 
     def _run_queues(self) -> None:
         self._run_own_queues()
@@ -263,7 +287,7 @@ class IOLoop:
                     # Writing to a big room takes a while: meanwhile, let
                     # newcomers in and answer everyone else between slices.
                     self._handle_events(0)
-                    self._serve_input()
+                    self._serve_input(backlog=False)
                     self._run_own_queues()
             self._flush_all_took = took
 
