@@ -47,6 +47,7 @@ from server.protocol import (
     Joined,
     Left,
     ProtocolError,
+    Rename,
     Renamed,
     Say,
     Users,
@@ -69,6 +70,10 @@ SEEN_LIMIT = 2000  # message keys remembered to drop history replayed on reconne
 # the window to a crawl, grew memory, and crashed Tk (a segfault) within
 # 30,000 messages (tests/bench/client_memory.py --background).
 TOAST_MS = 5000
+# Names a /who's answer lists in the transcript (the online list has them
+# all): a server may list 50,000, and lines that long grew the transcript
+# by megabytes and made every later line slower for the Tk thread.
+WHO_NAMES = 100
 
 
 def app_version() -> str:
@@ -362,8 +367,8 @@ class ChatApp:
                 self._connection_lost(message, retry_in, again=again)
             case ServerShutdown(message=message):
                 self.notice(f"{message}.", "error")
-            case Received(message=message):
-                self._received(message)
+            case Received(message=message, asked=asked):
+                self._received(message, asked=asked)
             case Unsent(says=says, reason=reason):
                 self._give_back([_as_typed(say) for say in says])
                 count = len(says)
@@ -439,7 +444,7 @@ class ChatApp:
         self._retry_at = time.monotonic() + retry_in
         self.view.show_banner(f"{message} Retrying…")
 
-    def _received(self, message: object) -> None:
+    def _received(self, message: object, *, asked: bool = False) -> None:
         view = self.view
         match message:
             case ChatMessage():
@@ -476,7 +481,8 @@ class ChatApp:
                 self._update_title()
             case Users(users=users):
                 view.set_users(users)
-                self.notice(f"Online ({len(users)}): {', '.join(users)}")
+                if asked:  # a list nobody asked for only updates the online list
+                    self.notice(_who_line(users))
             case Error(message=text):
                 self.notice(text, "error")
 
@@ -573,8 +579,17 @@ class ChatApp:
         return client.say(text, action=action, to=to)
 
 
-def _as_typed(say: Say) -> str:
-    """How the user would type ``say`` again."""
+def _who_line(users: tuple[str, ...]) -> str:
+    """The answer to /who, naming the first ``WHO_NAMES`` users."""
+    names = ", ".join(users[:WHO_NAMES])
+    more = len(users) - WHO_NAMES
+    return f"Online ({len(users):,}): {names}" + (f" … and {more:,} more" if more > 0 else "")
+
+
+def _as_typed(say: Say | Rename) -> str:
+    """How the user would type ``say`` (or a rename) again."""
+    if isinstance(say, Rename):
+        return f"/nick {say.name}"
     if say.action:
         return f"/me {say.text}"
     if say.to is not None:

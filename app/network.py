@@ -14,13 +14,19 @@ below, which the Tk thread drains with ``after()``. Nothing here touches
 a widget, so tests drive it without a display.
 
 Nothing the user typed is lost: every ``say`` stays pending until the
-server's echo confirms it; a say the server refused (rate-limited, text
-invalid) or one the connection dropped before it was confirmed comes back
-in an ``Unsent`` event for the UI to put back in front of the user.
+server's echo confirms it, every ``rename`` until the server answers it
+(``renamed`` from our name, or an error); a say the server refused
+(rate-limited, text invalid), and a say or rename the connection dropped
+before it was answered, comes back in an ``Unsent`` event for the UI to
+put back in front of the user. A ``users`` list that answers our ``who``
+is marked ``asked``: the server may send lists nobody asked for, and the
+UI must not show each of them to the user.
 
 The server is not trusted. Everything this side holds for it is bounded:
-the events waiting for the UI (``EVENT_LIMIT``: when the UI falls behind,
-the thread stops reading the socket rather than drop anything), the bytes
+the events waiting for the UI (``EVENT_LIMIT``, and ``EVENT_NAMES`` for
+the names in user lists: when the UI falls behind, the thread stops
+reading the socket rather than drop anything; a second ``welcome`` on one
+connection breaks the protocol and drops it), the bytes
 waiting to be sent (``MAX_OUTGOING``: a server that never reads is
 dropped), the pongs (only those that fit a client frame). Every field the
 UI will show is made safe here (``_made_safe``): times it can convert,
@@ -70,6 +76,7 @@ from server.protocol import (
     Ping,
     Pong,
     ProtocolError,
+    RemoteProtocolError,
     Rename,
     Renamed,
     Say,
@@ -108,7 +115,7 @@ FAST_FOR = 60.0
 # Events waiting for the UI before the network thread stops reading the
 # socket. The Tk thread handles about 6,000 a second (chat_app's pump), so
 # this is a fraction of a second of work; each event is small (the text
-# and name limits below), a waiting user list at most one (EventQueue).
+# and name limits below) but for user lists, which EVENT_NAMES bounds.
 EVENT_LIMIT = 2000
 # Bytes held for a server that is not reading them, beyond what the OS
 # buffers. What the user typed waits in its own queue until the socket
@@ -118,6 +125,10 @@ MAX_OUTGOING = 1024 * 1024
 # A room larger than this is listed only in part: sorting and showing more
 # would hold the Tk thread for seconds (a 1 MiB frame fits 250,000 names).
 MAX_USERS = 50_000
+# Names in the user lists (welcomes and ``users``) of the events waiting:
+# a list is the one event that is not small (MAX_USERS names, about 4 MB),
+# so the queue also stops taking frames once it holds this many names.
+EVENT_NAMES = 2 * MAX_USERS
 # Times that every platform's localtime() converts (Windows refuses times
 # before 1970 in local time and after the year 3000); a server's ``ts``
 # is clamped into this range.
@@ -184,16 +195,20 @@ class ServerShutdown:
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A frame from the server for the UI: a message, presence, users, error."""
+    """A frame from the server for the UI: a message, presence, users, error.
+
+    ``asked``: a ``users`` list that answers our own ``who``."""
 
     message: Message
+    asked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Unsent:
-    """Says the server never confirmed; give them back to the user."""
+    """Says (and renames) the server never confirmed; give them back to the
+    user, in the order they were typed."""
 
-    says: tuple[Say, ...]
+    says: tuple[Say | Rename, ...]
     reason: str
 
 
@@ -260,27 +275,32 @@ class EventQueue(Queue[Event]):
     the server and, while there is none, reads no more from the socket: TCP
     then holds the server back (and a server may drop a client that slow,
     which is right). Events about the connection itself are never held
-    back, so the queue holds at most ``limit`` and a handful more. When a
-    full queue has been drained to half, ``on_room`` is called (with the
-    queue's lock held: it must only wake the network thread up).
+    back, so the queue holds at most ``limit`` and a handful more. The
+    user lists in the events waiting count too: there is no room either
+    while they hold ``names`` names or more, so the queue holds at most
+    that many and one frame's worth more (``MAX_USERS``). When a full
+    queue has been drained to half of both, ``on_room`` is called (with
+    the queue's lock held: it must only wake the network thread up).
 
     A ``users`` list replaces one still waiting: the later list is the
     room's state after everything queued before it, so the UI ends up the
     same, and a server sending lists in a loop holds one list here, not
-    thousands.
+    thousands. The list that replaces one ``asked`` for is its answer.
     """
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, names: int | None = None) -> None:
         super().__init__()
         self.limit = EVENT_LIMIT if limit is None else limit
+        self.names = EVENT_NAMES if names is None else names
         self.on_room: Callable[[], None] | None = None
         self._held_back = False
-        self._waiting_users: Event | None = None
+        self._waiting_users: Received | None = None
+        self._names_waiting = 0
 
     def has_room(self) -> bool:
         """Whether another frame's event may be queued now."""
         with self.mutex:
-            if self._qsize() < self.limit:
+            if self._qsize() < self.limit and self._names_waiting < self.names:
                 return True
             self._held_back = True
             return False
@@ -292,19 +312,37 @@ class EventQueue(Queue[Event]):
                 for index, waiting in enumerate(self.queue):
                     if waiting is old:
                         del self.queue[index]
+                        self._names_waiting -= _names_in(old)
                         break
+                if old.asked and not item.asked:
+                    item = replace(item, asked=True)
             self._waiting_users = item
+        self._names_waiting += _names_in(item)
         super()._put(item)
 
     def _get(self) -> Event:
         item = super()._get()
+        self._names_waiting -= _names_in(item)
         if item is self._waiting_users:
             self._waiting_users = None
-        if self._held_back and self._qsize() <= self.limit // 2:
+        if (
+            self._held_back
+            and self._qsize() <= self.limit // 2
+            and self._names_waiting <= self.names // 2
+        ):
             self._held_back = False
             if self.on_room is not None:
                 self.on_room()
         return item
+
+
+def _names_in(event: Event) -> int:
+    """How many names ``event`` holds in a user list."""
+    if isinstance(event, Welcomed):
+        return len(event.welcome.users)
+    if isinstance(event, Received) and isinstance(event.message, Users):
+        return len(event.message.users)
+    return 0
 
 
 # -- what the UI may show of the server's frames ---------------------------------------
@@ -443,7 +481,8 @@ class ChatClient:
         self._name: str | None = None  # as the server keeps it, once welcomed
         self._joined = False
         self._greeting = False  # connected, not yet welcomed: a hello may be retried
-        self._pending: deque[Say] = deque()  # sent, not yet echoed
+        self._pending: deque[Say | Rename] = deque()  # sent, not yet answered
+        self._whos = 0  # on this connection: who sent, not yet answered by users
         self._welcomed_at: float | None = None  # on this connection
         self._shutdown_said = False  # on this connection
         self._refused_ping = False  # on this connection: a ping too large to answer
@@ -610,6 +649,7 @@ class ChatClient:
         """One connection, from connect to its end (raises ``_Dropped`` or ``_Stop``)."""
         self._welcomed_at = None
         self._shutdown_said = self._refused_ping = False
+        self._whos = 0
         sock = self._connect()
         out = bytearray()
         try:
@@ -695,12 +735,15 @@ class ChatClient:
             if self._handle_frames(decoder, out, reconnecting):
                 last_heard = time.monotonic()
                 pinged = False
-            # Queue what the UI asked for; says wait for the server's echo. The
-            # rest waits in _outgoing until the socket has taken what is here.
+            # Queue what the UI asked for; says and renames wait for the server's
+            # answer. The rest waits in _outgoing until the socket has taken
+            # what is here.
             while self._outgoing and len(out) < MAX_CLIENT_FRAME:
                 message, frame = self._outgoing.popleft()
-                if isinstance(message, Say):
+                if isinstance(message, Say | Rename):
                     self._pending.append(message)
+                elif isinstance(message, Who):
+                    self._whos += 1
                 out += frame
             if out:
                 try:
@@ -775,6 +818,8 @@ class ChatClient:
         if isinstance(message, Ping):
             return self._pong(message)
         if isinstance(message, Welcome):
+            if self._joined:  # and each welcome may carry MAX_USERS names for the UI
+                raise RemoteProtocolError(ErrorCode.ALREADY_JOINED, "welcome after welcome")
             self._name = self._wanted_name = message.name
             self._greeting = False
             self._joined = True
@@ -788,12 +833,26 @@ class ChatClient:
         elif isinstance(message, Unknown | Pong):
             return None
         else:
+            asked = False
             if isinstance(message, ChatMessage) and not message.history:
-                if message.sender == self._name and self._pending:
-                    self._pending.popleft()  # the echo confirms our oldest say
+                if message.sender == self._name:
+                    self._answered(Say)  # the echo confirms our oldest say
             elif isinstance(message, Renamed) and message.old == self._name:
+                self._answered(Rename)
                 self._name = self._wanted_name = message.new  # and reclaimed after a drop
-            self._post(Received(message))
+            elif isinstance(message, Users) and self._whos:
+                self._whos -= 1
+                asked = True
+            self._post(Received(message, asked))
+        return None
+
+    def _answered(self, kind: type[Say] | type[Rename]) -> Say | Rename | None:
+        """Take the oldest pending frame of ``kind``, which the server has just
+        answered, off ``_pending``; ``None``: there is none."""
+        for index, message in enumerate(self._pending):
+            if isinstance(message, kind):
+                del self._pending[index]
+                return message
         return None
 
     def _pong(self, ping: Ping) -> bytes | None:
@@ -822,18 +881,19 @@ class ChatClient:
             raise _Dropped("The server is full. Try again later.")
         if error.code == ErrorCode.TIMEOUT and not self._joined:
             raise _Dropped("The server stopped waiting for a name. Connect again.")
-        if error.in_reply_to == Say.TYPE and self._pending:
-            say = self._pending.popleft()
+        if error.in_reply_to == Say.TYPE and (say := self._answered(Say)) is not None:
             self._post(Unsent((say,), error.message))
             return
+        if error.in_reply_to == Rename.TYPE:
+            self._answered(Rename)  # the error says why; the name stays as it was
         self._post(Received(error))
 
     def _leave_room(self, reason: str) -> bool:
-        """We are out of the room: give back every say not confirmed. Returns
-        whether we had been in it."""
+        """We are out of the room: give back every say and rename not answered.
+        Returns whether we had been in it."""
         with self._lock:
             was_in, self._joined = self._joined, False
-            queued = [message for message, _ in self._outgoing if isinstance(message, Say)]
+            queued = [m for m, _ in self._outgoing if isinstance(m, Say | Rename)]
             self._outgoing.clear()
             says = (*self._pending, *queued)
             self._pending.clear()

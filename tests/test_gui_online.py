@@ -1,4 +1,5 @@
-"""GUI tests of the online list and of what the window says about an outage.
+"""GUI tests of the online list and of what the window says about an outage
+(and gives back from it).
 
 Each test builds a ``ChatApp`` in the session's one root (``tk_root``) and
 feeds it network events through ``ChatApp.handle``, as its pump does, with
@@ -18,9 +19,9 @@ from typing import Any
 import pytest
 
 from app.chat_app import ChatApp
-from app.network import ConnectionLost, Received, Welcomed
+from app.network import ConnectionLost, Received, Unsent, Welcomed
 from app.settings import Settings
-from server.protocol import Joined, Left, Renamed, Welcome, sort_names
+from server.protocol import Joined, Left, Rename, Renamed, Say, Users, Welcome, sort_names
 
 TS = 1.7e9
 
@@ -175,3 +176,38 @@ def test_a_retry_that_fails_the_same_way_adds_no_line(app: ChatApp) -> None:
         app.root.update()
         time.sleep(0.01)
     assert "Retrying in" in str(app.view.banner_label.cget("text"))
+
+
+def test_only_the_answer_to_who_adds_a_line_and_it_names_the_first_hundred(app: ChatApp) -> None:
+    """Each users frame added a line naming everyone: a server sending lists of
+    50,000 names made the Tk thread slower with every frame (0.4 s, 1.4, 3.2,
+    5.5, 8.7, 12.6 s) as the transcript grew by megabytes."""
+    welcome(app, "alice", ["alice"])
+    names = ("alice", *(f"u{i:04d}" for i in range(4999)))
+    before = app.view.transcript_text().splitlines()
+    for _ in range(3):
+        app.handle(Received(Users(names)))  # nobody asked
+    app.root.update()
+    assert app.view.transcript_text().splitlines() == before
+    assert app.view.users == list(names)  # the online list is up to date all the same
+
+    app.handle(Received(Users(names), asked=True))
+    app.root.update()
+    added = app.view.transcript_text().splitlines()[len(before) :]
+    assert len(added) == 1, added
+    first = ", ".join(names[:100])
+    assert added[0].endswith(f"  Online (5,000): {first} … and 4,900 more"), added[0]
+    assert names[100] not in added[0]
+
+    app.handle(Received(Users(("alice", "bob")), asked=True))
+    app.root.update()
+    assert app.view.transcript_text().splitlines()[-1].endswith("  Online (2): alice, bob")
+
+
+def test_a_nick_the_connection_dropped_comes_back_in_the_box(app: ChatApp) -> None:
+    welcome(app, "alice", ["alice"])
+    app.handle(ConnectionLost("The server closed the connection.", 1.0))
+    app.handle(Unsent((Rename("bob"), Say("hi")), "The server closed the connection."))
+    app.root.update()
+    assert app.view.input_text() == "/nick bob"
+    assert "Not sent: The server closed the connection." in app.view.transcript_text()

@@ -49,9 +49,11 @@ from server.protocol import (
     Error,
     Joined,
     Left,
+    Rename,
     Renamed,
     Say,
     Users,
+    Welcome,
 )
 from server.server import ChatServer
 from tests.conftest import _open_sockets
@@ -709,6 +711,76 @@ def test_unconfirmed_says_come_back_when_the_connection_drops(
     assert client.say("while away") is False
 
 
+def test_renames_not_answered_when_the_connection_drops_come_back_in_order(
+    fake_server: Callable[..., FakeServer], join: Callable[..., ChatClient]
+) -> None:
+    """A rename is answered by ``renamed`` (old: our name) or by an error in reply
+    to it; one the connection dropped first was lost without a word, and the
+    client reconnected under the old name."""
+
+    def answers_two_renames(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        peer.expect("rename", name="bob")
+        peer.send({"type": "renamed", "old": "alice", "new": "bob", "ts": 1e9})
+        peer.expect("rename", name="carol")
+        peer.send(
+            {
+                "type": "error",
+                "code": "name-taken",
+                "message": "The name carol is already in use",
+                "in_reply_to": "rename",
+            }
+        )
+        peer.expect("say", text="one")
+        peer.expect("rename", name="dave")
+        peer.expect("say", text="two")
+        # ...and close with neither say echoed nor the last rename answered
+
+    fake = fake_server(answers_two_renames)
+    client = join(fake.port, "alice")
+    for sent in (client.rename("bob"), client.rename("carol"), client.say("one")):
+        assert sent
+    assert client.rename("dave")
+    assert client.say("two")
+    events = wait_for(client, ConnectionLost)
+    fake.finish()
+    unsent = [e for e in events if isinstance(e, Unsent)]
+    assert len(unsent) == 1, events
+    assert unsent[0].says == (Say("one"), Rename("dave"), Say("two"))
+    assert client.name == "bob"  # the rename the server answered stands
+
+
+def test_a_rename_still_queued_when_the_connection_drops_comes_back(
+    fake_server: Callable[..., FakeServer], make_client: Callable[..., ChatClient]
+) -> None:
+    """A rename waiting to be sent, among says, when the drop is handled. As in
+    the test below, the events queue has them typed while Welcomed is posted,
+    and the fake server follows its welcome, in the same write, with a broken
+    frame: the network thread handles the drop before it sends anything."""
+    holder: list[ChatClient] = []
+
+    class TypeOnWelcome(EventQueue):
+        def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+            super().put(item, block, timeout)
+            if isinstance(item, Welcomed):
+                client = holder[0]
+                assert client.say("before") and client.rename("bob") and client.say("after")
+
+    def welcome_then_garbage(peer: Peer) -> None:
+        hello = peer.expect("hello")
+        peer.send_raw(frame(welcome(hello["name"])) + b"\0\0\0\0")  # length 0: bad frame
+        peer.expect_closed()
+
+    fake = fake_server(welcome_then_garbage)
+    client = make_client(fake.port, "alice", start=False, events=TypeOnWelcome())
+    holder.append(client)
+    client.start()
+    events = wait_for(client, ConnectionLost)
+    fake.finish()
+    given_back = [message for e in events if isinstance(e, Unsent) for message in e.says]
+    assert given_back == [Say("before"), Rename("bob"), Say("after")], events
+
+
 def test_say_accepted_just_before_a_drop_is_not_lost(
     fake_server: Callable[..., FakeServer], make_client: Callable[..., ChatClient]
 ) -> None:
@@ -893,6 +965,38 @@ def test_garbage_from_the_server(
     failed = last(client, ConnectFailed)
     fake.finish()
     assert_plain(failed.message)
+
+
+def test_a_second_welcome_drops_the_connection(
+    fake_server: Callable[..., FakeServer], make_client: Callable[..., ChatClient]
+) -> None:
+    """Each welcome queued a Welcomed event with all its names (3.7 MB for a
+    1 MiB welcome) until EVENT_LIMIT of them, 7 GB, waited for a slow UI."""
+    names = ["alice", *(f"u{i:04d}" for i in range(5000))]
+
+    def welcomes(peer: Peer) -> None:
+        peer.expect("hello")
+        peer.send_raw(frame(welcome("alice", names)) * 50)
+        peer.expect_closed()
+
+    fake = fake_server(welcomes)
+    client = make_client(fake.port, "alice")  # and nobody takes its events meanwhile
+
+    def queued() -> list[Any]:
+        with client.events.mutex:
+            return list(client.events.queue)
+
+    deadline = time.monotonic() + WAIT
+    while not any(isinstance(e, ConnectionLost) for e in queued()):
+        assert time.monotonic() < deadline, f"still connected; {len(queued())} events wait"
+        time.sleep(0.01)
+    waiting = queued()
+    fake.finish()
+    assert [type(e) for e in waiting[:3]] == [Connecting, Welcomed, ConnectionLost]
+    lost = waiting[2]
+    assert lost.message == "The server sent something this app does not understand."
+    assert lost.retry_in > 0  # it tries again, as after any broken frame
+    assert waiting[1].welcome.users == tuple(names)
 
 
 # -- drop and reconnect ----------------------------------------------------------
@@ -1385,6 +1489,61 @@ def test_a_users_list_replaces_the_one_still_waiting() -> None:
     events.put(items[0])  # nothing waits: a list is queued as it is
     assert events.get_nowait() is items[0]
     assert events.qsize() == 0
+
+
+def test_the_queue_weighs_user_lists_by_their_names() -> None:
+    """However few the events, the names they hold have a bound of their own."""
+    events = EventQueue(limit=100)
+    woken: list[bool] = []
+    events.on_room = lambda: woken.append(True)
+    names = tuple(f"u{i}" for i in range(network.MAX_USERS))
+    welcomed = Welcomed(Welcome("u0", names), reconnected=False)
+    events.put(welcomed)
+    assert events.has_room()
+    events.put(Received(Users(names)))
+    events.put(Received(Users(names[:10])))  # replaces the list waiting: 50,010 names
+    assert events.has_room()
+    events.put(Received(Users(names)))  # replaces that: 100,000
+    assert not events.has_room()
+    events.put(Received(Joined("bob", 1e9)))  # queued all the same: has_room is advice
+    assert events.get_nowait() is welcomed
+    assert woken == [True]
+    assert events.has_room()
+    assert [type(events.get_nowait()) for _ in range(events.qsize())] == [Received, Received]
+    assert events.has_room()
+
+
+def test_a_users_list_asked_for_stays_an_answer_when_a_later_list_replaces_it() -> None:
+    events = EventQueue(limit=10)
+    events.put(Received(Users(("a",)), asked=True))
+    events.put(Received(Users(("a", "b"))))
+    assert events.get_nowait() == Received(Users(("a", "b")), asked=True)
+    events.put(Received(Users(("a",))))
+    events.put(Received(Users(("b",))))
+    assert events.get_nowait() == Received(Users(("b",)), asked=False)
+
+
+def test_only_the_answer_to_who_is_a_users_list_asked_for(
+    fake_server: Callable[..., FakeServer], join: Callable[..., ChatClient]
+) -> None:
+    def lists(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+        peer.send({"type": "users", "users": ["alice", "x"]})
+        peer.expect("who")
+        peer.send({"type": "users", "users": ["alice", "y"]})
+        peer.expect("say", text="next")
+        peer.send({"type": "users", "users": ["alice", "z"]})
+        peer.expect_closed()
+
+    fake = fake_server(lists)
+    client = join(fake.port, "alice")
+    assert last(client, Received) == Received(Users(("alice", "x")), asked=False)
+    assert client.who()
+    assert last(client, Received) == Received(Users(("alice", "y")), asked=True)
+    assert client.say("next")
+    assert last(client, Received) == Received(Users(("alice", "z")), asked=False)
+    client.close()
+    fake.finish()
 
 
 def test_a_server_sending_user_lists_in_a_loop_leaves_one_waiting(
