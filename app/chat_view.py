@@ -21,7 +21,8 @@ A run of one person's messages (``GROUP_SECONDS`` apart at most, nothing
 between) shows the time and name once: on the later lines they are elided,
 still in the text for copying. A centred line marks each new day. Names
 take one of a dozen colours (``text.name_slot``), each made to read at 4.5:1
-on the transcript's background in either theme.
+on a mention's highlight, and so on the transcript's background, in either
+theme; so are the other colours of the transcript.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ GROUP_SECONDS = 5 * 60  # one person's messages this close together show their n
 CONTROL_MASK = 0x0004  # Tk's event.state bits (X11 and Windows alike)
 ALT_MASK = 0x0008 | 0x20000  # Mod1 on X11; Alt on Windows
 SCROLL_KEYS = frozenset({"Prior", "Next", "Up", "Down", "Home", "End"})
+# A mention's background: amber, and dark enough in the dark theme for the
+# light text on it (the olive #5c4a00 it was left the times at 3.4:1).
+MENTION_LIGHT = "#fff3cd"
+MENTION_DARK = "#583e0e"
 
 
 class ChatView(ttk.Frame):
@@ -115,8 +120,6 @@ class ChatView(ttk.Frame):
         self.transcript.configure(
             font=self.font,
             state="disabled",
-            padx=8,
-            pady=6,
             cursor="arrow",
             spacing1=2,
             yscrollcommand=self._view_moved,
@@ -572,7 +575,15 @@ class ChatView(ttk.Frame):
         return primary
 
     def apply_theme(self) -> None:
-        """Colour the transcript's tags for the current theme (light or dark)."""
+        """Paint the plain Tk widgets and colour the transcript's tags for the
+        current theme (light or dark).
+
+        ttkbootstrap repaints plain Tk widgets on a theme switch, with its own
+        borders and padding, but not when they are built, so a window started
+        in one theme looked unlike one switched to it. This runs after that
+        repaint, at start and on every switch, and sets every option it
+        touches: the looks are this method's alone.
+        """
         style = _style()
         colors = style.colors
         dark = style.theme_use().endswith("dark")
@@ -583,40 +594,70 @@ class ChatView(ttk.Frame):
             selectbackground=colors.selectbg,
             selectforeground=colors.selectfg,
             insertbackground=colors.inputfg,
+            highlightthickness=0,  # the ScrolledText around it draws the border
+            highlightbackground=colors.border,
+            highlightcolor=colors.primary,
+            insertwidth=2,
+            padx=8,
+            pady=6,
+            relief="flat",
+            borderwidth=0,
         )
         self.input.configure(
-            background=colors.inputbg, foreground=colors.inputfg, insertbackground=colors.inputfg
+            background=colors.inputbg,
+            foreground=colors.inputfg,
+            selectbackground=colors.selectbg,
+            selectforeground=colors.selectfg,
+            insertbackground=colors.inputfg,
+            highlightthickness=1,
+            highlightbackground=colors.border,
+            highlightcolor=colors.primary,
+            insertwidth=2,
+            padx=6,
+            pady=4,
+            relief="flat",
+            borderwidth=0,
         )
-        self.user_list.configure(
+        self.user_list.configure(  # no box: the list is part of the side panel
             background=colors.bg,
             foreground=colors.fg,
             selectbackground=colors.selectbg,
             selectforeground=colors.selectfg,
+            highlightthickness=0,
+            highlightbackground=colors.bg,
+            highlightcolor=colors.bg,
+            activestyle="none",
+            selectborderwidth=0,
+            relief="flat",
+            borderwidth=0,
         )
+        # A mention's line is the hardest background text sits on, so every
+        # colour is made to read at 4.5:1 there (and so on the plain lines).
         # Theme colours meant for buttons (info cyan, say) are too faint as
-        # text on white; these keep 4.5:1 contrast in either mode.
-        muted = "#9aa4ae" if dark else "#5c636a"
-        private = "#66d9e8" if dark else "#0b7285"
-        motd = "#75b798" if dark else "#146c43"
+        # text on white; these keep that contrast in either mode.
+        mention = MENTION_DARK if dark else MENTION_LIGHT
+        muted = fmt.readable("#9aa4ae" if dark else "#5c636a", mention)
+        private = fmt.readable("#66d9e8" if dark else "#0b7285", mention)
+        motd = fmt.readable("#75b798" if dark else "#146c43", mention)
         text.tag_configure("time", foreground=muted)
         text.tag_configure("sender", font=self.bold_font)
-        own = fmt.readable(colors.primary, colors.inputbg)
+        own = fmt.readable(colors.primary, mention)
         text.tag_configure("own", font=self.bold_font, foreground=own)
         text.tag_configure("action", font=self.italic_font)
         text.tag_configure("private", foreground=private)
         text.tag_configure("sender-private", font=self.bold_font)
         text.tag_configure("system", foreground=muted, font=self.italic_font)
         text.tag_configure("motd", foreground=motd, font=self.italic_font)
-        text.tag_configure("error", foreground=colors.danger)
-        text.tag_configure("mention", background="#5c4a00" if dark else "#fff3cd")
+        text.tag_configure("error", foreground=fmt.readable(colors.danger, mention))
+        text.tag_configure("mention", background=mention)
         text.tag_configure("help", font=self.font, foreground=colors.inputfg)
         for slot in range(len(fmt.NAME_HUES)):
-            text.tag_configure(f"name-{slot}", foreground=fmt.name_color(slot, colors.inputbg))
+            text.tag_configure(f"name-{slot}", foreground=fmt.name_color(slot, mention))
         text.tag_configure("elide", elide=True)
         text.tag_configure(
             "day", justify="center", foreground=muted, font=self.bold_font, spacing1=8, spacing3=4
         )
-        text.tag_configure("link", foreground=colors.primary, underline=True)
+        text.tag_configure("link", foreground=own, underline=True)
         text.tag_raise("link")
         self._set_margins()
         self.set_users(self._users)
