@@ -39,7 +39,7 @@ from app.network import (
     Unsent,
     Welcomed,
 )
-from app.settings import Settings
+from app.settings import Settings, fit_geometry
 from server.protocol import (
     MAX_TEXT_LENGTH,
     ChatMessage,
@@ -74,6 +74,10 @@ TOAST_MS = 5000
 # all): a server may list 50,000, and lines that long grew the transcript
 # by megabytes and made every later line slower for the Tk thread.
 WHO_NAMES = 100
+# Pixels a window takes beyond its geometry: the menu bar and a window
+# manager's title bar and borders, generously. Tk cannot tell them before
+# the window first shows, and a restored window must fit on the screen whole.
+WINDOW_CHROME = (16, 96)
 
 
 def app_version() -> str:
@@ -118,6 +122,7 @@ class ChatApp:
 
         root.title("LAN Chat")
         root.protocol("WM_DELETE_WINDOW", self.quit)
+        self._restore_geometry()
         self.view = ChatView(
             root,
             on_send=self.on_send,
@@ -167,6 +172,23 @@ class ChatApp:
         menubar.add_cascade(label="Help", menu=help_menu)
         self.root.configure(menu=menubar)
         self.menubar = menubar
+
+    def _restore_geometry(self) -> None:
+        """Where and how big the window was, kept wholly on the screen Tk reports."""
+        screen = (self.root.winfo_screenwidth(), self.root.winfo_screenheight())
+        smallest = self.root.minsize()
+        geometry = fit_geometry(
+            self.settings.geometry, screen, (smallest[0], smallest[1]), WINDOW_CHROME
+        )
+        if geometry is not None:
+            self.root.geometry(geometry)
+
+    def _remember_geometry(self) -> None:
+        # Only a window shown at its normal size: never shown, the saved one
+        # stays; maximized, its size is the screen's, not the one to come back to.
+        if self.root.state() == "normal":
+            self.root.update_idletasks()
+            self.settings = replace(self.settings, geometry=self.root.geometry())
 
     def toggle_theme(self) -> None:
         dark = not self.settings.dark
@@ -297,6 +319,7 @@ class ChatApp:
             self.root.after_cancel(self._pump_id)
             self._pump_id = None
         self._drop_client()
+        self._remember_geometry()
         self.save_settings(self.settings)
         for sequence in self._shortcuts:
             self.root.unbind_all(sequence)

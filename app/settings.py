@@ -1,10 +1,16 @@
-"""What the client remembers between runs, in the user's config folder."""
+"""What the client remembers between runs, in the user's config folder.
+
+Everything loaded is checked: a value of the wrong type or out of its range
+is replaced by the default, so a hand-edited or damaged file cannot stop the
+app or put its window somewhere absurd.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -18,17 +24,21 @@ logger = logging.getLogger("app.settings")
 APP_NAME = "lan-chat"
 MIN_FONT_SIZE = 8
 MAX_FONT_SIZE = 28
+# Tk's "WIDTHxHEIGHT+X+Y" (a negative position is "+-X"); a few digits each.
+GEOMETRY = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})\+(-?[0-9]{1,5})\+(-?[0-9]{1,5})")
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The last connection, the theme and the font size."""
+    """The last connection, the theme, the font size and the window's geometry
+    (Tk's "WIDTHxHEIGHT+X+Y", or empty for the default)."""
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     name: str = ""
     dark: bool = False
     font_size: int = 11
+    geometry: str = ""
 
     def with_font_size(self, size: int) -> Settings:
         return replace(self, font_size=max(MIN_FONT_SIZE, min(MAX_FONT_SIZE, size)))
@@ -57,8 +67,43 @@ def load(path: Path | None = None) -> Settings:
         default = getattr(defaults, field.name)
         if type(value) is type(default):
             values[field.name] = value
+    if parse_geometry(values.get("geometry", "")) is None:
+        values.pop("geometry", None)
     settings = Settings(**values)
     return settings.with_font_size(settings.font_size)
+
+
+def parse_geometry(text: str) -> tuple[int, int, int, int] | None:
+    """Width, height, x and y of a geometry like "920x640+10+20"; None if it is not one."""
+    found = GEOMETRY.fullmatch(text)
+    if found is None:
+        return None
+    width, height, x, y = map(int, found.groups())
+    return width, height, x, y
+
+
+def fit_geometry(
+    text: str,
+    screen: tuple[int, int],
+    smallest: tuple[int, int] = (1, 1),
+    chrome: tuple[int, int] = (0, 0),
+) -> str | None:
+    """``text`` moved and shrunk so that the window, with ``chrome`` pixels more
+    around it (menu bar, title bar, borders), lies wholly on a screen of
+    ``screen`` pixels (width, height), at least ``smallest``; None if it is no
+    geometry. A window saved on a monitor since unplugged, or at a bigger
+    resolution, comes back where it can be seen and grabbed."""
+    parsed = parse_geometry(text)
+    if parsed is None:
+        return None
+    width, height, x, y = parsed
+    room_width = max(1, screen[0] - chrome[0])
+    room_height = max(1, screen[1] - chrome[1])
+    width = max(min(width, room_width), min(smallest[0], room_width))
+    height = max(min(height, room_height), min(smallest[1], room_height))
+    x = max(0, min(x, room_width - width))
+    y = max(0, min(y, room_height - height))
+    return f"{width}x{height}+{x}+{y}"
 
 
 def save(settings: Settings, path: Path | None = None) -> None:
