@@ -154,9 +154,14 @@ class ChatView(ttk.Frame):
         self.user_list.pack(fill="both", expand=True)
         self.user_list.bind("<Double-Button-1>", self._private_to_selected)
         self.user_list.bind("<Return>", self._private_to_selected)
-        ttk.Label(
-            side, text="Double-click a name\nfor a private message", bootstyle="secondary"
-        ).pack(anchor="w", pady=(4, 0))
+        self.private_hint = hint = ttk.Label(
+            side, text="Double-click a name for a private message", bootstyle="secondary"
+        )
+        hint.pack(anchor="w", pady=(4, 0))
+        # Wrapped to the panel's width, never asking for more: with a fixed
+        # line break it was cut off whenever the panel was narrower than that.
+        hint.configure(wraplength=self.user_list.winfo_reqwidth())
+        side.bind("<Configure>", lambda event: hint.configure(wraplength=max(40, event.width - 12)))
         middle.add(side, weight=1)
 
     def _build_input(self) -> None:

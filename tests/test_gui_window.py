@@ -282,3 +282,32 @@ def test_a_saved_geometry_survives_a_save_and_a_load(tmp_path: Path) -> None:
     path = tmp_path / "settings.json"
     settings_store.save(Settings(name="alice", geometry="700x500+-20+40"), path)
     assert settings_store.load(path).geometry == "700x500+-20+40"
+
+
+def test_the_online_panels_hint_fits_in_the_panel(
+    make_app: Callable[..., ChatApp], tk_root: Any
+) -> None:
+    """Its text was cut off ("for a private messag") in a 920 px window, and
+    more so with the panel dragged narrower."""
+    chat = make_app()
+    shown(tk_root)
+    tk_root.geometry("920x640+0+0")
+    hint = chat.view.private_hint
+    panel = hint.master
+    assert isinstance(panel, tkinter.Misc)
+
+    def fits() -> bool:  # shown whole (not cut to a narrower space), inside the panel
+        right = hint.winfo_rootx() + hint.winfo_reqwidth()
+        whole = hint.winfo_width() >= hint.winfo_reqwidth()
+        return whole and right <= panel.winfo_rootx() + panel.winfo_width()
+
+    wait_until(tk_root, lambda: tk_root.geometry() == "920x640+0+0", what="the size")
+    settle(tk_root, 0.2)
+    assert fits(), (hint.winfo_width(), hint.winfo_reqwidth(), panel.winfo_width())
+    panes = panel.master
+    assert isinstance(panes, tkttk.Panedwindow)
+    panes.sashpos(0, panes.winfo_width() - 110)  # as a drag of the divider would
+    wait_until(tk_root, lambda: panel.winfo_width() < 130, what="a narrow panel")
+    settle(tk_root, 0.2)
+    assert fits(), (hint.winfo_width(), hint.winfo_reqwidth(), panel.winfo_width())
+    assert "private message" in str(hint.cget("text"))
