@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from tests.test_server_bench import table
+from tests.test_server_bench import run_module, table
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMBERS, FLOODERS, SECONDS, INTERVAL, WHO_MEMBERS, ATTACKERS = 20, 3, 2.0, 0.05, 30, 2
@@ -39,28 +36,7 @@ LIMIT_S = 60
 
 
 def run(module: str, args: list[str]) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", module, *args]
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = process.communicate(timeout=LIMIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        raise AssertionError(f"{module} took over {LIMIT_S} s:\n{out}\n{err}") from None
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # nothing left: the good case
-    else:
-        raise AssertionError(f"{module} left processes running:\n{out}\n{err}")
-    return subprocess.CompletedProcess(command, process.returncode, out, err)
+    return run_module(module, args, LIMIT_S)
 
 
 def test_hostile_tiny_run_reports_consistent_numbers(tmp_path: Path) -> None:

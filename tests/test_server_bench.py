@@ -26,7 +26,13 @@ LIMIT_S = 25
 
 
 def run_bench(json_path: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "tests.bench.server_bench", *TINY, "--json", str(json_path)]
+    return run_module("tests.bench.server_bench", [*TINY, "--json", str(json_path)], LIMIT_S)
+
+
+def run_module(module: str, args: list[str], limit_s: float) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module`` to its end within ``limit_s``, in a session of
+    its own; fail if it runs over or leaves any process behind."""
+    command = [sys.executable, "-m", module, *args]
     process = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -36,17 +42,17 @@ def run_bench(json_path: Path) -> subprocess.CompletedProcess[str]:
         start_new_session=True,
     )
     try:
-        out, err = process.communicate(timeout=LIMIT_S)
+        out, err = process.communicate(timeout=limit_s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         out, err = process.communicate()
-        raise AssertionError(f"the benchmark took over {LIMIT_S} s:\n{out}\n{err}") from None
+        raise AssertionError(f"{module} took over {limit_s} s:\n{out}\n{err}") from None
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass  # nothing left: the good case
     else:
-        raise AssertionError(f"the benchmark left processes running:\n{out}\n{err}")
+        raise AssertionError(f"{module} left processes running:\n{out}\n{err}")
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
