@@ -24,19 +24,30 @@ Scenarios:
   second, so the bystander's messages go out in turn from ``SPEAKERS``
   connections, each under the limit: every message is one the server should
   deliver. Goal: the worst delay under 100 ms, none missed.
-- ``shutdown``: the same room and flood, then SIGINT to the server. Goal:
-  every connection gets ``shutdown``, exit status 0 within 2 s.
+
+  The bystander (speakers and watcher) runs in a child process of its own,
+  ``python3 -m tests.bench.hostile --bystander-port PORT``: the members read
+  every message, which keeps this process busy enough to stall for hundreds
+  of milliseconds, and that stall must not count as the server's delay. The
+  child joins once the room has, writes ``ready``, starts speaking when it
+  reads ``go`` (the flood starts then too), and writes its numbers as one JSON
+  line; ``bystander_stall_ms`` is its own longest time away from its
+  selector, so a reader can see whether the delays are the server's. Its
+  stdin closing (this process gone) stops it; this process kills it on any
+  failure.
+- ``shutdown``: the same members and flood (no bystander), then SIGINT to the
+  server. Goal: every connection gets ``shutdown``, exit status 0 within 2 s.
 - ``who``: ``--who-members`` join; then ``--attackers`` clients each pipeline
   ``--who-bytes`` of ``who`` frames, never read, and close (half of them
   reset). The server's VmRSS is sampled meanwhile. Goal: the peak growth no
   more than the slow-reader bound (``--queue-bound``, 1 MiB) per attacker.
 
-One process drives every connection from one selector with non-blocking
+Each process drives its connections from one selector with non-blocking
 sockets; every wait has a timeout and every phase a deadline
 (``--timeout``). Bulk readers never parse JSON: they count markers such as
-``"type":"shutdown"`` with ``bytes.count``. The delays include this
-process's own lag: on a busy 2-core machine, read them with the generator's
-CPU share beside them. The framing code is this file's own (with
+``"type":"shutdown"`` with ``bytes.count``. On a busy 2-core machine the
+delays still include the scheduler's: read them with the CPU shares beside
+them. The framing code is this file's own (with
 ``tests.bench.server_bench``'s), not ``server.protocol``, so that it checks the
 server rather than mirroring it. The output is a Markdown table; a missed goal
 is reported in it, never by the exit status (1 only when a scenario could not
@@ -90,6 +101,11 @@ SHUTDOWN_GOAL_S = 2.0
 DELAY_GOAL_MS = 100.0
 STOP_GRACE_S = 5.0
 SAMPLE_EVERY_S = 0.01
+FLOOD_TICK_S = 0.05
+# How long the bystander's process may take to exit once it has reported.
+CHILD_EXIT_S = 5.0
+CHILD_READY_S = 30.0  # for six connections to join, even on a loaded machine
+PIPE_LIMIT = 1 << 20  # more than the child's report, so a runaway child cannot fill memory
 
 # Markers a bulk reader counts; the server writes compact JSON, but a space
 # after the colon would be valid JSON too.
@@ -188,6 +204,10 @@ class Loop:
         self.conns: set[Conn] = set()
         self.stopping = False
         self.failures: list[str] = []
+        # When a list: the time between a select's return and the next select,
+        # i.e. how long this process could not have read a socket.
+        self.stalls: list[int] | None = None
+        self._woke: int | None = None
 
     def connect(self, conn: Conn) -> Conn:
         sock = socket.socket()
@@ -263,7 +283,13 @@ class Loop:
             self.close(conn, "closed by the benchmark")
 
     def pump(self, timeout: float) -> None:
-        for key, mask in self.selector.select(timeout):
+        if self.stalls is not None:
+            now = time.perf_counter_ns()
+            if self._woke is not None:
+                self.stalls.append(now - self._woke)
+        events = self.selector.select(timeout)
+        self._woke = time.perf_counter_ns()
+        for key, mask in events:
             conn = key.data
             if conn.sock is None:
                 continue
@@ -470,31 +496,61 @@ class Crowd:
 
 
 class Flood:
-    """The flood scenario's room: members, flooders, a bystander's speakers and its watcher."""
+    """The flood scenario's room in this process: members and flooders."""
 
     def __init__(self, crowd: Crowd, args: argparse.Namespace) -> None:
-        self.crowd, self.loop, self.interval = crowd, crowd.loop, args.interval
+        self.crowd, self.loop = crowd, crowd.loop
         token = crowd.token
         self.members = [crowd.bulk(f"m{token}-{i}") for i in range(args.members)]
         self.flooders = [crowd.bulk(f"f{token}-{i}") for i in range(args.flooders)]
-        self.speakers = [crowd.parsed(f"s{token}-{i}", self._speaker) for i in range(SPEAKERS)]
-        self.watcher = crowd.parsed(f"w{token}", self._watched)
-        self.text_re = re.compile(f"by{token} ([0-9]+) ([0-9]+)", re.ASCII)
         self.ping = frame({"type": "ping", "n": 1})
-        self.flood_re = re.compile(f"fl{token} ([0-9]+)", re.ASCII)
-        self.lags: list[int] = []  # how old each flood message was when the watcher saw it
-        self.watched = 0  # message frames the watcher saw, of any sender
-        self.flooding = self.speaking = False
-        self.sent = 0
-        self.next_due = 0.0
-        self.sent_at: dict[int, int] = {}
-        self.delays: dict[int, int] = {}
-        self.speaker_errors: dict[str, int] = {}
+        self.flooding = False
         self.last_tick: float | None = None
         self.rounds: list[int] = []
 
     def everyone(self) -> list[Conn]:
-        return [*self.members, *self.flooders, *self.speakers, self.watcher]
+        return [*self.members, *self.flooders]
+
+    def start(self) -> None:
+        self.flooding = True
+
+    def tick(self) -> float:
+        now = time.monotonic()
+        if self.last_tick is not None and self.flooding:
+            self.rounds.append(int((now - self.last_tick) * 1e9))
+        self.last_tick = now
+        if not self.flooding:
+            return 0.25
+        for conn in self.flooders:
+            if conn.sock is not None and len(conn.wbuf) < FLOOD_BUFFER:
+                say = frame(
+                    {"type": "say", "text": f"fl{self.crowd.token} {time.perf_counter_ns()}"}
+                )
+                self.loop.send(conn, (say + self.ping) * FLOOD_BATCH)
+        # A flooder's drained buffer wakes the selector anyway; this only bounds the wait.
+        return FLOOD_TICK_S
+
+
+class Bystander:
+    """The bystander's speakers and its watcher, in the child process."""
+
+    def __init__(self, crowd: Crowd, interval: float) -> None:
+        self.crowd, self.loop, self.interval = crowd, crowd.loop, interval
+        token = crowd.token
+        self.speakers = [crowd.parsed(f"s{token}-{i}", self._speaker) for i in range(SPEAKERS)]
+        self.watcher = crowd.parsed(f"w{token}", self._watched)
+        self.text_re = re.compile(f"by{token} ([0-9]+) ([0-9]+)", re.ASCII)
+        self.flood_re = re.compile(f"fl{token} ([0-9]+)", re.ASCII)
+        self.lags: list[int] = []  # how old each flood message was when the watcher saw it
+        self.watched = 0  # message frames the watcher saw, of any sender
+        self.speaking = False
+        self.sent = 0
+        self.next_due = 0.0
+        self.delays: dict[int, int] = {}
+        self.speaker_errors: dict[str, int] = {}
+
+    def everyone(self) -> list[Conn]:
+        return [*self.speakers, self.watcher]
 
     def _speaker(self, conn: Conn, obj: dict[str, Any]) -> None:
         if obj["type"] == "error" and conn.joined:
@@ -510,6 +566,7 @@ class Flood:
             return
         flood = self.flood_re.fullmatch(text)
         if flood:
+            # perf_counter is CLOCK_MONOTONIC: the flooders' process stamps on the same clock.
             self.lags.append(time.perf_counter_ns() - int(flood[1]))
             return
         match = self.text_re.fullmatch(text)
@@ -518,32 +575,161 @@ class Flood:
             self.delays.setdefault(seq, time.perf_counter_ns() - sent)
 
     def start(self) -> None:
-        self.flooding = self.speaking = True
+        self.speaking = True
         self.next_due = time.monotonic()
 
     def tick(self) -> float:
-        now = time.monotonic()
-        if self.last_tick is not None and self.flooding:
-            self.rounds.append(int((now - self.last_tick) * 1e9))
-        self.last_tick = now
-        if self.flooding:
-            for conn in self.flooders:
-                if conn.sock is not None and len(conn.wbuf) < FLOOD_BUFFER:
-                    say = frame(
-                        {"type": "say", "text": f"fl{self.crowd.token} {time.perf_counter_ns()}"}
-                    )
-                    self.loop.send(conn, (say + self.ping) * FLOOD_BATCH)
         if not self.speaking:
             return 0.25
+        now = time.monotonic()
         while self.next_due <= now:
             speaker = self.speakers[self.sent % SPEAKERS]
-            sent_ns = time.perf_counter_ns()
-            text = f"by{self.crowd.token} {self.sent} {sent_ns}"
+            text = f"by{self.crowd.token} {self.sent} {time.perf_counter_ns()}"
             self.loop.send(speaker, frame({"type": "say", "text": text}))
-            self.sent_at[self.sent] = sent_ns
             self.sent += 1
             self.next_due += self.interval
         return max(0.0, self.next_due - now)
+
+
+class Pipe:
+    """Whole lines from a non-blocking pipe, read whenever asked; ``eof`` once it closed."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.buf = b""
+        self.eof = False
+
+    def lines(self) -> list[bytes]:
+        while not self.eof and len(self.buf) <= PIPE_LIMIT:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.eof = True
+            self.buf += chunk
+        *whole, self.buf = self.buf.split(b"\n")
+        return whole
+
+
+def run_bystander(args: argparse.Namespace) -> dict[str, Any]:
+    """The child's side: join, say ``ready``, speak from ``go`` for ``--seconds``,
+    wait up to GRACE_S for the rest; the numbers, for the parent to print.
+
+    Stdin is the parent's: its end (the parent gone) stops the run."""
+    deadline = time.monotonic() + args.timeout
+    stdin = Pipe(sys.stdin.fileno())
+    told: list[bytes] = []
+
+    def parent_gone() -> str | None:
+        told.extend(stdin.lines())
+        return "the benchmark's main process is gone" if stdin.eof else None
+
+    loop = Loop(args.bystander_port, parent_gone)
+    crowd = Crowd(loop)
+    crowd.token = args.bystander_token
+    room = Bystander(crowd, args.interval)
+    result: dict[str, Any] = {"failures": loop.failures}
+    try:
+        if crowd.join(room.everyone(), deadline) is None:
+            loop.failures += ["the bystander could not join", *crowd.refused, *crowd.dropped[:5]]
+            return result
+        print("ready", flush=True)
+        if not loop.run_until(lambda: b"go" in told, deadline):
+            loop.failures.append("no go from the benchmark's main process")
+            return result
+        loop.stalls = []
+        cpu, wall = _own_cpu_s(), time.perf_counter()
+        room.start()
+        speak_end = time.monotonic() + args.seconds
+        loop.run_until(lambda: time.monotonic() >= speak_end, deadline, room.tick)
+        room.speaking = False
+        result["bystander_cpu_pct"] = 100 * (_own_cpu_s() - cpu) / (time.perf_counter() - wall)
+        settle = min(deadline, time.monotonic() + GRACE_S)
+        loop.run_until(lambda: len(room.delays) >= room.sent, settle, room.tick)
+        result.update(
+            sent=room.sent,
+            seen=len(room.delays),
+            missed=room.sent - len(room.delays),
+            watcher_messages=room.watched,
+            watcher_closed=room.watcher.closed_why,
+            flood_lag_ms=percentiles_ms(room.lags),
+            delay_ms=percentiles_ms(list(room.delays.values())),
+            speaker_errors=room.speaker_errors,
+            bystander_stall_ms=percentiles_ms(loop.stalls),
+        )
+        return result
+    finally:
+        loop.stopping = True
+        loop.close_all()
+        loop.selector.close()
+
+
+def bystander_main(args: argparse.Namespace) -> int:
+    result = run_bystander(args)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+class Child:
+    """The bystander's process, as the parent sees it: started, read, and killed if need be."""
+
+    def __init__(self, port: int, token: str, args: argparse.Namespace, deadline: float) -> None:
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - stop() closes it
+        command = [
+            sys.executable, "-m", "tests.bench.hostile", "--bystander-port", str(port),
+            "--bystander-token", token, "--interval", str(args.interval),
+            "--seconds", str(args.seconds), "--timeout", str(max(1.0, deadline - time.monotonic())),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log
+        )
+        assert self.process.stdout is not None
+        self.out = Pipe(self.process.stdout.fileno())
+        self.lines: list[bytes] = []
+
+    def said(self) -> int:
+        """How many lines the child has written so far."""
+        self.lines += self.out.lines()
+        return len(self.lines)
+
+    def exited(self) -> bool:
+        return self.process.poll() is not None
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(b"go\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass  # it has exited: the wait for its report sees that
+
+    def stop(self, reported: bool) -> list[str]:
+        """Once it has ``reported``, wait a little for the child to exit; kill it
+        at once otherwise, or when it does not exit; what went wrong."""
+        failures = []
+        killed = False
+        try:
+            self.process.wait(CHILD_EXIT_S if reported else 0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            killed = True
+            if reported:
+                failures.append("the bystander's process did not exit; killed")
+        if self.process.returncode and not killed:
+            self.log.seek(0)
+            tail = self.log.read()[-2000:].decode(errors="replace").strip().splitlines()[-5:]
+            failures.append(f"the bystander exited with status {self.process.returncode}: {tail}")
+        for stream in (self.process.stdin, self.process.stdout):
+            assert stream is not None
+            try:
+                stream.close()
+            except BrokenPipeError:
+                pass
+        self.log.close()
+        return failures
 
 
 def _verdict(met: bool) -> str:
@@ -582,41 +768,65 @@ def run_flood(
         result["failures"] = ["could not join the room", *crowd.refused, *crowd.dropped[:5]]
         return result
     result["joined_in_s"] = joined_in
-    meter = _cpu_meter(server)
-    room.start()
-    flood_end = time.monotonic() + args.seconds
-    loop.run_until(lambda: time.monotonic() >= flood_end, deadline, room.tick)
-    room.flooding = room.speaking = False
-    server_cpu, own_cpu = meter()
-    # The watcher may still be catching up with what was sent.
-    settle = min(deadline, time.monotonic() + GRACE_S)
-    loop.run_until(lambda: len(room.delays) >= room.sent, settle, room.tick)
-    delays = percentiles_ms(list(room.delays.values()))
-    lags = percentiles_ms(room.lags)
-    rounds = percentiles_ms(room.rounds)
-    missed = room.sent - len(room.delays)
+    child = Child(server.port, crowd.token, args, deadline)
+    report: dict[str, Any] = {}
+    try:
+        ready_by = min(deadline, time.monotonic() + CHILD_READY_S)
+        if not loop.run_until(lambda: child.said() >= 1 or child.exited(), ready_by):
+            result["failures"] = ["the bystander did not join in time"]
+            return result
+        child.said()  # what it wrote before it exited
+        if child.lines[:1] != [b"ready"]:
+            result["failures"] = ["the bystander could not join", *map(repr, child.lines[-1:])]
+            return result
+        meter = _cpu_meter(server)
+        room.start()
+        child.go()
+        flood_end = time.monotonic() + args.seconds
+        loop.run_until(lambda: time.monotonic() >= flood_end, deadline, room.tick)
+        room.flooding = False
+        server_cpu, own_cpu = meter()
+        # The members go on reading while the watcher catches up with what was sent.
+        report_by = min(deadline, time.monotonic() + GRACE_S + CHILD_EXIT_S)
+        loop.run_until(lambda: child.said() >= 2 or child.exited(), report_by, room.tick)
+        child.said()
+        try:
+            report = json.loads(child.lines[1])
+        except (IndexError, ValueError):
+            result["failures"] = ["the bystander did not report", *map(repr, child.lines[1:2])]
+            return result
+    finally:
+        result.setdefault("failures", []).extend(child.stop(reported=bool(report)))
+    result["failures"] += report.pop("failures")
+    if "sent" not in report:
+        return result
+    delays, sent, missed = report["delay_ms"], report["sent"], report["missed"]
     pongs = sum(conn.counts["pong"] for conn in room.flooders)
     result.update(
-        sent=room.sent,
-        seen=len(room.delays),
+        sent=sent,
+        seen=report["seen"],
         missed=missed,
-        watcher_messages=room.watched,
-        watcher_closed=room.watcher.closed_why,
-        flood_lag_ms=lags,
+        watcher_messages=report["watcher_messages"],
+        watcher_closed=report["watcher_closed"],
+        flood_lag_ms=report["flood_lag_ms"],
         delay_ms=delays,
-        speaker_errors=room.speaker_errors,
+        speaker_errors=report["speaker_errors"],
         flooder_pongs_per_s=pongs / args.seconds,
         members_dropped=_gone_members(room.members),
         flooders_dropped=_gone_members(room.flooders),
-        generator_round_ms=rounds,
+        generator_round_ms=percentiles_ms(room.rounds),
         server_cpu_pct=server_cpu,
         generator_cpu_pct=own_cpu,
+        bystander_stall_ms=report["bystander_stall_ms"],
+        bystander_cpu_pct=report.get("bystander_cpu_pct"),
     )
     worst = None if delays is None else delays["max"]
+    stall = report["bystander_stall_ms"]
     result["measured"] = (
         "bystander delay "
         + ("-" if delays is None else " / ".join(f"{delays[k]:.1f}" for k in ("p50", "p99", "max")))
-        + f" ms (p50 / p99 / max), {missed} of {room.sent} missed"
+        + f" ms (p50 / p99 / max), {missed} of {sent} missed"
+        + ("" if stall is None else f"; its own process stalled {stall['max']:.1f} ms at most")
     )
     result["goal"] = f"max < {DELAY_GOAL_MS:g} ms, none missed"
     result["verdict"] = _verdict(worst is not None and worst < DELAY_GOAL_MS and missed == 0)
@@ -796,7 +1006,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
 
 def details(result: dict[str, Any]) -> str:
     """The other numbers of a scenario, one line."""
-    ranges = ("delay_ms", "flood_lag_ms", "generator_round_ms")
+    ranges = ("delay_ms", "flood_lag_ms", "generator_round_ms", "bystander_stall_ms")
     skip = {*COLUMNS, *ranges}
     parts = [
         f"{key}={value:.2f}" if isinstance(value, float) else f"{key}={value}"
@@ -854,11 +1064,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("--server-cwd", type=Path, default=ROOT, help="where to run python -m server "
         "(default: this checkout)")  # fmt: skip
     add("--json", type=Path, metavar="FILE", help="also write the raw numbers here")
+    add("--bystander-port", type=_positive(int), help="(internal) be the flood's bystander "
+        "process, for the server on this port")  # fmt: skip
+    add("--bystander-token", default="", help="(internal) the flood's name token")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.bystander_port is not None:
+        return bystander_main(args)
     raise_open_file_limit(max(args.members + args.flooders, args.who_members) + 512)
     results = [run_scenario(name, args) for name in args.scenario]
     words = sys.argv[1:] if argv is None else argv
