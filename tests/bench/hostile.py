@@ -626,6 +626,10 @@ def run_bystander(args: argparse.Namespace) -> dict[str, Any]:
         told.extend(stdin.lines())
         return "the benchmark's main process is gone" if stdin.eof else None
 
+    def heard_go() -> bool:
+        told.extend(stdin.lines())  # at once: the flood starts with the go
+        return b"go" in told
+
     loop = Loop(args.bystander_port, parent_gone)
     crowd = Crowd(loop)
     crowd.token = args.bystander_token
@@ -636,7 +640,7 @@ def run_bystander(args: argparse.Namespace) -> dict[str, Any]:
             loop.failures += ["the bystander could not join", *crowd.refused, *crowd.dropped[:5]]
             return result
         print("ready", flush=True)
-        if not loop.run_until(lambda: b"go" in told, deadline):
+        if not loop.run_until(heard_go, deadline):
             loop.failures.append("no go from the benchmark's main process")
             return result
         loop.stalls = []
