@@ -1,8 +1,9 @@
 """The hostile-load and soak benchmarks (tests/bench/hostile.py, soak.py) run at tiny sizes.
 
 Like tests/test_server_bench.py: each runs as a subprocess leading a process
-group of its own, which the server it starts joins; whatever of that group
-outlives it is killed by group id, and the test fails. The numbers they print
+group of its own, which the server it starts joins (and hostile's bystander
+process); whatever of that group outlives it is killed by group id, and the
+test fails. The numbers they print
 are parsed and checked against each other (a count that does not add up, a
 delay longer than the run), not against speed goals: the goals belong to the
 benchmarks' own "goal met / goal missed" column.
@@ -13,7 +14,9 @@ from __future__ import annotations
 import ast
 import json
 import re
+import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,6 @@ SOAK = [
     "--minutes", str(SOAK_MINUTES), "--clients", str(SOAK_CLIENTS),
     "--report-every", str(REPORT_EVERY),
 ]  # fmt: skip
-SPEAKERS_AND_WATCHER = 6  # hostile.SPEAKERS + the watcher
 LIMIT_S = 60
 
 
@@ -65,19 +67,24 @@ def test_hostile_tiny_run_reports_consistent_numbers(tmp_path: Path) -> None:
     assert flood["flooder_pongs_per_s"] > 0, flood
     measured = re.fullmatch(
         r"bystander delay ([0-9.]+) / ([0-9.]+) / ([0-9.]+) ms \(p50 / p99 / max\), "
-        r"([0-9]+) of ([0-9]+) missed",
+        r"([0-9]+) of ([0-9]+) missed; its own process stalled ([0-9.]+) ms at most",
         rows["flood"]["measured"],
     )
     assert measured, rows["flood"]
+    # The bystander's process measured its own stalls, each within the run.
+    stall = flood["bystander_stall_ms"]
+    assert 0 <= stall["p50"] <= stall["p99"] <= stall["max"] < (SECONDS + 2.5) * 1000, flood
     assert list(map(float, measured.groups())) == [
-        round(delay["p50"], 1), round(delay["p99"], 1), round(delay["max"], 1), missed, sent
+        round(delay["p50"], 1), round(delay["p99"], 1), round(delay["max"], 1), missed, sent,
+        round(stall["max"], 1),
     ], (measured, flood)  # fmt: skip
+    assert 0 <= flood["bystander_cpu_pct"] <= 200, flood
     met = delay["max"] < 100 and missed == 0
     assert rows["flood"]["verdict"] == ("goal met" if met else "goal missed"), rows["flood"]
 
     # shutdown: everyone of the room was counted, and the server's exit was seen.
     shutdown = results["shutdown"]
-    everyone = MEMBERS + FLOODERS + SPEAKERS_AND_WATCHER
+    everyone = MEMBERS + FLOODERS
     told = shutdown["told"]
     assert 0 <= told <= everyone == shutdown["open_at_signal"], shutdown
     assert sum(shutdown["closed_how"].values()) == everyone, shutdown
@@ -93,6 +100,27 @@ def test_hostile_tiny_run_reports_consistent_numbers(tmp_path: Path) -> None:
     met = who["growth_kb"] <= who["bound_kb"]
     assert rows["who"]["verdict"] == ("goal met" if met else "goal missed"), rows["who"]
     assert "Command: python3 -m tests.bench.hostile" in done.stdout
+
+
+def test_hostile_bystander_process_stops_when_its_parent_is_gone() -> None:
+    # Its stdin is the parent's pipe; here it is closed from the start, and the
+    # server (a listener that never answers) would keep it waiting until --timeout.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        command = [
+            sys.executable, "-m", "tests.bench.hostile", "--bystander-port", str(port),
+            "--bystander-token", "t0", "--timeout", str(LIMIT_S),
+        ]  # fmt: skip
+        done = subprocess.run(
+            command, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=LIMIT_S / 3,
+        )  # fmt: skip
+    assert done.returncode == 0, done
+    report = json.loads(done.stdout)
+    assert "the benchmark's main process is gone" in report["failures"], report
+    assert "sent" not in report, report
 
 
 def test_soak_tiny_run_reports_every_interval_and_a_whole_canary() -> None:
