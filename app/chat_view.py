@@ -592,37 +592,23 @@ class ChatView(ttk.Frame):
         style = _style()
         colors = style.colors
         dark = style.theme_use().endswith("dark")
+        # Both text boxes: themed colours, a flat look, the border drawn by
+        # the highlight (the input's) or by the ScrolledText around it.
+        boxed = {
+            "background": colors.inputbg,
+            "foreground": colors.inputfg,
+            "selectbackground": colors.selectbg,
+            "selectforeground": colors.selectfg,
+            "insertbackground": colors.inputfg,
+            "highlightbackground": colors.border,
+            "highlightcolor": colors.primary,
+            "insertwidth": 2,
+            "relief": "flat",
+            "borderwidth": 0,
+        }
         text = self.transcript
-        text.configure(
-            background=colors.inputbg,
-            foreground=colors.inputfg,
-            selectbackground=colors.selectbg,
-            selectforeground=colors.selectfg,
-            insertbackground=colors.inputfg,
-            highlightthickness=0,  # the ScrolledText around it draws the border
-            highlightbackground=colors.border,
-            highlightcolor=colors.primary,
-            insertwidth=2,
-            padx=8,
-            pady=6,
-            relief="flat",
-            borderwidth=0,
-        )
-        self.input.configure(
-            background=colors.inputbg,
-            foreground=colors.inputfg,
-            selectbackground=colors.selectbg,
-            selectforeground=colors.selectfg,
-            insertbackground=colors.inputfg,
-            highlightthickness=1,
-            highlightbackground=colors.border,
-            highlightcolor=colors.primary,
-            insertwidth=2,
-            padx=6,
-            pady=4,
-            relief="flat",
-            borderwidth=0,
-        )
+        text.configure(highlightthickness=0, padx=8, pady=6, **boxed)
+        self.input.configure(highlightthickness=1, padx=6, pady=4, **boxed)
         self.user_list.configure(  # no box: the list is part of the side panel
             background=colors.bg,
             foreground=colors.fg,
