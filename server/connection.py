@@ -135,6 +135,7 @@ class Connection:
         "_opened",
         "_pause_at",
         "_paused",
+        "_paused_since",
         "_peer_closed",
         "_ping_due",
         "_unsent",
@@ -173,6 +174,7 @@ class Connection:
         self._unsent_counted = 0  # of _unsent, bytes that count towards the room's bound
         self._input_waiting = False  # whole frames may be buffered: the loop serves them
         self._paused = False  # replies owed exceed _pause_at: input is not served
+        self._paused_since = 0.0
         self._pause_at = config.max_queue // REPLY_PAUSE_SHARE
         self._waiting_to_write = False
         self._watching_writes = False  # the selector watches for room to write
@@ -243,6 +245,7 @@ class Connection:
                 return  # closing stopped serving input
             if self.outbox.replies > self._pause_at:
                 self._paused = True
+                self._paused_since = now
                 self._set_input_waiting(False)
                 self._update_events()
                 return
@@ -286,6 +289,8 @@ class Connection:
                     return
                 if self._paused and self.outbox.replies <= self._pause_at:
                     self._paused = False
+                    # The silence while paused was ours: the idle clock restarts.
+                    self._last_heard = max(self._last_heard, time.monotonic())
                     self._set_input_waiting(True)  # what is buffered first, then read
                 if not chunk:
                     break
@@ -345,7 +350,15 @@ class Connection:
                     None,
                 )
         elif self.state is State.JOINED:
-            if now - self._last_heard >= config.idle_timeout:
+            if self._paused:
+                # We are not reading it, so its silence is ours; but a client
+                # that leaves its replies unread that long has stopped reading.
+                if now - self._paused_since >= config.idle_timeout:
+                    logger.warning(
+                        "%s: left its replies unread for %g seconds", self.who, config.idle_timeout
+                    )
+                    self.abort(LeaveReason.TOO_SLOW)
+            elif now - self._last_heard >= config.idle_timeout:
                 self.fail(
                     RemoteProtocolError(
                         ErrorCode.TIMEOUT,

@@ -126,7 +126,8 @@ class Outbox:
     from other members, the server's pings) count, like the log.
 
     Leaving copies nothing: the owed tail of the log stays where it is,
-    and if the log forgets it before it is read, the leaver is overrun.
+    to be read from there. Only if the log is about to forget it before it
+    is read is it copied (``keep_owed_log``, at most the slow-reader bound).
     """
 
     __slots__ = ("_counted", "_direct", "_until", "cursor", "replies")
@@ -229,15 +230,21 @@ class Outbox:
         else:
             self.cursor = stop
 
+    @property
+    def holds_log(self) -> bool:
+        """Whether a leaver still has part of the log to read."""
+        return self.cursor is not None and self._until is not None
+
     def subscribe(self, log: BroadcastLog) -> None:
         """Start receiving the log from its current end."""
         if self.cursor is not None:
-            self._copy_owed_log(log)
+            self.keep_owed_log(log)
         self.cursor = log.end
 
-    def _copy_owed_log(self, log: BroadcastLog) -> None:
-        """Turn what a leaver is still owed of the log into direct frames, so
-        that it can follow the log again (rejoining: at most ``max_backlog``)."""
+    def keep_owed_log(self, log: BroadcastLog) -> None:
+        """Turn what a leaver is still owed of the log into direct frames: the
+        log is about to forget it, or the member follows the log again
+        (rejoining). At most ``max_backlog``, or it would be overrun."""
         assert self.cursor is not None and self._until is not None
         if self.cursor < log.base:
             self.clear()
@@ -377,6 +384,9 @@ class Room:
         self._lock = threading.Lock()
         self._log = BroadcastLog()
         self._members: dict[str, Member] = {}
+        # Those who left still reading their tail of the log, until their
+        # connection is discarded (within its close grace).
+        self._leavers: set[Member] = set()
         self._roster = Roster()
         self._history: deque[_HistoryEntry] = deque(maxlen=history)
         self._last_id = 0
@@ -457,6 +467,8 @@ class Room:
             del self._members[identity]
             self._roster.remove(identity, member.name)
             member.outbox.unsubscribe(self._log)
+            if member.outbox.holds_log:
+                self._leavers.add(member)
             urgent = False
             if not self._closed:
                 urgent = self._broadcast(Left(member.name, reason, self._now()))
@@ -551,6 +563,7 @@ class Room:
         """Forget what ``member`` is owed: its connection is gone. Call ``leave`` first."""
         with self._lock:
             member.outbox.clear()
+            self._leavers.discard(member)
 
     def close(self) -> None:
         """The server is stopping: later departures are not announced."""
@@ -572,7 +585,18 @@ class Room:
         frame = encode(message)
         log.append(frame)
         if log.held > self._TRIM_FACTOR * self.max_backlog:
-            log.forget_before(log.end - self.max_backlog)
+            base = log.end - self.max_backlog
+            for leaver in list(self._leavers):
+                # What a leaver is owed, its own echo and last error among it,
+                # must outlive the log's trimming (a member is overrun instead).
+                if not leaver.outbox.holds_log:
+                    self._leavers.discard(leaver)
+                elif leaver.outbox.cursor is not None and leaver.outbox.cursor < base:
+                    # One owed more than the bound is left to be overrun (and dropped).
+                    if not leaver.outbox.overrun(log, self.max_backlog):
+                        leaver.outbox.keep_owed_log(log)
+                    self._leavers.discard(leaver)
+            log.forget_before(base)
         self._presence_held += len(frame)
         if urgent or self._presence_held > self.max_backlog // 4:
             self._presence_held = 0

@@ -1150,14 +1150,30 @@ def test_replies_do_not_count_towards_the_slow_reader_bound():
     assert h.room.overrun(alice, 0) is True
 
 
-def test_a_leaver_owed_more_than_the_log_keeps_is_overrun():
+def test_a_leaver_keeps_its_tail_when_the_log_forgets_it():
     h = Harness(max_backlog=4096, history=0)
     leaver = h.join("leaver")
     speaker = h.join("speaker")
     h.room.say(speaker, "owed")
+    h.room.say(leaver, "its own last words")  # the echo it is still owed
     h.room.leave(leaver, LeaveReason.QUIT)
     assert h.room.overrun(leaver, 0) is False
-    for i in range(200):  # the log forgets what the leaver has not read
+    for i in range(200):  # the room goes on: the log forgets what the leaver has not read
+        h.room.say(speaker, f"later {i} " + "l" * 60)
+        payloads(h.room, speaker)
+    assert [m.text for m in chat(inbox(h.room, leaver))] == ["owed", "its own last words"]
+    assert h.room.pull(leaver, EVERYTHING) == b""
+
+
+def test_a_leaver_owed_more_than_the_bound_is_overrun():
+    h = Harness(max_backlog=4096, history=0)
+    leaver = h.join("leaver")
+    speaker = h.join("speaker")
+    for i in range(50):  # the leaver reads none of it: more than the bound
+        h.room.say(speaker, f"before {i} " + "b" * 60)
+        payloads(h.room, speaker)
+    h.room.leave(leaver, LeaveReason.QUIT)
+    for i in range(200):
         h.room.say(speaker, f"later {i} " + "l" * 60)
         payloads(h.room, speaker)
     assert h.room.pull(leaver, EVERYTHING) is None

@@ -263,6 +263,45 @@ def test_a_paused_pipeliner_that_never_reads_is_still_dropped_for_the_room_s_mes
     raise AssertionError("the pipeliner was never dropped")
 
 
+def test_a_paused_client_that_keeps_sending_is_too_slow_not_silent(
+    start_server: StartServer, open_client: OpenClient
+) -> None:
+    # Paused, its frames are not read, so they cannot count as signs of
+    # life; but it is not silent, it stopped reading: `too-slow`, and only
+    # after the idle time, not `timeout` for a silence that was ours.
+    srv = start_server(max_queue=64 * 1024, idle_timeout=2.0, idle_ping_after=1.0)
+    observer = open_client(srv, "observer")
+    with socket.socket() as alice:
+        alice.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it reads nothing
+        alice.connect(("127.0.0.1", srv.port))
+        alice.settimeout(0.2)
+        alice.sendall(frame({"type": "hello", "name": "alice", "protocol": 1}))
+        observer.expect("joined", name="alice")
+        started = time.monotonic()
+        deadline = started + 8
+        left = None
+        frames = frame({"type": "ping", "pad": "p" * 30_000}) + frame({"type": "pong"})
+        sending = True
+        while left is None and time.monotonic() < deadline:
+            try:  # unread pongs pause it; then its pings and pongs keep coming
+                if sending:
+                    alice.sendall(frames)
+            except TimeoutError:
+                pass  # the server stopped reading it: back-pressure
+            except OSError:
+                sending = False  # the server closed it; the observer is told why
+            observer.send({"type": "ping"})  # the observer is not idle
+            try:
+                obj = observer.recv(0.2)
+            except TimeoutError:
+                continue
+            if obj["type"] == "left":
+                left = obj
+    assert left is not None, "alice was never dropped"
+    assert left["name"] == "alice" and left["reason"] == "too-slow", left
+    assert time.monotonic() - started >= 1.5  # not before the idle time
+
+
 def test_flooders_delay_a_bystander_by_a_moment_at_most(
     start_server: StartServer, open_client: OpenClient, pump: Pump
 ) -> None:
