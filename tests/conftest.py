@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,13 @@ def tk_root() -> Iterator[object]:
     root.withdraw()
     yield root
     root.destroy()
+
+
+def reset_root(root: Any) -> None:
+    """Leave the shared root as the next GUI test expects it: withdrawn,
+    light, at its first size and place."""
+    root.withdraw()
+    if root.theme_mode != "light":
+        root.theme_mode = "light"
+    root.geometry("920x640+0+0")
+    root.update()

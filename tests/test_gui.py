@@ -34,6 +34,7 @@ from app.settings import Settings
 from server.config import ServerConfig
 from server.protocol import ChatMessage
 from server.server import ChatServer
+from tests.conftest import reset_root
 from tests.wire import RawClient, frame
 
 HOST = "127.0.0.1"
@@ -247,10 +248,7 @@ def make_app(
             if not exits:  # quit() already closed it (close() twice is not safe)
                 chat.close()
     finally:
-        tk_root.withdraw()
-        if tk_root.theme_mode != "light":
-            tk_root.theme_mode = "light"
-        tk_root.update()
+        reset_root(tk_root)
 
 
 @pytest.fixture

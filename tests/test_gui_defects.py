@@ -30,6 +30,7 @@ from app.settings import Settings
 from server.config import ServerConfig
 from server.protocol import ChatMessage
 from server.server import ChatServer
+from tests.conftest import reset_root
 from tests.test_gui import (
     HOST,
     NoJitterRng,
@@ -103,10 +104,7 @@ def make_app(tk_root: Any) -> Iterator[Callable[..., ChatApp]]:
         for chat in apps:
             chat.close()
     finally:
-        tk_root.withdraw()
-        if tk_root.theme_mode != "light":
-            tk_root.theme_mode = "light"
-        tk_root.update()
+        reset_root(tk_root)
 
 
 @pytest.fixture

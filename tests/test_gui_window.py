@@ -23,6 +23,7 @@ from app import text as fmt
 from app.chat_app import ChatApp
 from app.settings import Settings, fit_geometry
 from server.protocol import ChatMessage
+from tests.conftest import reset_root
 from tests.test_gui import HOST, settle, wait_until
 
 # What makes a plain Tk widget look as it does (colours, borders, padding).
@@ -69,11 +70,7 @@ def make_app(tk_root: Any) -> Iterator[Callable[..., ChatApp]]:
         for chat in apps:
             chat.close()
     finally:
-        tk_root.withdraw()
-        if tk_root.theme_mode != "light":
-            tk_root.theme_mode = "light"
-        tk_root.geometry("920x640+0+0")
-        tk_root.update()
+        reset_root(tk_root)
 
 
 def set_theme(root: Any, mode: str) -> None:
