@@ -12,7 +12,8 @@ bound also lets the log forget everything older than ``max_backlog``.
 Replies (what a member's connection asked for) are left out of that bound:
 its connection bounds them by no longer reading requests while they pile
 up. A leaver keeps its cursor up to where the log ended when it left,
-so leaving copies nothing, however much it is owed.
+so leaving copies nothing, however much it is owed; only a tail the log
+is about to forget is copied first (at most ``max_backlog``).
 
 All state here is guarded by one lock. No method does socket I/O: a
 connection pulls its next bytes under the lock and writes them outside it.
