@@ -45,7 +45,6 @@ import itertools
 import logging
 import os
 import random
-import re
 import selectors
 import socket
 import threading
@@ -58,11 +57,14 @@ from queue import Queue
 from typing import Any
 
 from server.protocol import (
+    LONE_SURROGATE,
     MAX_CLIENT_FRAME,
     MAX_NAME_LENGTH,
     MAX_SERVER_FRAME,
     MAX_TEXT_LENGTH,
+    NAME_PUNCTUATION,
     SERVER_MESSAGES,
+    TEXT_REMOVED,
     Bye,
     ChatMessage,
     Error,
@@ -347,21 +349,9 @@ def _names_in(event: Event) -> int:
 
 # -- what the UI may show of the server's frames ---------------------------------------
 
-# Controls but tab and newline, and the bidi overrides and isolates (as the
-# server strips them from what clients say); lone surrogates (a JSON escape
-# can carry one) make Tk raise, so they become U+FFFD.
-_UNSHOWN = dict.fromkeys(
-    itertools.chain(
-        range(0x00, 0x09),
-        range(0x0B, 0x20),
-        range(0x7F, 0xA0),
-        range(0x202A, 0x202F),
-        range(0x2066, 0x206A),
-    )
-)
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# What the server strips from what clients say is stripped here too; lone
+# surrogates (a JSON escape can carry one) make Tk raise, so they become U+FFFD.
 _LINE_BREAKS = str.maketrans("\n\t\u2028\u2029", "    ")
-_NAME_PUNCTUATION = frozenset("_-.")
 # Frames whose `ts` the UI may show: a mistyped one is replaced by our clock
 # rather than losing the frame.
 _TIMED = frozenset({ChatMessage.TYPE, Joined.TYPE, Left.TYPE, Renamed.TYPE})
@@ -374,14 +364,14 @@ def _safe_ts(ts: float) -> float:
 def _safe_text(text: str, limit: int = MAX_TEXT_LENGTH, *, one_line: bool = False) -> str:
     """``text`` cut to ``limit`` characters, with nothing Tk cannot draw or
     that would reorder the line; ``one_line`` also turns line breaks into spaces."""
-    text = _LONE_SURROGATE.sub("\ufffd", text.translate(_UNSHOWN))
+    text = LONE_SURROGATE.sub("\ufffd", text.translate(TEXT_REMOVED))
     if one_line:
         text = text.translate(_LINE_BREAKS)
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def _name_char(char: str) -> bool:
-    return char in _NAME_PUNCTUATION or unicodedata.category(char)[0] in "LMN"
+    return char in NAME_PUNCTUATION or unicodedata.category(char)[0] in "LMN"
 
 
 def _safe_name(name: str) -> str:

@@ -141,7 +141,7 @@ class LocalProtocolError(ProtocolError):
 # Names and text
 
 
-_NAME_PUNCTUATION = frozenset("_-.")
+NAME_PUNCTUATION = frozenset("_-.")
 
 # Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties.txt,
 # the same list in Unicode 14.0 to 15.1), which
@@ -200,7 +200,7 @@ def normalize_name(name: str) -> str:
     has_letter_or_digit = False
     for char in nfc:
         category = unicodedata.category(char)[0]
-        if category not in "LMN" and char not in _NAME_PUNCTUATION:
+        if category not in "LMN" and char not in NAME_PUNCTUATION:
             shown = "a space" if char == " " else repr(char)
             raise _name_invalid(f"A name can only hold letters, digits and _ - . (not {shown}).")
         has_letter_or_digit = has_letter_or_digit or category in "LN"
@@ -255,20 +255,21 @@ def _shown_char(char: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-# Cc characters but tab and newline, and the bidi overrides and isolates.
-_TEXT_REMOVED = dict.fromkeys(
+# Cc characters but tab and newline, and the bidi overrides and isolates:
+# what the server removes from text (and the client from what it shows).
+TEXT_REMOVED = dict.fromkeys(
     [c for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)]
     + [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 )
 # A JSON escape can smuggle in a lone surrogate, which no UTF-8 peer can
-# receive; such text is refused rather than passed on.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# receive; the server refuses such text (the client shows U+FFFD instead).
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clean_text(text: str) -> str:
     """Return message text as the server keeps it, or raise ``text-invalid``."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_TEXT_REMOVED)
-    if _LONE_SURROGATE.search(text):
+    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(TEXT_REMOVED)
+    if LONE_SURROGATE.search(text):
         raise RemoteProtocolError(ErrorCode.TEXT_INVALID, "The text holds invalid characters.")
     if not text or text.isspace():
         raise RemoteProtocolError(ErrorCode.TEXT_INVALID, "The message is empty.")
