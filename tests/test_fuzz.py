@@ -742,7 +742,9 @@ RECEIVED_TYPES = (ChatMessage, Joined, Left, Renamed, Users, Error)
 
 def may_be_refused(obj: dict[str, Any]) -> bool:
     """Whether the client may rightly drop the connection over ``obj``: broken
-    framing, a known type it cannot parse, or an error that ends a session."""
+    framing, a known type it cannot parse, an error that ends a session, or
+    a welcome (``feed_client`` has sent one already: a second breaks the
+    protocol)."""
     if "raw" in obj or depth(obj) > SHALLOW:
         return True
     cls = SERVER_MESSAGES.get(obj["type"])
@@ -751,6 +753,8 @@ def may_be_refused(obj: dict[str, Any]) -> bool:
     try:
         parsed = parse_message(obj, SERVER_MESSAGES)
     except RemoteProtocolError:
+        return True
+    if isinstance(parsed, Welcome):
         return True
     return isinstance(parsed, Error) and parsed.code in ("server-full", "protocol-version")
 
