@@ -224,7 +224,7 @@ class ConnectDialog(ttk.Toplevel):
             self.on_choose_name(name)
         else:
             self.show_connecting()
-            self.on_connect(self.host_var.get().strip(), int(self.port_var.get()), name)
+            self.on_connect(self.host_var.get().strip(), int(self.port_var.get().strip()), name)
 
     def _cancel_clicked(self) -> None:
         if self._connecting or self._name_only:

@@ -355,6 +355,18 @@ def test_each_field_shows_its_problem_as_the_user_types(app: ChatApp) -> None:
     assert app.client is None
 
 
+def test_a_port_pasted_with_a_control_character_connects(
+    app: ChatApp, start_server: StartServer
+) -> None:
+    # check_fields strips U+001F (str.strip does), int() does not: Connect raised.
+    srv = start_server()
+    dialog = app.open_dialog()
+    fill(dialog, HOST, f"{srv.port}\x1f", "alice")
+    assert not disabled(dialog.connect_button), dialog.problems()
+    dialog.connect_button.invoke()
+    wait_until(app.root, lambda: app.client is not None and app.client.joined, what="the join")
+
+
 def test_submitting_with_a_problem_shows_every_hint_and_connects_nowhere(app: ChatApp) -> None:
     dialog = app.open_dialog()
     dialog.port_var.set("12345")  # touched and fine; host untouched and fine
