@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageGrab
+from PyInstaller.archive.readers import pkg_archive_contents
 
 from tests.wire import RawClient
 
@@ -92,6 +93,16 @@ def test_frozen_client_passes_its_smoke_test(built: Path, tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"chat-client \d+\.\d+\.\d+ smoke test passed\n", result.stdout)
+
+
+def test_frozen_client_carries_no_server_module_but_the_protocol(built: Path) -> None:
+    # The spec keeps no list of server modules to leave out: the client's
+    # imports alone must keep them out (tests/test_architecture.py).
+    binary = built / "pyinstaller-dist" / "lan-chat" / "lan-chat"
+    modules = set(pkg_archive_contents(str(binary)))
+    assert {"app.network", "server.protocol", "server.protocol.transport"} <= modules
+    of_server = {m for m in modules if m == "server" or m.startswith("server.")}
+    assert of_server == {"server"} | {m for m in of_server if m.startswith("server.protocol")}
 
 
 def test_frozen_client_window_carries_the_icon(built: Path, start_server, tmp_path: Path) -> None:
