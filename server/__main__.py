@@ -12,13 +12,18 @@ import threading
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
-from server.config import DEFAULT_IO_THREADS, DEFAULT_MAX_CLIENTS, RateLimit, ServerConfig
-from server.protocol import (
+from server.config import (
     DEFAULT_HISTORY,
-    DEFAULT_PORT,
-    MAX_SERVER_FRAME,
+    DEFAULT_IO_THREADS,
+    DEFAULT_MAX_CLIENTS,
     RATE_BURST,
     RATE_PER_SECOND,
+    RateLimit,
+    ServerConfig,
+)
+from server.protocol import (
+    DEFAULT_PORT,
+    MAX_SERVER_FRAME,
     SERVER_MESSAGES,
     Bye,
     ChatMessage,

@@ -1,19 +1,22 @@
-"""Server settings, with the defaults PROTOCOL.md prescribes."""
+"""Server settings: every policy default in one place (PROTOCOL.md prescribes most).
+
+They are the server's own: the client paces itself by the errors it gets,
+not by these numbers, so they live here rather than in the protocol.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.protocol import (
-    DEFAULT_HISTORY,
-    DEFAULT_MAX_QUEUE,
-    DEFAULT_PORT,
-    HANDSHAKE_TIMEOUT,
-    IDLE_PING_AFTER,
-    IDLE_TIMEOUT,
-    RATE_BURST,
-    RATE_PER_SECOND,
-)
+from server.protocol import DEFAULT_PORT
+
+RATE_BURST = 20
+RATE_PER_SECOND = 5.0
+HANDSHAKE_TIMEOUT = 10.0
+IDLE_PING_AFTER = 30.0
+IDLE_TIMEOUT = 90.0
+DEFAULT_HISTORY = 100
+DEFAULT_MAX_QUEUE = 1024 * 1024
 
 DEFAULT_MAX_CLIENTS = 10_000
 # One loop thread serves every connection. A second one overlaps one

@@ -59,6 +59,7 @@ from server.protocol import (
     ProtocolError,
     RemoteProtocolError,
     Rename,
+    RuleViolation,
     Say,
     Shutdown,
     Who,
@@ -478,7 +479,8 @@ class Connection:
                 )
             message = parse_message(payload, CLIENT_MESSAGES)
             self._HANDLERS[type(message)](self, message)
-        except RemoteProtocolError as exc:
+        except (RemoteProtocolError, RuleViolation) as exc:
+            # A name or text rule the peer's frame broke is the peer's fault.
             if exc.in_reply_to is None and len(kind) <= MAX_ECHOED_TYPE:
                 exc.in_reply_to = kind
             self.fail(exc, LeaveReason.ERROR)

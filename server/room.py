@@ -36,9 +36,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from server.config import DEFAULT_HISTORY, DEFAULT_MAX_QUEUE
 from server.protocol import (
-    DEFAULT_HISTORY,
-    DEFAULT_MAX_QUEUE,
     MAX_NAME_INPUT,
     ChatMessage,
     ErrorCode,

@@ -42,6 +42,7 @@ from server.protocol import (
     RemoteProtocolError,
     Rename,
     Renamed,
+    RuleViolation,
     Say,
     Shutdown,
     Unknown,
@@ -993,7 +994,7 @@ def test_names_are_nfc_normalised(raw, kept):
     ],
 )
 def test_invalid_names(name):
-    with pytest.raises(RemoteProtocolError) as info:
+    with pytest.raises(RuleViolation) as info:
         normalize_name(name)
     assert info.value.code == "name-invalid"
     assert info.value.fatal is False
@@ -1009,7 +1010,7 @@ def test_invalid_names(name):
     ],
 )
 def test_every_default_ignorable_range_is_refused_in_a_name(char):
-    with pytest.raises(RemoteProtocolError) as info:
+    with pytest.raises(RuleViolation) as info:
         normalize_name("alice" + char)
     assert info.value.code == "name-invalid"
     assert info.value.message == (f"A name cannot hold invisible characters (U+{ord(char):04X}).")
@@ -1029,14 +1030,14 @@ def test_default_ignorable_ranges_are_sorted_and_apart():
 )
 def test_invisible_characters_are_named_in_the_reason(name):
     char = next(c for c in name if c not in "abilce")
-    with pytest.raises(RemoteProtocolError) as info:
+    with pytest.raises(RuleViolation) as info:
         normalize_name(name)
     assert f"U+{ord(char):04X}" in info.value.message
 
 
 @pytest.mark.parametrize("name", ["_", ".", "-", "._-", "_\u0301"])
 def test_a_name_without_a_letter_or_digit_says_so(name):
-    with pytest.raises(RemoteProtocolError) as info:
+    with pytest.raises(RuleViolation) as info:
         normalize_name(name)
     assert info.value.message == "A name needs at least one letter or digit."
 
@@ -1090,7 +1091,7 @@ def normalising_only_short(monkeypatch):
     ids=["marks-129", "marks-32768", "letters-129"],
 )
 def test_an_over_long_name_is_refused_before_it_is_normalised(normalising_only_short, name):
-    with pytest.raises(RemoteProtocolError) as info:
+    with pytest.raises(RuleViolation) as info:
         normalize_name(name)
     assert info.value.code == "name-invalid"
     assert info.value.message == "A name can be at most 32 characters long."
@@ -1103,7 +1104,7 @@ def test_sorting_does_not_normalise_an_over_long_name(normalising_only_short):
 
 def test_name_length_boundary_in_code_points():
     assert len(normalize_name("\U0001d49c" * MAX_NAME_LENGTH)) == 32
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RuleViolation):
         normalize_name("\U0001d49c" * (MAX_NAME_LENGTH + 1))
 
 
@@ -1218,7 +1219,7 @@ def test_clean_text(raw, kept):
     ],
 )
 def test_clean_text_invalid(raw):
-    with pytest.raises(RemoteProtocolError) as info:
+    with pytest.raises(RuleViolation) as info:
         clean_text(raw)
     assert info.value.code == "text-invalid"
     assert info.value.fatal is False
@@ -1381,7 +1382,7 @@ name_candidates = st.one_of(
 def test_property_normalize_name(raw):
     try:
         name = normalize_name(raw)
-    except RemoteProtocolError as exc:
+    except RuleViolation as exc:
         assert exc.code == "name-invalid"
         # Refused exactly when the NFC form breaks a rule.
         assert not _name_rules_hold(unicodedata.normalize("NFC", raw))
@@ -1397,7 +1398,7 @@ def test_property_normalize_name(raw):
 def test_property_clean_text(raw):
     try:
         text = clean_text(raw)
-    except RemoteProtocolError as exc:
+    except RuleViolation as exc:
         assert exc.code == "text-invalid"
         return
     assert 1 <= len(text) <= MAX_TEXT_LENGTH

@@ -21,9 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from server.config import DEFAULT_HISTORY, DEFAULT_MAX_QUEUE
 from server.protocol import (
-    DEFAULT_HISTORY,
-    DEFAULT_MAX_QUEUE,
     MAX_SERVER_FRAME,
     MAX_TEXT_LENGTH,
     SERVER_MESSAGES,

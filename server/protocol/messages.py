@@ -1,0 +1,366 @@
+"""The messages of PROTOCOL.md as frozen dataclasses, and their encoding.
+
+``parse_message`` turns a decoded payload into one of them (or
+``Unknown``), checking every field's presence and JSON type exactly;
+``encode`` turns one back into frame bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple, Self
+
+from server.protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
+from server.protocol.framing import HEADER, MAX_SERVER_FRAME
+
+PROTOCOL_VERSION = 1
+
+
+class _Field(NamedTuple):
+    attr: str
+    key: str  # the name on the wire (``from`` is a Python keyword)
+    kind: str  # a key of _KIND_CHECKS
+    required: bool
+
+
+# JSON booleans are Python bools, which are ints too: every check is exact.
+_KIND_CHECKS = {
+    "str": lambda v: type(v) is str,
+    "int": lambda v: type(v) is int,
+    "bool": lambda v: type(v) is bool,
+    "number": lambda v: type(v) is int or type(v) is float,
+    "names": lambda v: type(v) is list and all(type(x) is str for x in v),
+}
+_KIND_WORDS = {
+    "str": "a string",
+    "int": "an integer",
+    "bool": "true or false",
+    "number": "a number",
+    "names": "a list of strings",
+}
+
+
+def _req(attr: str, kind: str, key: str | None = None) -> _Field:
+    return _Field(attr, key or attr, kind, True)
+
+
+def _opt(attr: str, kind: str) -> _Field:
+    return _Field(attr, attr, kind, False)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every message; ``TYPE`` is its wire ``type``."""
+
+    TYPE: ClassVar[str] = ""
+    FIELDS: ClassVar[tuple[_Field, ...]] = ()
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Self:
+        """Build the message from a decoded payload, or raise ``bad-field``."""
+        values = {}
+        for f in cls.FIELDS:
+            value = obj.get(f.key)
+            if value is None:  # an optional field whose value is null is absent
+                if f.required:
+                    raise _bad_field(cls.TYPE, f"`{f.key}` is missing.")
+                continue
+            if not _KIND_CHECKS[f.kind](value):
+                raise _bad_field(cls.TYPE, f"`{f.key}` must be {_KIND_WORDS[f.kind]}.")
+            values[f.attr] = tuple(value) if f.kind == "names" else value
+        return cls(**values)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The payload object; optional fields that are unset are left out."""
+        obj: dict[str, Any] = {"type": self.TYPE}
+        for f in self.FIELDS:
+            value = getattr(self, f.attr)
+            if f.required or (value is not None and value is not False):
+                obj[f.key] = value
+        return obj
+
+
+def _bad_field(type_: str, message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(ErrorCode.BAD_FIELD, message, in_reply_to=type_)
+
+
+@dataclass(frozen=True, slots=True)
+class _Echo(Message):
+    """A ping or pong; every field but ``type`` is carried in ``extra``."""
+
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Self:
+        return cls({k: v for k, v in obj.items() if k != "type"})
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE} | {k: v for k, v in self.extra.items() if k != "type"}
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(_Echo):
+    """``ping``: either side asks for a ``pong`` that echoes ``extra``."""
+
+    TYPE = "ping"
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(_Echo):
+    """``pong``: the answer to a ping, echoing the ping's ``extra`` fields."""
+
+    TYPE = "pong"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """``hello`` (client): ask to join as ``name`` speaking ``protocol``."""
+
+    TYPE = "hello"
+    FIELDS = (_req("name", "str"), _req("protocol", "int"))
+    name: str
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Say(Message):
+    """``say`` (client): ``text`` to the room, or to the user ``to``; ``action`` for /me."""
+
+    TYPE = "say"
+    FIELDS = (_req("text", "str"), _opt("action", "bool"), _opt("to", "str"))
+    text: str
+    action: bool = False
+    to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rename(Message):
+    """``rename`` (client): change one's own name to ``name``."""
+
+    TYPE = "rename"
+    FIELDS = (_req("name", "str"),)
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Who(Message):
+    """``who`` (client): ask for the ``users`` list."""
+
+    TYPE = "who"
+
+
+@dataclass(frozen=True, slots=True)
+class Bye(Message):
+    """``bye`` (client): leave the room and close."""
+
+    TYPE = "bye"
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """``welcome`` (server): joined as ``name``; ``history_count`` history messages follow."""
+
+    TYPE = "welcome"
+    FIELDS = (
+        _req("name", "str"),
+        _req("users", "names"),
+        _req("history_count", "int"),
+        _opt("motd", "str"),
+    )
+    name: str
+    users: tuple[str, ...]
+    history_count: int = 0
+    motd: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage(Message):
+    """``message`` (server): message ``id`` from ``sender`` (wire ``from``) at ``ts``.
+
+    ``action`` marks a /me, ``to`` a private message, ``history`` a replay
+    sent right after ``welcome``.
+    """
+
+    TYPE = "message"
+    FIELDS = (
+        _req("id", "int"),
+        _req("sender", "str", key="from"),
+        _req("text", "str"),
+        _req("ts", "number"),
+        _opt("action", "bool"),
+        _opt("to", "str"),
+        _opt("history", "bool"),
+    )
+    id: int
+    sender: str
+    text: str
+    ts: float
+    action: bool = False
+    to: str | None = None
+    history: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Joined(Message):
+    """``joined`` (server): ``name`` entered the room at ``ts``."""
+
+    TYPE = "joined"
+    FIELDS = (_req("name", "str"), _req("ts", "number"))
+    name: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Left(Message):
+    """``left`` (server): ``name`` left the room at ``ts`` for ``reason`` (a ``LeaveReason``)."""
+
+    TYPE = "left"
+    FIELDS = (_req("name", "str"), _req("reason", "str"), _req("ts", "number"))
+    name: str
+    reason: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Renamed(Message):
+    """``renamed`` (server): the user ``old`` is now called ``new``."""
+
+    TYPE = "renamed"
+    FIELDS = (_req("old", "str"), _req("new", "str"), _req("ts", "number"))
+    old: str
+    new: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Users(Message):
+    """``users`` (server): everyone in the room, sorted."""
+
+    TYPE = "users"
+    FIELDS = (_req("users", "names"),)
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """``error`` (server): ``code`` (an ``ErrorCode``), a human ``message``, and
+    the ``in_reply_to`` type of the frame that caused it, when known."""
+
+    TYPE = "error"
+    FIELDS = (_req("code", "str"), _req("message", "str"), _opt("in_reply_to", "str"))
+    code: str
+    message: str
+    in_reply_to: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: ProtocolError) -> Error:
+        """The error frame that answers ``exc``."""
+        return cls(exc.code, exc.message, exc.in_reply_to)
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    """``shutdown`` (server): the server is stopping; ``message`` says why."""
+
+    TYPE = "shutdown"
+    FIELDS = (_req("message", "str"),)
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown(Message):
+    """A payload whose ``type`` the receiver does not know; ``fields`` is all of it."""
+
+    type: str
+    fields: Mapping[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**self.fields, "type": self.type}
+
+
+def _table(*classes: type[Message]) -> Mapping[str, type[Message]]:
+    return {cls.TYPE: cls for cls in classes}
+
+
+CLIENT_MESSAGES = _table(Hello, Say, Rename, Who, Ping, Pong, Bye)
+"""The types a client sends, by wire ``type``."""
+
+SERVER_MESSAGES = _table(
+    Welcome, ChatMessage, Joined, Left, Renamed, Users, Error, Shutdown, Ping, Pong
+)
+"""The types the server sends, by wire ``type``."""
+
+
+def parse_message(payload: Mapping[str, Any], table: Mapping[str, type[Message]]) -> Message:
+    """Turn a decoded payload into a message from ``table`` (or ``Unknown``).
+
+    Raises ``RemoteProtocolError`` code ``bad-field`` (not fatal) when a
+    known type has a missing or mistyped field.
+    """
+    cls = table.get(payload["type"])
+    if cls is None:
+        return Unknown(payload["type"], payload)
+    return cls.from_wire(payload)
+
+
+class NameList(tuple[str, ...]):
+    """Names (a tuple) with their JSON array text kept beside them.
+
+    ``encode`` writes ``json`` as it is rather than encoding the names
+    again: the room's user list goes into every ``welcome``, and in a room
+    of thousands, encoding it afresh for each join would cost more than
+    the rest of the join. ``items`` holds each name already as a JSON
+    string (``json_string``), in the same order as ``names``.
+    """
+
+    json: str
+
+    def __new__(cls, names: Iterable[str], items: Iterable[str]) -> Self:
+        self = super().__new__(cls, names)
+        self.json = "[" + ",".join(items) + "]"
+        return self
+
+
+def json_string(text: str) -> str:
+    """``text`` as a JSON string, written as ``encode`` writes strings."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def encode(message: Message, max_frame: int = MAX_SERVER_FRAME) -> bytes:
+    """The frame (length prefix and payload) that carries ``message``.
+
+    Raises ``LocalProtocolError`` when the payload would exceed ``max_frame``.
+    """
+    obj = message.to_wire()
+    ready = [(key, value.json) for key, value in obj.items() if isinstance(value, NameList)]
+    for key, _ in ready:
+        del obj[key]
+    try:
+        try:
+            text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            payload = _splice(text, ready).encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (say, echoed in a ping) has no UTF-8 form; JSON's
+            # \u escapes carry it faithfully.
+            text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+            payload = _splice(text, ready).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        # Not the message itself in the text: it may be a large echo.
+        raise LocalProtocolError(
+            "bad-message", f"Cannot encode a {message.TYPE or 'message'} frame: {exc}"
+        ) from exc
+    if len(payload) > max_frame:
+        raise LocalProtocolError(
+            "frame-too-large",
+            f"A {message.TYPE} frame of {len(payload)} bytes exceeds {max_frame}.",
+        )
+    return HEADER.pack(len(payload)) + payload
+
+
+def _splice(text: str, ready: list[tuple[str, str]]) -> str:
+    """Add fields already in JSON to the JSON object ``text`` (never empty: it has a type)."""
+    if not ready:
+        return text
+    return text[:-1] + "".join(f",{json_string(key)}:{value}" for key, value in ready) + "}"
