@@ -109,3 +109,24 @@ def test_the_protocol_imports_nothing_else_of_the_project() -> None:
         if name.startswith("server.protocol"):
             outside = {n for n in imported if not n.startswith("server.protocol")}
             assert not outside, f"{name} imports {sorted(outside)}"
+
+
+def _stdlib_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_protocol_is_pure_but_for_its_transport() -> None:
+    # Framing, messages and rules never touch a socket, a thread or Tk; the
+    # transport is the one place both sides read and write sockets.
+    impure = {"socket", "ssl", "selectors", "threading", "tkinter", "ttkbootstrap"}
+    modules = _modules()
+    for name, path in modules.items():
+        if name.startswith("server.protocol") and name != "server.protocol.transport":
+            assert not _stdlib_imports(path) & impure, f"{name} imports I/O"
+    assert "socket" in _stdlib_imports(modules["server.protocol.transport"])
