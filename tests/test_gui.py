@@ -880,6 +880,40 @@ def test_disconnect_then_connect_again(
     assert message(bob)["text"] == "kept"
 
 
+def test_the_banners_button_offers_the_way_back_in_that_fits(
+    make_app: Callable[..., ChatApp],
+    start_server: StartServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ "Connect again" once the app has stopped trying by itself (a
+    disconnect), "Reconnect now" while it retries; after a welcome, a loss
+    offers to reconnect again, whatever the last banner offered."""
+    monkeypatch.setattr("app.network.FAST_RETRY", 100.0)  # a shutdown's short pauses too
+
+    def slow_to_retry(host: str, port: int, name: str) -> ChatClient:
+        return ChatClient(host, port, name, rng=NoJitterRng())
+
+    app = make_app(client_factory=slow_to_retry)
+    srv = start_server()
+    join(app, srv, "alice")
+    menu_item(app, "Chat", 1)  # Disconnect
+    assert app.view.banner_visible
+    assert str(app.view.banner_button.cget("text")) == "Connect again"
+    app.view.banner_button.invoke()
+    wait_until(app.root, lambda: not app.view.banner_visible, what="the banner to go")
+    wait_until(app.root, lambda: app.client is not None and app.client.joined, what="joined")
+
+    srv.shutdown()
+    srv.server_close()
+    wait_until(app.root, lambda: app.view.banner_visible, what="the banner")
+    assert "Retrying" in str(app.view.banner_label.cget("text"))
+    assert str(app.view.banner_button.cget("text")) == "Reconnect now"
+    client = app.client
+    assert client is not None
+    app.view.banner_button.invoke()  # the client is retrying: it only skips the pause
+    assert app.client is client
+
+
 def test_a_failed_switch_to_another_server_shows_no_stale_room(
     app: ChatApp, start_server: StartServer, open_client: Callable[..., RawClient]
 ) -> None:
