@@ -24,7 +24,7 @@ import ttkbootstrap as ttk
 
 from app import commands
 from app import text as fmt
-from app.chat_view import ChatView
+from app.chat_view import Action, ChatView
 from app.connect_dialog import ConnectDialog
 from app.network import (
     ChatClient,
@@ -113,6 +113,11 @@ class ChatApp:
         self._seen: OrderedDict[tuple[int, float], None] = OrderedDict()
         self._retry_at: float | None = None
         self._lost_reason = ""
+        # The banner's way back into the room: "Connect again" once the app
+        # has stopped trying by itself, until the next welcome.
+        self._reconnect_now = Action("Reconnect now", self.reconnect)
+        self._connect_again = Action("Connect again", self.reconnect)
+        self._way_back = self._reconnect_now
         self._name_retry: str | None = None  # the pending after() of a name retry
         self._held: deque[str] = deque()  # unsent texts waiting for the input box
         self._toast_until = 0.0  # time.monotonic() when the last toast is gone
@@ -126,7 +131,6 @@ class ChatApp:
         self.view = ChatView(
             root,
             on_send=self.on_send,
-            on_reconnect=self.reconnect,
             font_size=settings.font_size,
         )
         self.view.pack(fill="both", expand=True)
@@ -298,8 +302,8 @@ class ChatApp:
         self.notice("You left the room.")
         self.view.set_users([])
         self.view.set_status("Not connected")
-        self.view.show_banner("You are not connected.", reconnect_button=True)
-        self.view.reconnect_button.configure(text="Connect again")
+        self._way_back = self._connect_again
+        self.view.show_banner("You are not connected.", self._way_back)
         self._update_title()
 
     def quit(self) -> None:
@@ -361,9 +365,7 @@ class ChatApp:
                 self.view.end_batch()
             if self._retry_at is not None:
                 seconds = max(0, round(self._retry_at - time.monotonic()))
-                self.view.banner_label.configure(
-                    text=f"{self._lost_reason} Retrying in {seconds} s…"
-                )
+                self.view.update_banner(f"{self._lost_reason} Retrying in {seconds} s…")
         finally:
             # Even after an error (reported by Tk), later events must still show.
             if not self._closing:
@@ -376,7 +378,7 @@ class ChatApp:
                 self.view.set_status(f"Reconnecting to {host}:{port}…")
                 if self._retry_at is not None:  # the pause is over: this is the attempt
                     self._retry_at = None
-                    self.view.banner_label.configure(text=f"{self._lost_reason} Reconnecting…")
+                    self.view.update_banner(f"{self._lost_reason} Reconnecting…")
             case Welcomed():
                 self._welcomed(event)
             case NameRefused(message=message):
@@ -411,7 +413,7 @@ class ChatApp:
         self.root.deiconify()
         self._retry_at = None
         self.view.hide_banner()
-        self.view.reconnect_button.configure(text="Reconnect now")
+        self._way_back = self._reconnect_now
         self.view.own_name = welcome.name
         self.view.set_users(welcome.users)
         self._update_settings(name=welcome.name)
@@ -424,7 +426,7 @@ class ChatApp:
                 self.notice(welcome.motd, "motd")
         self._update_status()
         self._update_title()
-        self.view.input.focus_set()
+        self.view.focus_input()
 
     def _name_refused(self, message: str) -> None:
         if self.dialog is not None and self.dialog.attempting:
@@ -437,7 +439,7 @@ class ChatApp:
         # the server notices it is gone; ask again shortly (once at a time).
         client = self.client
         name = self.settings.name
-        self.view.show_banner(f"Waiting for the server to free the name {name}…")
+        self.view.show_banner(f"Waiting for the server to free the name {name}…", self._way_back)
 
         def retry() -> None:
             self._name_retry = None
@@ -458,14 +460,14 @@ class ChatApp:
         self._update_title()
         if retry_in < 0:
             self._drop_client()
-            self.view.show_banner(message)
-            self.view.reconnect_button.configure(text="Connect again")
+            self._way_back = self._connect_again
+            self.view.show_banner(message, self._way_back)
             return
         if not again:  # a retry that failed as the last one did: the banner says it
             self.notice(message)
         self._lost_reason = message
         self._retry_at = time.monotonic() + retry_in
-        self.view.show_banner(f"{message} Retrying…")
+        self.view.show_banner(f"{message} Retrying…", self._way_back)
 
     def _received(self, message: object, *, asked: bool = False) -> None:
         view = self.view
@@ -527,7 +529,7 @@ class ChatApp:
         if self.client is None or not self.client.joined or self.target is None:
             return
         host, port = self.target
-        online = len(self.view.users)
+        online = self.view.online_count
         self.view.set_status(f"Connected to {host}:{port} as {self.client.name}, {online} online")
 
     def notice(self, text: str, kind: str = "system") -> None:

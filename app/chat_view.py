@@ -33,6 +33,7 @@ import tkinter
 import webbrowser
 from bisect import bisect_left
 from collections.abc import Callable
+from dataclasses import dataclass
 from tkinter import font as tkfont
 
 import ttkbootstrap as ttk
@@ -53,10 +54,23 @@ MENTION_LIGHT = "#fff3cd"
 MENTION_DARK = "#583e0e"
 
 
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A button the view offers for a moment (the banner's): its ``label``, and
+    what clicking it runs."""
+
+    label: str
+    run: Callable[[], None]
+
+
 class ChatView(ttk.Frame):
     """The chat screen. ``on_send(text)`` returns whether the text was taken
-    (so the input is cleared); ``on_private(name)`` starts a private message;
-    ``on_reconnect()`` is the banner's button.
+    (so the input is cleared).
+
+    The view owns its widgets: the app tells it what to show through the
+    methods below (transcript, online list, status, banner, input) and never
+    configures a widget itself. The widgets that show what a person sees
+    keep public names only so that tests can look at them.
     """
 
     def __init__(
@@ -64,12 +78,11 @@ class ChatView(ttk.Frame):
         master: tkinter.Misc,
         *,
         on_send: Callable[[str], bool],
-        on_reconnect: Callable[[], None],
         font_size: int,
     ) -> None:
         super().__init__(master)
         self.on_send = on_send
-        self.on_reconnect = on_reconnect
+        self._banner_action: Action | None = None
         self._own_name: str | None = None
         self._users: list[str] = []  # sorted by _user_key, row for row as in user_list
         self._history: list[str] = []
@@ -83,8 +96,8 @@ class ChatView(ttk.Frame):
         self._astral_ok = fmt.tk_shows_astral(self)
 
         self.font = tkfont.Font(self, family=tkfont.nametofont("TkTextFont").actual("family"))
-        self.bold_font = tkfont.Font(self, weight="bold")
-        self.italic_font = tkfont.Font(self, slant="italic")
+        self._bold_font = tkfont.Font(self, weight="bold")
+        self._italic_font = tkfont.Font(self, slant="italic")
         self._size_fonts(font_size)
 
         self.columnconfigure(0, weight=1)
@@ -103,14 +116,14 @@ class ChatView(ttk.Frame):
     # -- building ------------------------------------------------------------
 
     def _build_banner(self) -> None:
-        self.banner = ttk.Frame(self, bootstyle="warning", padding=(10, 6))
-        self.banner.columnconfigure(0, weight=1)
-        self.banner_label = ttk.Label(self.banner, text="", bootstyle="@warning")
+        self._banner = ttk.Frame(self, bootstyle="warning", padding=(10, 6))
+        self._banner.columnconfigure(0, weight=1)
+        self.banner_label = ttk.Label(self._banner, text="", bootstyle="@warning")
         self.banner_label.grid(row=0, column=0, sticky="w")
-        self.reconnect_button = ttk.Button(
-            self.banner, text="Reconnect now", bootstyle="dark", command=self.on_reconnect
+        self.banner_button = ttk.Button(
+            self._banner, text="", bootstyle="dark", command=self._banner_clicked
         )
-        self.reconnect_button.grid(row=0, column=1, sticky="e")
+        self.banner_button.grid(row=0, column=1, sticky="e")
 
     def _build_middle(self) -> None:
         middle = ttk.Panedwindow(self, orient="horizontal")
@@ -146,7 +159,7 @@ class ChatView(ttk.Frame):
         middle.add(self.scrolled, weight=4)
 
         side = ttk.Frame(middle, padding=(10, 0, 0, 0))
-        self.online_label = ttk.Label(side, text="Online", font=self.bold_font)
+        self.online_label = ttk.Label(side, text="Online", font=self._bold_font)
         self.online_label.pack(anchor="w", pady=(0, 4))
         self.user_list = tkinter.Listbox(
             side, activestyle="none", font=self.font, borderwidth=0, highlightthickness=0, width=18
@@ -170,12 +183,12 @@ class ChatView(ttk.Frame):
         row.columnconfigure(0, weight=1)
         self.input = tkinter.Text(row, height=3, wrap="word", font=self.font, undo=True)
         self.input.grid(row=0, column=0, rowspan=2, sticky="we")
-        self.send_button = ttk.Button(
+        send_button = ttk.Button(
             row, text="Send", icon="send-fill", bootstyle="primary", command=self.send_input
         )
-        self.send_button.grid(row=0, column=1, sticky="n", padx=(8, 0))
-        self.counter_label = ttk.Label(row, text="", bootstyle="secondary")
-        self.counter_label.grid(row=1, column=1, sticky="s", padx=(8, 0))
+        send_button.grid(row=0, column=1, sticky="n", padx=(8, 0))
+        self._counter_label = ttk.Label(row, text="", bootstyle="secondary")
+        self._counter_label.grid(row=1, column=1, sticky="s", padx=(8, 0))
         self.input.bind("<Return>", self._enter)
         self.input.bind("<KP_Enter>", self._enter)
         self.input.bind("<Shift-Return>", self._newline)
@@ -193,6 +206,9 @@ class ChatView(ttk.Frame):
         self.input.insert("1.0", value)
         self.input.mark_set("insert", "end")
 
+    def focus_input(self) -> None:
+        self.input.focus_set()
+
     def send_input(self) -> None:
         """Hand the input to ``on_send``; clear it only if it was taken."""
         value = self.input_text()
@@ -206,7 +222,7 @@ class ChatView(ttk.Frame):
 
     def start_private(self, name: str) -> None:
         self.set_input(f"/msg {name} ")
-        self.input.focus_set()
+        self.focus_input()
 
     def _enter(self, _event: tkinter.Event) -> str:
         self.send_input()
@@ -238,10 +254,10 @@ class ChatView(ttk.Frame):
         self.input.edit_modified(False)
         length = len(self.input_text())
         if length < COUNTER_FROM:
-            self.counter_label.configure(text="")
+            self._counter_label.configure(text="")
             return
         style = "danger" if length > MAX_TEXT_LENGTH else "secondary"
-        self.counter_label.configure(text=f"{length:,} / {MAX_TEXT_LENGTH:,}", bootstyle=style)
+        self._counter_label.configure(text=f"{length:,} / {MAX_TEXT_LENGTH:,}", bootstyle=style)
 
     def _private_to_selected(self, _event: tkinter.Event) -> None:
         selection = self.user_list.curselection()
@@ -473,7 +489,13 @@ class ChatView(ttk.Frame):
 
     @property
     def users(self) -> list[str]:
+        """The names in the online list, in its order."""
         return list(self._users)
+
+    @property
+    def online_count(self) -> int:
+        """How many are in the online list (without copying it)."""
+        return len(self._users)
 
     @property
     def own_name(self) -> str | None:
@@ -525,20 +547,32 @@ class ChatView(ttk.Frame):
     def set_status(self, text: str) -> None:
         self.status_label.configure(text=text)
 
-    def show_banner(self, text: str, *, reconnect_button: bool = True) -> None:
+    def show_banner(self, text: str, action: Action | None = None) -> None:
+        """A line across the top, with ``action``'s button when there is one."""
+        self._banner_action = action
         self.banner_label.configure(text=text)
-        if reconnect_button:
-            self.reconnect_button.grid()
+        if action is None:
+            self.banner_button.grid_remove()
         else:
-            self.reconnect_button.grid_remove()
-        self.banner.grid(row=0, column=0, sticky="we")
+            self.banner_button.configure(text=action.label)
+            self.banner_button.grid()
+        self._banner.grid(row=0, column=0, sticky="we")
+
+    def update_banner(self, text: str) -> None:
+        """New words for the banner; its button stays as it is (a countdown)."""
+        self.banner_label.configure(text=text)
 
     def hide_banner(self) -> None:
-        self.banner.grid_remove()
+        self._banner_action = None
+        self._banner.grid_remove()
 
     @property
     def banner_visible(self) -> bool:
-        return bool(self.banner.winfo_manager())
+        return bool(self._banner.winfo_manager())
+
+    def _banner_clicked(self) -> None:
+        if self._banner_action is not None:
+            self._banner_action.run()
 
     # -- looks ----------------------------------------------------------------
 
@@ -549,10 +583,10 @@ class ChatView(ttk.Frame):
         self.after_idle(self._keep_end)
 
     def _size_fonts(self, size: int) -> None:
-        for each in (self.font, self.bold_font, self.italic_font):
+        for each in (self.font, self._bold_font, self._italic_font):
             each.configure(size=size)
-        self.bold_font.configure(family=self.font.actual("family"))
-        self.italic_font.configure(family=self.font.actual("family"))
+        self._bold_font.configure(family=self.font.actual("family"))
+        self._italic_font.configure(family=self.font.actual("family"))
 
     def _set_margins(self) -> None:
         """Indents in pixels, from the font: further lines start under the author."""
@@ -631,14 +665,14 @@ class ChatView(ttk.Frame):
         private = fmt.readable("#66d9e8" if dark else "#0b7285", mention)
         motd = fmt.readable("#75b798" if dark else "#146c43", mention)
         text.tag_configure("time", foreground=muted)
-        text.tag_configure("sender", font=self.bold_font)
+        text.tag_configure("sender", font=self._bold_font)
         own = fmt.readable(colors.primary, mention)
-        text.tag_configure("own", font=self.bold_font, foreground=own)
-        text.tag_configure("action", font=self.italic_font)
+        text.tag_configure("own", font=self._bold_font, foreground=own)
+        text.tag_configure("action", font=self._italic_font)
         text.tag_configure("private", foreground=private)
-        text.tag_configure("sender-private", font=self.bold_font)
-        text.tag_configure("system", foreground=muted, font=self.italic_font)
-        text.tag_configure("motd", foreground=motd, font=self.italic_font)
+        text.tag_configure("sender-private", font=self._bold_font)
+        text.tag_configure("system", foreground=muted, font=self._italic_font)
+        text.tag_configure("motd", foreground=motd, font=self._italic_font)
         text.tag_configure("error", foreground=fmt.readable(colors.danger, mention))
         text.tag_configure("mention", background=mention)
         text.tag_configure("help", font=self.font, foreground=colors.inputfg)
@@ -646,7 +680,7 @@ class ChatView(ttk.Frame):
             text.tag_configure(f"name-{slot}", foreground=fmt.name_color(slot, mention))
         text.tag_configure("elide", elide=True)
         text.tag_configure(
-            "day", justify="center", foreground=muted, font=self.bold_font, spacing1=8, spacing3=4
+            "day", justify="center", foreground=muted, font=self._bold_font, spacing1=8, spacing3=4
         )
         text.tag_configure("link", foreground=own, underline=True)
         text.tag_raise("link")

@@ -6,7 +6,12 @@ and, once it has been welcomed, reconnects with exponential backoff when
 the connection drops, claiming the same name again. Everything waits in
 one selector that also watches a wake-up socket, so ``close`` and
 ``reconnect_now`` take effect at once, even in the middle of a
-connect or a backoff pause.
+connect or a backoff pause. Once connected, it reads and writes only
+through a ``Transport`` (``server.protocol.transport``; plain TCP unless
+``transport_factory`` makes another), and each direction waits for what
+the transport last asked for: TLS may read only once it could write, or
+write once it has read, and bytes it holds already are read without
+waiting, as no selector reports them.
 
 The UI talks to it with plain method calls (any thread) and hears back
 through ``events``, an ``EventQueue`` of the small frozen dataclasses
@@ -90,6 +95,7 @@ from server.protocol import (
     encode,
     parse_message,
 )
+from server.protocol.transport import PlainTransport, Transport, TransportClosed, Want
 
 logger = logging.getLogger("app.network")
 
@@ -138,6 +144,8 @@ MIN_TS = 86_400.0
 MAX_TS = 32_503_680_000.0
 
 NAME_ERRORS = frozenset({ErrorCode.NAME_TAKEN, ErrorCode.NAME_INVALID, ErrorCode.BAD_FIELD})
+# What the selector watches for a transport that answered ``Want``.
+_SELECT = {Want.READ: selectors.EVENT_READ, Want.WRITE: selectors.EVENT_WRITE}
 
 
 # -- events for the UI --------------------------------------------------------
@@ -447,6 +455,7 @@ class ChatClient:
         ping_after: float = PING_AFTER,
         dead_after: float = DEAD_AFTER,
         rng: random.Random | None = None,
+        transport_factory: Callable[[socket.socket], Transport] = PlainTransport,
     ) -> None:
         self.host = host
         self.port = port
@@ -456,6 +465,7 @@ class ChatClient:
         self._ping_after = ping_after
         self._dead_after = dead_after
         self._rng = rng or random.Random()
+        self._transport_factory = transport_factory
         self._wake_in, self._wake_out = socket.socketpair()
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
@@ -640,10 +650,10 @@ class ChatClient:
         self._welcomed_at = None
         self._shutdown_said = self._refused_ping = False
         self._whos = 0
-        sock = self._connect()
+        transport = self._connect()
         out = bytearray()
         try:
-            self._converse(sock, out, reconnecting)
+            self._converse(transport, out, reconnecting)
         except _Dropped as dropped:
             since = self._welcomed_at
             dropped.healthy = since is not None and time.monotonic() - since >= HEALTHY_AFTER
@@ -653,16 +663,16 @@ class ChatClient:
             self._greeting = False
             if self._joined:  # leave politely, with whatever was still unsent
                 try:
-                    sock.send(bytes(out) + encode(Bye()))
-                except OSError:
+                    transport.send(bytes(out) + encode(Bye()))
+                except TransportClosed:
                     pass  # the connection is going anyway
             raise
         finally:
             self._greeting = False
-            self._watch(sock, 0)
-            sock.close()
+            self._watch(transport, 0)
+            transport.close()
 
-    def _connect(self) -> socket.socket:
+    def _connect(self) -> Transport:
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         except OSError as exc:
@@ -682,9 +692,15 @@ class ChatClient:
                 sock.close()
                 raise
             else:
-                self._selector.modify(sock, selectors.EVENT_READ, sock)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return sock
+                self._selector.unregister(sock)  # the transport is watched from now on
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    # Wrapped only once connected: a TLS transport does its
+                    # handshake in its first reads and writes, as the data flows.
+                    return self._transport_factory(sock)
+                except BaseException:
+                    sock.close()
+                    raise
             self._selector.unregister(sock)
             sock.close()
         raise _Dropped(
@@ -711,7 +727,7 @@ class ChatClient:
                     raise OSError(code, os.strerror(code))
                 return
 
-    def _converse(self, sock: socket.socket, out: bytearray, reconnecting: bool) -> None:
+    def _converse(self, transport: Transport, out: bytearray, reconnecting: bool) -> None:
         decoder = FrameDecoder(MAX_SERVER_FRAME)
         with self._lock:  # a retry meant for an earlier connection: this one says hello itself
             kept = [item for item in self._outgoing if not isinstance(item[0], Hello)]
@@ -721,6 +737,9 @@ class ChatClient:
         self._greeting = True
         last_heard = time.monotonic()  # when the last whole frame arrived
         pinged = False
+        # What each direction waits for before it is tried again: a plain
+        # socket reads on input and writes on room, TLS may need either for either.
+        read_waits, write_waits = Want.READ, Want.WRITE
         while True:
             if self._handle_frames(decoder, out, reconnecting):
                 last_heard = time.monotonic()
@@ -736,19 +755,13 @@ class ChatClient:
                     self._whos += 1
                 out += frame
             if out:
-                try:
-                    sent = sock.send(out)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError:
-                    raise _Dropped("The connection to the server was lost.") from None
-                del out[:sent]
+                write_waits = self._transmit(transport, out)
             reading = self.events.has_room()
             if not reading:  # the server is not silent: we are not listening
                 last_heard = time.monotonic()
             self._watch(
-                sock,
-                (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if out else 0),
+                transport,
+                (_SELECT[read_waits] if reading else 0) | (_SELECT[write_waits] if out else 0),
             )
             now = time.monotonic()
             silent = now - last_heard
@@ -758,33 +771,53 @@ class ChatClient:
                 pinged = True
                 out += encode(Ping())
                 continue
-            wait = (self._dead_after if pinged else self._ping_after) - silent
+            # Input the transport holds already (TLS) is never reported by the
+            # selector: it is read without waiting.
+            held = reading and transport.pending() > 0
+            wait = 0.0 if held else (self._dead_after if pinged else self._ping_after) - silent
+            ready = 0
             for _key, mask in self._wait(max(0.0, wait)):
-                if mask & selectors.EVENT_READ:
-                    self._receive(sock, decoder)
+                ready |= mask
+            if held or (reading and ready & _SELECT[read_waits]):
+                read_waits = self._receive(transport, decoder)
 
-    def _watch(self, sock: socket.socket, events: int) -> None:
-        """Have the selector watch ``sock`` for ``events`` (none: not at all)."""
-        key = self._selector.get_map().get(sock)
+    def _watch(self, transport: Transport, events: int) -> None:
+        """Have the selector watch ``transport`` for ``events`` (none: not at all)."""
+        key = self._selector.get_map().get(transport)
         if key is None:
             if events:
-                self._selector.register(sock, events, sock)
+                self._selector.register(transport, events, transport)
         elif not events:
-            self._selector.unregister(sock)
+            self._selector.unregister(transport)
         elif key.events != events:
-            self._selector.modify(sock, events, sock)
+            self._selector.modify(transport, events, transport)
 
-    def _receive(self, sock: socket.socket, decoder: FrameDecoder) -> None:
-        """Read what arrived into ``decoder``."""
+    def _transmit(self, transport: Transport, out: bytearray) -> Want:
+        """Send what the transport takes of ``out`` now; returns what to wait for
+        before sending the rest."""
         try:
-            data = sock.recv(256 * 1024)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
+            with memoryview(out) as unsent:  # released before ``out`` is cut
+                sent = transport.send(unsent)
+        except TransportClosed:
             raise _Dropped("The connection to the server was lost.") from None
+        if isinstance(sent, Want):
+            return sent
+        del out[:sent]
+        return Want.WRITE
+
+    def _receive(self, transport: Transport, decoder: FrameDecoder) -> Want:
+        """Read what arrived into ``decoder``; returns what to wait for before the
+        next read."""
+        try:
+            data = transport.recv(256 * 1024)
+        except TransportClosed:
+            raise _Dropped("The connection to the server was lost.") from None
+        if isinstance(data, Want):
+            return data
         if not data:
             raise _Dropped("The server closed the connection.")
         decoder.receive_data(data)
+        return Want.READ
 
     def _handle_frames(self, decoder: FrameDecoder, out: bytearray, reconnecting: bool) -> bool:
         """Handle the whole frames read so far, as far as the UI has room for their

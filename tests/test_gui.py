@@ -28,6 +28,7 @@ from PIL import ImageGrab
 
 from app import chat_app, commands
 from app.chat_app import PUMP_BATCH, ChatApp
+from app.chat_view import Action
 from app.connect_dialog import ConnectDialog, check_fields
 from app.network import ChatClient, Received
 from app.settings import Settings
@@ -843,7 +844,7 @@ def test_reconnect_now_after_the_server_restarts(
     try:
         settle(app.root, 0.3)
         assert app.view.banner_visible  # the pause is 100 s: nothing happens by itself
-        app.view.reconnect_button.invoke()
+        app.view.banner_button.invoke()
         wait_until(app.root, lambda: not app.view.banner_visible, what="the banner to go")
         wait_shown(app, f"Reconnected to {HOST}:{port}.")
         assert app.client is client and client is not None and client.joined
@@ -867,16 +868,50 @@ def test_disconnect_then_connect_again(
     menu_item(app, "Chat", 1)  # Disconnect
     assert bob.skip_until("left")["reason"] == "quit"
     assert app.view.banner_visible
-    assert str(app.view.reconnect_button.cget("text")) == "Connect again"
+    assert str(app.view.banner_button.cget("text")) == "Connect again"
     assert notice_text(lines(app)[-1]) == "You left the room."
     type_and_send(app, "kept")
     assert app.view.input_text() == "kept"
 
-    app.view.reconnect_button.invoke()
+    app.view.banner_button.invoke()
     assert bob.skip_until("joined")["name"] == "alice"
     wait_until(app.root, lambda: not app.view.banner_visible, what="the banner to go")
     app.view.send_input()
     assert message(bob)["text"] == "kept"
+
+
+def test_the_banners_button_offers_the_way_back_in_that_fits(
+    make_app: Callable[..., ChatApp],
+    start_server: StartServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ "Connect again" once the app has stopped trying by itself (a
+    disconnect), "Reconnect now" while it retries; after a welcome, a loss
+    offers to reconnect again, whatever the last banner offered."""
+    monkeypatch.setattr("app.network.FAST_RETRY", 100.0)  # a shutdown's short pauses too
+
+    def slow_to_retry(host: str, port: int, name: str) -> ChatClient:
+        return ChatClient(host, port, name, rng=NoJitterRng())
+
+    app = make_app(client_factory=slow_to_retry)
+    srv = start_server()
+    join(app, srv, "alice")
+    menu_item(app, "Chat", 1)  # Disconnect
+    assert app.view.banner_visible
+    assert str(app.view.banner_button.cget("text")) == "Connect again"
+    app.view.banner_button.invoke()
+    wait_until(app.root, lambda: not app.view.banner_visible, what="the banner to go")
+    wait_until(app.root, lambda: app.client is not None and app.client.joined, what="joined")
+
+    srv.shutdown()
+    srv.server_close()
+    wait_until(app.root, lambda: app.view.banner_visible, what="the banner")
+    assert "Retrying" in str(app.view.banner_label.cget("text"))
+    assert str(app.view.banner_button.cget("text")) == "Reconnect now"
+    client = app.client
+    assert client is not None
+    app.view.banner_button.invoke()  # the client is retrying: it only skips the pause
+    assert app.client is client
 
 
 def test_a_failed_switch_to_another_server_shows_no_stale_room(
@@ -992,7 +1027,8 @@ def test_screenshots(
     app.toggle_theme()
     screenshot(tk_root, "chat-dark.png")
 
-    app.view.show_banner("The server closed the connection. Retrying in 3 s…")
+    retry = Action("Reconnect now", app.reconnect)
+    app.view.show_banner("The server closed the connection. Retrying in 3 s…", retry)
     screenshot(tk_root, "chat-banner-dark.png")
     app.toggle_theme()
     screenshot(tk_root, "chat-banner-light.png")

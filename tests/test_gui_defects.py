@@ -268,7 +268,7 @@ def test_after_a_reconnect_the_view_still_follows(
     wait_until(app.root, lambda: app.view.banner_visible, what="the banner")
     again = ServerThread(ServerConfig(host=HOST, port=port))
     try:
-        app.view.reconnect_button.invoke()
+        app.view.banner_button.invoke()
         wait_shown(app, f"Reconnected to {HOST}:{port}.")
         with RawClient(port) as bob:
             bob.join("bob")

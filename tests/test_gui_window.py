@@ -21,6 +21,7 @@ import pytest
 from app import settings as settings_store
 from app import text as fmt
 from app.chat_app import ChatApp
+from app.chat_view import Action
 from app.settings import Settings, fit_geometry
 from server.protocol import ChatMessage
 from tests.conftest import reset_root
@@ -308,3 +309,40 @@ def test_the_online_panels_hint_fits_in_the_panel(
     settle(tk_root, 0.2)
     assert fits(), (hint.winfo_width(), hint.winfo_reqwidth(), panel.winfo_width())
     assert "private message" in str(hint.cget("text"))
+
+
+def test_the_banner_offers_the_action_it_is_given(
+    make_app: Callable[..., ChatApp], tk_root: Any
+) -> None:
+    """The banner's button is whatever the app hands it, label and callback
+    (a trust prompt or a password will need other buttons than reconnecting);
+    without an action it shows none, and new words keep the button shown."""
+    view = make_app().view
+    shown(tk_root)
+    clicked: list[str] = []
+    button = view.banner_button
+
+    def offered() -> str | None:  # the button's label, if a person can see it
+        tk_root.update()
+        return str(button.cget("text")) if button.winfo_ismapped() else None
+
+    view.show_banner(
+        "This server's certificate changed.", Action("Trust it", lambda: clicked.append("trust"))
+    )
+    assert view.banner_visible and offered() == "Trust it"
+    button.invoke()
+    assert clicked == ["trust"]
+    view.update_banner("This server's certificate changed again.")
+    assert str(view.banner_label.cget("text")) == "This server's certificate changed again."
+    assert offered() == "Trust it"
+    view.show_banner("Just so you know.")
+    assert view.banner_visible and offered() is None
+    button.invoke()  # a hidden button left behind does nothing either
+    assert clicked == ["trust"]
+    view.show_banner("Again?", Action("Retry", lambda: clicked.append("retry")))
+    assert offered() == "Retry"
+    button.invoke()
+    view.hide_banner()
+    tk_root.update()
+    assert not view.banner_visible and not button.winfo_ismapped()
+    assert clicked == ["trust", "retry"]

@@ -15,6 +15,7 @@ import errno
 import gc
 import queue
 import random
+import select
 import socket
 import threading
 import time
@@ -55,6 +56,7 @@ from server.protocol import (
     Users,
     Welcome,
 )
+from server.protocol.transport import TransportClosed, Want
 from server.server import ChatServer
 from tests.conftest import _open_sockets
 from tests.wire import RawClient, frame
@@ -1774,3 +1776,179 @@ def test_fast_retries_last_only_for_the_start_of_an_outage(
     fake.finish()
     assert delays[:3] == pytest.approx([0.025, 0.05, 0.06])
     assert time.monotonic() - started >= 1.0  # capped for the first FAST_FOR seconds
+
+
+# -- the transport the client reads and writes through --------------------------------
+
+
+class ScriptedTransport:
+    """A ``Transport`` that plays the server itself, the way TLS would look to
+    the client: the connected socket is there for the selector (and, in a
+    ``handshake``, for one byte from the server), while what the client sends
+    is kept in ``sent`` and what it receives comes from ``inbox``, bytes the
+    transport holds as TLS holds decrypted ones, which no selector reports.
+
+    ``handshake``: neither direction moves until a byte has come in on the
+    socket (a write answers ``Want.READ`` meanwhile). ``read_wants_write``:
+    the first read after the hello answers ``Want.WRITE``. ``answer``: what
+    the server says once the hello is in: frames, ``b""`` (its FIN) or
+    ``TransportClosed`` (the connection lost)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        handshake: bool = False,
+        read_wants_write: bool = False,
+        answer: bytes | TransportClosed = b"",
+    ) -> None:
+        self.sock = sock
+        self.handshake = handshake
+        self.read_wants_write = read_wants_write
+        self.answer = answer
+        self.sent = bytearray()
+        self.inbox = bytearray()
+        self.answers: list[str] = []  # every Want answered, "recv: Want.WRITE" ...
+        self.wanted = threading.Event()  # set by the first Want answered
+        self._waits = False  # a read answered Want.WRITE and was not retried yet
+        self._end: bytes | TransportClosed | None = None  # once the inbox is read
+
+    def _want(self, call: str, want: Want) -> Want:
+        self.answers.append(f"{call}: {want}")
+        self.wanted.set()
+        return want
+
+    def _shaken(self) -> bool:
+        if self.handshake and select.select([self.sock], [], [], 0)[0]:
+            assert self.sock.recv(1)  # the server's half of the handshake
+            self.handshake = False
+        return not self.handshake
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, max_bytes: int) -> bytes | Want:
+        self._waits = False
+        if not self._shaken():
+            return self._want("recv", Want.READ)
+        if self.inbox and self.read_wants_write:
+            self.read_wants_write = False
+            self._waits = True
+            return self._want("recv", Want.WRITE)
+        if not self.inbox and isinstance(self._end, TransportClosed):
+            raise self._end
+        if not self.inbox:
+            return b"" if self._end is not None else self._want("recv", Want.READ)
+        data = bytes(self.inbox[:7])  # a few bytes a time: the rest stays pending
+        del self.inbox[:7]
+        return data
+
+    def send(self, data: bytes | memoryview) -> int | Want:
+        if not self._shaken():
+            return self._want("send", Want.READ)
+        if not self.sent:  # the hello: the server answers it
+            if isinstance(self.answer, TransportClosed) or not self.answer:
+                self._end = self.answer
+            else:
+                self.inbox += self.answer
+        self.sent += data
+        return len(data)
+
+    def pending(self) -> int:
+        if self._waits:
+            return 0
+        return len(self.inbox) or int(self._end is not None)  # the end is news to read
+
+    def shutdown_write(self) -> Want | None:
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def scripted(made: list[ScriptedTransport], **script: Any) -> Callable[..., ScriptedTransport]:
+    """A ``transport_factory`` that makes ``ScriptedTransport``s and keeps them in ``made``."""
+
+    def factory(sock: socket.socket) -> ScriptedTransport:
+        made.append(ScriptedTransport(sock, **script))
+        return made[-1]
+
+    return factory
+
+
+def quiet(peer: Peer) -> None:
+    """A fake server's side for a scripted transport: it only waits for the end
+    (beyond a failing test's last wait, so that only the test's failure shows)."""
+    peer.expect_closed(3 * WAIT)
+
+
+def test_a_read_that_wants_to_write_is_retried_when_the_socket_is_writable(
+    fake_server: Callable[..., FakeServer], make_client: Callable[..., ChatClient]
+) -> None:
+    """Nothing ever arrives on the socket: the welcome is held by the transport,
+    whose first read wants to write. A client waiting for input after that
+    answer, or waiting in the selector while bytes are pending, is never welcomed."""
+    fake = fake_server(quiet)
+    made: list[ScriptedTransport] = []
+    factory = scripted(made, read_wants_write=True, answer=frame(welcome("alice")))
+    client = make_client(fake.port, "alice", transport_factory=factory)
+    welcomed = last(client, Welcomed)
+    assert welcomed.welcome.name == "alice"
+    (transport,) = made
+    assert transport.answers == ["recv: Want.WRITE"]
+    assert b'"hello"' in transport.sent
+
+
+def test_a_write_that_wants_to_read_is_retried_once_input_came(
+    fake_server: Callable[..., FakeServer], make_client: Callable[..., ChatClient]
+) -> None:
+    """The hello waits until the server's byte of the handshake is in, and is
+    tried again then, not before: a client that waited for room to write after
+    ``Want.READ`` would try it again and again while nothing has come."""
+    go = threading.Event()
+
+    def handshake(peer: Peer) -> None:
+        assert go.wait(WAIT), "the test never let the handshake go on"
+        peer.send_raw(b"\x16")
+        peer.expect_closed()
+
+    fake = fake_server(handshake)
+    made: list[ScriptedTransport] = []
+    factory = scripted(made, handshake=True, answer=frame(welcome("alice")))
+    client = make_client(fake.port, "alice", transport_factory=factory)
+    deadline = time.monotonic() + WAIT
+    while not made and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert made, "the client never connected"
+    (transport,) = made
+    assert transport.wanted.wait(WAIT), "the hello was never tried"
+    assert not transport.sent
+    go.set()
+    last(client, Welcomed)
+    assert b'"hello"' in transport.sent
+    sends = [answer for answer in transport.answers if answer.startswith("send")]
+    assert sends == ["send: Want.READ"]  # tried once before the byte came, once after
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (b"", "The server closed the connection."),
+        (TransportClosed("reset"), "The connection to the server was lost."),
+    ],
+)
+def test_the_transports_fin_and_close_end_the_connection(
+    fake_server: Callable[..., FakeServer],
+    make_client: Callable[..., ChatClient],
+    answer: bytes | TransportClosed,
+    said: str,
+) -> None:
+    """``b""`` is the server's FIN and ``TransportClosed`` a lost connection,
+    whatever the transport (before a welcome: the connect failed)."""
+    fake = fake_server(quiet)
+    made: list[ScriptedTransport] = []
+    client = make_client(fake.port, "alice", transport_factory=scripted(made, answer=answer))
+    failed = last(client, ConnectFailed)
+    assert failed.message == said
+    assert [type(event) for event in wait_for(client, Stopped)] == [Stopped]
+    assert made[0].sock.fileno() == -1  # closed
