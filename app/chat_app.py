@@ -46,9 +46,9 @@ from server.protocol import (
     Error,
     Joined,
     Left,
-    ProtocolError,
     Rename,
     Renamed,
+    RuleViolation,
     Say,
     Users,
     clean_text,
@@ -577,7 +577,7 @@ class ChatApp:
             case commands.ChangeName(name=name):
                 try:
                     normalize_name(name)
-                except ProtocolError as exc:
+                except RuleViolation as exc:
                     self.notice(exc.message, "error")
                     return False
                 return client.rename(name)
@@ -592,7 +592,7 @@ class ChatApp:
         """Check ``text`` as the server will, then send it; ``False``: it stays in the box."""
         try:
             clean_text(text)
-        except ProtocolError as exc:
+        except RuleViolation as exc:
             if len(text) > MAX_TEXT_LENGTH:
                 self.notice(
                     f"That is {len(text):,} characters; the limit is {MAX_TEXT_LENGTH:,}.",

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import ttkbootstrap as ttk
 
 from app.settings import Settings
-from server.protocol import ProtocolError, normalize_name
+from server.protocol import RuleViolation, normalize_name
 
 
 def check_fields(host: str, port: str, name: str) -> dict[str, str]:
@@ -37,7 +37,7 @@ def check_fields(host: str, port: str, name: str) -> dict[str, str]:
         problems["port"] = "The port is a number from 1 to 65535."
     try:
         normalize_name(name)
-    except ProtocolError as exc:
+    except RuleViolation as exc:
         problems["name"] = "Choose a name to be known by." if not name else exc.message
     return problems
 
