@@ -10,9 +10,11 @@ member's outbox, and decides how far behind a member may fall.
 Under the lock the room calls only what never blocks: the stores'
 ``claim``, ``rename``, ``release``, ``owner_of``, ``next_id``, ``append``
 and ``recent`` (a store that writes to disk does so from its own thread),
-and the fan-out, which does no I/O. No method does socket I/O either: a
-connection pulls its next bytes under the lock and writes them outside
-it. The room calls ``Member.notify`` (private frames waiting) and the
+and the fan-out, which does no I/O. It holds its history as a
+``RecentHistory``, so it cannot even ask for a page or a search, which
+may read a disk: those go to the store, outside the room. No method does
+socket I/O either: a connection pulls its next bytes under the lock and
+writes them outside it. The room calls ``Member.notify`` (private frames waiting) and the
 ``on_broadcast`` hook (the log grew) after releasing the lock; the hook is
 told whether the new frame is urgent (see ``server.fanout``).
 """

@@ -18,6 +18,10 @@ worker thread hands the answer back with ``call_soon``).
 
 The stores hold public messages only: a private message is never appended,
 so no page or search can return one.
+
+An implementation subclasses its Protocol, so that mypy checks it against
+the contract; the Protocols declare empty ``__slots__`` so that one which
+declares its own keeps to them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class NameRegistry(Protocol[Owner]):
     at most one. ``names`` is everyone's name sorted by identity, then name.
     Every method is called under the room's lock and never blocks.
     """
+
+    __slots__ = ()
 
     def claim(self, identity: str, name: str, owner: Owner) -> bool:
         """Give ``identity`` (spelt ``name``) to ``owner``; ``False`` if it is taken."""
@@ -77,6 +83,8 @@ class IdSource(Protocol):
     """Message ids: each greater than every one before, across restarts if
     the store keeps them. Called under the room's lock; never blocks."""
 
+    __slots__ = ()
+
     def next_id(self) -> int:
         """A new id, one above the last one given."""
         ...
@@ -109,6 +117,8 @@ def as_history(message: ChatMessage) -> ChatMessage:
 class RecentHistory(Protocol):
     """The part of a history the room uses, under its lock: never blocks."""
 
+    __slots__ = ()
+
     def append(self, message: ChatMessage) -> None:
         """Keep a public message, newer than every one kept so far."""
         ...
@@ -129,6 +139,8 @@ class HistoryStore(RecentHistory, Protocol):
     1, and ``search`` for a query without a word in it
     (``server.store.words``).
     """
+
+    __slots__ = ()
 
     def page(self, before: int | None, limit: int) -> tuple[list[ChatMessage], bool]:
         """The newest ``limit`` messages with an id below ``before`` (``None``:

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from typing import Generic
 
 from server.protocol import ChatMessage, NameList, Users, encode, json_string
-from server.store import HistoryEntry, Owner
+from server.store import HistoryEntry, HistoryStore, IdSource, NameRegistry, Owner
 from server.store.words import query_words, words
 
 
@@ -69,7 +68,7 @@ class Roster:
         self._snapshot = self._users_frame = None
 
 
-class MemoryNames(Generic[Owner]):
+class MemoryNames(NameRegistry[Owner]):
     """A ``NameRegistry`` in a dict, with the sorted ``Roster`` beside it."""
 
     __slots__ = ("_held", "_roster")
@@ -120,7 +119,7 @@ class MemoryNames(Generic[Owner]):
         return self._roster.users_frame
 
 
-class MemoryIds:
+class MemoryIds(IdSource):
     """An ``IdSource`` counting up from ``start``, the last id used (0: none yet)."""
 
     __slots__ = ("_last",)
@@ -156,7 +155,7 @@ def _message_id(entry: _Entry) -> int:
     return entry.message.id
 
 
-class MemoryHistory:
+class MemoryHistory(HistoryStore):
     """A ``HistoryStore`` of the last ``size`` public messages (0: none)."""
 
     __slots__ = ("_entries", "_size", "_slack")
