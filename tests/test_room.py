@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.config import DEFAULT_HISTORY, DEFAULT_MAX_QUEUE
+from server.fanout import BroadcastLog, Fanout, Outbox
 from server.protocol import (
     MAX_SERVER_FRAME,
     MAX_TEXT_LENGTH,
@@ -41,7 +42,7 @@ from server.protocol import (
     encode,
     parse_message,
 )
-from server.room import BroadcastLog, Outbox, Room
+from server.room import Room
 
 # No example database: the suite leaves nothing behind in the checkout.
 PROPERTY = settings(database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -1198,7 +1199,7 @@ def test_a_leaver_gets_the_log_up_to_its_leaving_and_no_further():
 
 
 # --------------------------------------------------------------------------
-# Outbox and BroadcastLog on their own
+# Outbox, BroadcastLog and Fanout on their own
 
 
 def ping(n: int, pad: int = 0) -> bytes:
@@ -1316,6 +1317,48 @@ def test_outbox_reproduces_the_frame_order(ops: list[tuple[str, int]]):
         numbers.append(payload["n"])
     assert numbers == sorted(numbers)
     assert decoder.buffered == 0
+
+
+def test_fanout_presence_turns_urgent_past_a_quarter_of_the_bound():
+    fanout = Fanout(max_backlog=400)
+    frame = b"p" * 30
+    assert [fanout.broadcast(frame, urgent=False) for _ in range(4)] == [False] * 3 + [True]
+    assert fanout.broadcast(frame, urgent=False) is False  # held bytes start again
+    assert fanout.broadcast(b"m", urgent=True) is True
+    assert fanout.broadcast(frame, urgent=False) is False
+
+
+def test_fanout_trims_the_log_past_what_a_leaver_is_owed():
+    fanout = Fanout(max_backlog=100)
+    log = fanout.log
+    leaver, greedy, stayer = Outbox(), Outbox(), Outbox()
+    for outbox in (leaver, greedy, stayer):
+        fanout.join(outbox)
+    fanout.broadcast(b"a" * 40, urgent=True)
+    fanout.leave(leaver)  # owed 40 bytes: within the bound
+    fanout.broadcast(b"b" * 80, urgent=True)
+    fanout.leave(greedy)  # owed 120: past the bound
+    assert stayer.take(log, EVERYTHING) == b"a" * 40 + b"b" * 80
+    for _ in range(3):
+        fanout.broadcast(b"c" * 30, urgent=True)
+    assert log.base > 0 and log.held <= 2 * 100  # trimmed
+    assert leaver.take(log, EVERYTHING) == b"a" * 40  # copied before the trim
+    assert not leaver.holds_log
+    assert greedy.overrun(log, 100)  # its connection drops it as too slow
+    assert stayer.take(log, EVERYTHING) == b"c" * 90
+
+
+def test_fanout_discard_forgets_a_leaver():
+    fanout = Fanout(max_backlog=100)
+    leaver = Outbox()
+    fanout.join(leaver)
+    fanout.broadcast(b"x" * 10, urgent=True)
+    fanout.leave(leaver)
+    assert leaver.holds_log
+    fanout.discard(leaver)
+    assert leaver.backlog(fanout.log) == 0 and leaver.take(fanout.log, EVERYTHING) == b""
+    fanout.broadcast(b"y" * 250, urgent=True)  # trimming has no leaver left to visit
+    assert leaver.take(fanout.log, EVERYTHING) == b""
 
 
 # --------------------------------------------------------------------------

@@ -13,9 +13,11 @@ import pytest
 
 import server.room as room_module
 import server.server as server_module
+from server.fanout import Outbox
 from server.protocol import LeaveReason, RemoteProtocolError, Users, Welcome, encode
-from server.room import Outbox, Room, Roster
+from server.room import Room
 from server.server import ChatServer
+from server.store.memory import Roster
 from tests.wire import Closed, RawClient
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from server.connection import SEND_CHUNK
-from server.room import Outbox
+from server.fanout import Outbox
 from server.server import ChatServer
 from tests.wire import RawClient, frame
 

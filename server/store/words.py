@@ -1,0 +1,41 @@
+"""What a word is, for search: one definition, so every store finds the same messages.
+
+How this works: a word is a run of letters and numbers, compared without
+case or accents. Text is decomposed (NFKD, which also turns compatibility
+forms such as the ligature "ﬁ" or fullwidth letters into plain ones), case-folded,
+decomposed again (folding can leave a character that decomposes), and its
+combining marks are dropped, so "Crème", "CREME" and "creme" are one word.
+ASCII text, most of what people type, takes a shortcut to the same result.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# A word character, but not the underscore that ``\w`` adds to letters and numbers.
+_WORD = re.compile(r"[^\W_]+")
+
+
+def words(text: str) -> frozenset[str]:
+    """The distinct words of ``text``, folded.
+
+    Its cost grows with the length of ``text`` (NFKD expands a character
+    at most 18-fold): bound input from the wire first.
+    """
+    if text.isascii():
+        return frozenset(_WORD.findall(text.lower()))
+    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    bare = "".join(char for char in folded if not unicodedata.category(char).startswith("M"))
+    return frozenset(_WORD.findall(bare))
+
+
+def query_words(query: str) -> frozenset[str]:
+    """The words a message must all hold to match ``query``.
+
+    Raises ``ValueError`` if ``query`` holds no word (it may be empty).
+    """
+    found = words(query)
+    if not found:
+        raise ValueError("the query holds no word (letters or numbers)")
+    return found
