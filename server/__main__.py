@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
+from server.chat_server import ChatServer, lan_addresses
 from server.config import DEFAULT_IO_THREADS, DEFAULT_MAX_CLIENTS, RateLimit, ServerConfig
 from server.protocol import (
     DEFAULT_HISTORY,
@@ -30,7 +31,6 @@ from server.protocol import (
     encode,
     parse_message,
 )
-from server.server import ChatServer, lan_addresses
 
 logger = logging.getLogger("server")
 

@@ -40,6 +40,7 @@ from app.network import (
     backoff_delay,
     describe_connect_error,
 )
+from server.chat_server import ChatServer
 from server.config import ServerConfig
 from server.protocol import (
     MAX_CLIENT_FRAME,
@@ -55,7 +56,6 @@ from server.protocol import (
     Users,
     Welcome,
 )
-from server.server import ChatServer
 from tests.conftest import _open_sockets
 from tests.wire import RawClient, frame
 
