@@ -302,11 +302,16 @@ class IOLoop:
             self._broadcast = False
             self._presence_due = None
             took = 0.0
+            # Picking the members out costs about 50 ns each; calling flush
+            # without _safely's extra frame saves more than that.
             members = [conn for conn in self._connections if conn.outbox.subscribed]
             for start in range(0, len(members), FLUSH_SLICE):
                 started = time.monotonic()
                 for conn in members[start : start + FLUSH_SLICE]:
-                    _safely(conn, conn.flush)
+                    try:
+                        conn.flush()
+                    except Exception:
+                        _internal_error(conn)
                 took += time.monotonic() - started
                 if start + FLUSH_SLICE < len(members):
                     # Writing to a big room takes a while: meanwhile, let
@@ -373,5 +378,10 @@ def _safely(conn: Connection, action: Callable[..., None], *args: object) -> Non
     try:
         action(*args)
     except Exception:
-        logger.exception("%s: internal error; closing the connection", conn.who)
-        conn.abort(LeaveReason.ERROR)
+        _internal_error(conn)
+
+
+def _internal_error(conn: Connection) -> None:
+    """Log the exception being handled and close ``conn``."""
+    logger.exception("%s: internal error; closing the connection", conn.who)
+    conn.abort(LeaveReason.ERROR)
