@@ -271,7 +271,6 @@ class Session:
             # A reply of sorts: it must not tip a member near the bound over it.
             self.room.send(self.member, goodbye, reply=True)
         self.state = State.CLOSING
-        self._paused_since = None
         self.link.on_closing()
 
     def shut_down(self, message: str) -> None:
