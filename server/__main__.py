@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
+from server.chat_server import ChatServer, lan_addresses
 from server.config import (
     DEFAULT_HISTORY,
     DEFAULT_IO_THREADS,
@@ -35,7 +36,6 @@ from server.protocol import (
     encode,
     parse_message,
 )
-from server.server import ChatServer, lan_addresses
 
 logger = logging.getLogger("server")
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from server.chat_server import ChatServer
 from server.config import ServerConfig
-from server.server import ChatServer
 from tests.wire import RawClient
 
 

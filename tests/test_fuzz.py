@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 
 from app import network
 from app.network import ChatClient
+from server.chat_server import ChatServer
 from server.protocol import (
     CLIENT_MESSAGES,
     MAX_CLIENT_FRAME,
@@ -60,7 +61,6 @@ from server.protocol import (
     Welcome,
     parse_message,
 )
-from server.server import ChatServer
 
 HOST = "127.0.0.1"
 ANSWER_WAIT = 3.0  # the longest one answer may take

@@ -32,9 +32,9 @@ from app.chat_view import Action
 from app.connect_dialog import ConnectDialog, check_fields
 from app.network import ChatClient, Received
 from app.settings import Settings
+from server.chat_server import ChatServer
 from server.config import ServerConfig
 from server.protocol import ChatMessage
-from server.server import ChatServer
 from tests.conftest import reset_root
 from tests.wire import RawClient, frame
 

@@ -27,9 +27,9 @@ from app.chat_app import ChatApp
 from app.chat_view import ChatView
 from app.network import ChatClient
 from app.settings import Settings
+from server.chat_server import ChatServer
 from server.config import ServerConfig
 from server.protocol import ChatMessage
-from server.server import ChatServer
 from tests.conftest import reset_root
 from tests.test_gui import (
     HOST,

@@ -41,6 +41,7 @@ from app.network import (
     backoff_delay,
     describe_connect_error,
 )
+from server.chat_server import ChatServer
 from server.config import ServerConfig
 from server.protocol import (
     MAX_CLIENT_FRAME,
@@ -57,7 +58,6 @@ from server.protocol import (
     Welcome,
 )
 from server.protocol.transport import TransportClosed, Want
-from server.server import ChatServer
 from tests.conftest import _open_sockets
 from tests.wire import RawClient, frame
 

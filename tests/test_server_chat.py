@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from server.server import ChatServer
+from server.chat_server import ChatServer
 from tests.wire import RawClient, frame
 
 StartServer = Callable[..., ChatServer]

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from server.chat_server import ChatServer
 from server.config import ServerConfig
 from server.connection import Connection
-from server.server import ChatServer
 from tests.wire import Closed, RawClient
 
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+import server.io_loop as io_loop_module
 import server.room as room_module
-import server.server as server_module
+from server.chat_server import ChatServer
 from server.fanout import Outbox
 from server.protocol import LeaveReason, RemoteProtocolError, Users, Welcome, encode
 from server.room import Room
-from server.server import ChatServer
 from server.store.memory import Roster
 from tests.wire import Closed, RawClient
 
@@ -42,7 +42,7 @@ def test_a_stream_of_joins_reaches_a_member_in_a_few_writes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The longest hold, so that a slow machine's joins still share writes.
-    monkeypatch.setattr(server_module, "PRESENCE_DELAY", server_module.PRESENCE_MAX_DELAY)
+    monkeypatch.setattr(io_loop_module, "PRESENCE_DELAY", io_loop_module.PRESENCE_MAX_DELAY)
     srv = start_server()
     watcher = open_client(srv, "watcher")
     writes = _count_writes(monkeypatch, "watcher")
@@ -55,7 +55,7 @@ def test_a_stream_of_joins_reaches_a_member_in_a_few_writes(
     took = time.monotonic() - started
     # Written one by one, 40 joins are 40 writes; held back, they share one
     # write per hold that the joins took.
-    assert writes[0] <= 2 + took / server_module.PRESENCE_MAX_DELAY
+    assert writes[0] <= 2 + took / io_loop_module.PRESENCE_MAX_DELAY
     assert writes[0] < len(names) / 2
 
 
@@ -76,7 +76,7 @@ def test_a_message_goes_out_at_once_with_the_presence_before_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A long presence delay: only the message can have flushed the join.
-    monkeypatch.setattr(server_module, "PRESENCE_DELAY", 30.0)
+    monkeypatch.setattr(io_loop_module, "PRESENCE_DELAY", 30.0)
     srv = start_server(rate_limit=None)
     watcher = open_client(srv, "watcher")
     bob = open_client(srv, "bob")
@@ -90,7 +90,7 @@ def test_a_room_written_to_in_slices_gets_everything_in_order(
     open_client: Callable[..., RawClient],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(server_module, "FLUSH_SLICE", 2)  # 9 members: 5 slices per flush
+    monkeypatch.setattr(io_loop_module, "FLUSH_SLICE", 2)  # 9 members: 5 slices per flush
     srv = start_server(rate_limit=None)
     clients = [open_client(srv, f"c{i}") for i in range(8)]
     late = None
@@ -197,9 +197,9 @@ def test_presence_on_one_loop_wakes_an_idle_other_loop(
     # With one I/O thread by default, nothing else covers a join on one loop
     # reaching a member of another. An idle loop sleeps until its next timer
     # tick: made long here, so only a wake-up can deliver in time.
-    monkeypatch.setattr(server_module, "TIMER_TICK", 30.0)
+    monkeypatch.setattr(io_loop_module, "TIMER_TICK", 30.0)
     if urgent:  # presence held for long: only the message may carry the join
-        monkeypatch.setattr(server_module, "PRESENCE_DELAY", 30.0, raising=False)
+        monkeypatch.setattr(io_loop_module, "PRESENCE_DELAY", 30.0, raising=False)
     srv = start_server(io_threads=2, rate_limit=None)
     watcher = open_client(srv, "watcher")
     time.sleep(0.2)  # the watcher's loop is asleep

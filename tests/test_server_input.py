@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from server.chat_server import ChatServer
 from server.protocol import MAX_NESTING, Pong
-from server.server import ChatServer
 from tests.wire import RawClient
 
 PROMPT = 0.5  # seconds: far above what the server needs, far below the stalls

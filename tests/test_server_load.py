@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from server.chat_server import ChatServer
 from server.connection import SEND_CHUNK
 from server.fanout import Outbox
-from server.server import ChatServer
 from tests.wire import RawClient, frame
 
 StartServer = Callable[..., ChatServer]

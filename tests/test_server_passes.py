@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from server.config import ServerConfig
+from server.io_loop import BACKLOG_HELPINGS, IOLoop
 from server.room import Room
-from server.server import BACKLOG_HELPINGS, IOLoop
 
 
 class Busy:

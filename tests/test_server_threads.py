@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-import server.server
+import server.chat_server
 from tests.wire import RawClient
 
 
@@ -26,7 +26,7 @@ def test_connections_are_spread_over_the_io_threads(start_server) -> None:
 
 def test_full_loops_start_more_threads_where_select_limits_them(start_server, monkeypatch) -> None:
     # Windows' select() takes 512 sockets at most; simulate a tiny limit.
-    monkeypatch.setattr(server.server, "LOOP_CAPACITY", 3)
+    monkeypatch.setattr(server.chat_server, "LOOP_CAPACITY", 3)
     srv = start_server(io_threads=1)
     clients = [RawClient(srv.port) for _ in range(7)]
     try:

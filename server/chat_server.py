@@ -1,0 +1,290 @@
+"""The chat server: listening sockets, I/O threads, start and stop.
+
+How this works: the thread that calls ``serve_forever`` accepts
+connections and deals each to the least busy of ``config.io_threads``
+``IOLoop`` threads (``io_loop``), which serve them from then on. Threads
+meet only in the room (one lock, no socket I/O under it) and in each
+loop's queues: the room's ``on_broadcast`` hook wakes every loop to flush
+its members, and a frame for one member wakes just that member's loop.
+
+The life cycle follows ``socketserver``: construct (binds, so ``port`` is
+known), ``serve_forever()`` in some thread, ``shutdown()`` from another (or
+``stop_soon()`` from a signal handler), ``server_close()``, or use it as a
+context manager. Stopping sends every client ``shutdown``, closes every
+connection and joins every thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import selectors
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from server.config import ServerConfig
+from server.io_loop import IOLoop, Waker
+from server.room import Room
+
+logger = logging.getLogger("server")
+
+LISTEN_BACKLOG = 4096  # the kernel caps it at somaxconn; join bursts need room
+ACCEPT_BATCH = 256  # accepts per wake-up, so that a stop request is seen soon
+SHUTDOWN_GRACE = 1.0  # seconds clients get to take the shutdown frame
+# Windows has only select(), which CPython builds for 512 sockets at most:
+# there a loop takes 500 connections and more loops start as needed.
+# epoll and kqueue have no such limit.
+LOOP_CAPACITY = 500 if sys.platform == "win32" else None
+
+_FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class ChatServer:
+    """The chat server. See the module docstring for its life cycle.
+
+    Raises ``OSError`` from the constructor when it cannot listen (port in
+    use, no such address, no permission) and ``socket.gaierror`` for an
+    unknown host name.
+    """
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config = config or ServerConfig()
+        self.room = Room(
+            history=config.history,
+            motd=config.motd,
+            max_backlog=config.max_queue,
+            on_broadcast=self._broadcast_pending,
+        )
+        self._listeners = bind_listeners(config.host, config.port)
+        self._loops: list[IOLoop] = []
+        self._open_count = 0
+        self._count_lock = threading.Lock()
+        self._selector = selectors.DefaultSelector()
+        try:
+            self._waker = Waker(self._selector)
+            for listener in self._listeners:
+                self._selector.register(listener, selectors.EVENT_READ, listener)
+            for _ in range(max(1, config.io_threads)):
+                self._loops.append(self._new_loop())
+        except BaseException:  # out of file descriptors, most likely
+            self._close_resources()
+            raise
+        self._stop_requested = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._started = False
+        self._lifecycle = threading.Lock()
+
+    def __enter__(self) -> ChatServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server_close()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs the server listens on."""
+        return [listener.getsockname()[:2] for listener in self._listeners]
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    @property
+    def connection_count(self) -> int:
+        """Open connections, joined or not (refused ones aside)."""
+        return self._open_count
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept and serve clients until ``shutdown`` or ``stop_soon``.
+
+        ``poll_interval`` bounds how long a wait lasts, so that Ctrl+C is
+        noticed on Windows, where it cannot interrupt a select.
+        """
+        with self._lifecycle:
+            if self._started:
+                raise RuntimeError("serve_forever can run only once per server")
+            self._started = True
+            if self._stop_requested.is_set():
+                return  # shut down before it started
+            self._stopped.clear()
+        try:
+            for loop in self._loops:
+                loop.start()
+            while not self._stop_requested.is_set():
+                for key, _ in self._selector.select(poll_interval):
+                    if key.data is None:
+                        self._waker.drain()
+                    elif not self._stop_requested.is_set():
+                        self._accept(key.data)
+        finally:
+            self._stop_loops()
+            self._stopped.set()
+
+    def stop_soon(self) -> None:
+        """Ask ``serve_forever`` to stop, without waiting. Safe in a signal handler."""
+        self._stop_requested.set()
+        self._waker.wake()
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever`` and wait until every client is told and closed.
+
+        Call it from another thread than the one in ``serve_forever``.
+        """
+        with self._lifecycle:  # serve_forever either sees the request or is waited for
+            self._stop_requested.set()
+        self.stop_soon()
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        """Release the listening sockets and the threads' resources."""
+        self.shutdown()
+        self._close_resources()
+
+    def _close_resources(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._selector.close()
+        waker: Waker | None = getattr(self, "_waker", None)  # None: the constructor failed
+        if waker is not None:
+            waker.close()
+        for loop in self._loops:
+            loop.close()
+
+    # -- internals ---------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _FD_EXHAUSTED:
+                    logger.error("Cannot accept more connections: %s", exc)
+                    time.sleep(0.1)  # the backlog stays readable; do not spin
+                return
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # the peer may have reset it already; reading will tell
+            with self._count_lock:
+                refuse = self._open_count >= self.config.max_clients
+                if not refuse:
+                    self._open_count += 1
+            self._least_busy_loop().adopt(sock, address, refuse=refuse)
+
+    def _new_loop(self) -> IOLoop:
+        return IOLoop(len(self._loops), self.room, self.config, self._release)
+
+    def _least_busy_loop(self) -> IOLoop:
+        # A loop whose thread died of a bug would take clients and serve none.
+        running = [loop for loop in self._loops if loop.thread.is_alive()]
+        loop = min(running, key=len) if running else None
+        if loop is None or (LOOP_CAPACITY is not None and len(loop) >= LOOP_CAPACITY):
+            loop = self._new_loop()
+            self._loops.append(loop)  # other threads only iterate the list
+            loop.start()
+        return loop
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self._open_count -= 1
+
+    def _broadcast_pending(self, urgent: bool) -> None:
+        for loop in self._loops:
+            loop.broadcast_pending(urgent)
+
+    def _stop_loops(self) -> None:
+        self.room.close()
+        # One deadline for all loops, so that the whole stop stays within
+        # PROTOCOL.md's two seconds however many loops and clients there are.
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        started = [loop for loop in self._loops if loop.thread.ident is not None]
+        for loop in started:
+            loop.stop(self.config.shutdown_message, deadline)
+        for loop in started:
+            loop.thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+            if loop.thread.is_alive():
+                logger.error("%s did not stop in time", loop.thread.name)
+
+
+def bind_listeners(host: str | None, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host`` (``None``: every interface) and ``port``.
+
+    A host name with several addresses (``localhost``) gets one socket per
+    address, all on the same port; addresses this machine lacks are
+    skipped as long as one is left.
+    """
+    if not host:
+        if socket.has_dualstack_ipv6():
+            return [_listen(socket.AF_INET6, ("::", port), dualstack=True)]
+        return [_listen(socket.AF_INET, ("0.0.0.0", port))]
+    infos = socket.getaddrinfo(
+        host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )
+    listeners: list[socket.socket] = []
+    unavailable: OSError | None = None
+    seen = set()
+    for family, _, _, _, sockaddr in infos:
+        if (family, sockaddr[0]) in seen:
+            continue
+        seen.add((family, sockaddr[0]))
+        if listeners:  # port 0: every address shares the first one's port
+            bind_to = (sockaddr[0], listeners[0].getsockname()[1], *sockaddr[2:])
+        else:
+            bind_to = sockaddr
+        try:
+            listeners.append(_listen(family, bind_to))
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                for listener in listeners:
+                    listener.close()
+                raise
+            unavailable = exc
+    if not listeners:
+        raise unavailable or OSError(errno.EADDRNOTAVAIL, f"no address for {host}")
+    return listeners
+
+
+def _listen(family: int, sockaddr: tuple[Any, ...], *, dualstack: bool = False) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if sys.platform == "win32":
+            # Windows' SO_REUSEADDR would let another program steal the port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+        else:
+            # Rebind at once after a restart, despite connections in TIME_WAIT.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dualstack else 1)
+        sock.bind(sockaddr)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def lan_addresses() -> list[str]:
+    """This machine's addresses that others on the network may reach, IPv4 first.
+
+    Found from the host name, so it sends nothing on the network; may be
+    empty where the host name does not resolve to a LAN address.
+    """
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    except OSError:
+        return []
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for *_, sockaddr in infos:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified):
+            found.add(ip)
+    return [str(ip) for ip in sorted(found, key=lambda ip: (ip.version, ip))]
