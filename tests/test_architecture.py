@@ -130,3 +130,15 @@ def test_the_protocol_is_pure_but_for_its_transport() -> None:
         if name.startswith("server.protocol") and name != "server.protocol.transport":
             assert not _stdlib_imports(path) & impure, f"{name} imports I/O"
     assert "socket" in _stdlib_imports(modules["server.protocol.transport"])
+
+
+def test_the_architecture_document_names_every_module() -> None:
+    document = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [
+        str(path.relative_to(ROOT))
+        for name, path in _modules().items()
+        if path.name != "__init__.py"
+        and path.name not in document
+        and str(path.relative_to(ROOT)) not in document
+    ]
+    assert not missing, f"docs/architecture.md does not mention {missing}"
