@@ -37,6 +37,7 @@ from dbus_fast.annotations import DBusInt32, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_signal
 
 from app import alerts, chat_app
+from app import settings as app_settings
 from app.alerts import DesktopNotifications
 from app.chat_app import ChatApp
 from app.settings import Settings
@@ -456,6 +457,15 @@ def test_with_no_bus_the_toast_shows_as_before_and_the_failure_is_logged_once(
     warnings = [r.getMessage() for r in caplog.records if r.name == "app.alerts"]
     assert len(warnings) == 1, warnings
     assert "not available" in warnings[0]
+
+
+def test_the_setting_is_kept_and_a_damaged_one_reads_as_on(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    app_settings.save(Settings(notifications=False), path)
+    assert app_settings.load(path).notifications is False
+    path.write_text('{"notifications": "no", "dark": true}', encoding="utf-8")
+    loaded = app_settings.load(path)
+    assert loaded.notifications is True and loaded.dark is True
 
 
 # -- DesktopNotifications on its own ---------------------------------------------------
