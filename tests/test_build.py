@@ -16,7 +16,12 @@ import pytest
 from PIL import Image, ImageGrab
 from PyInstaller.archive.readers import pkg_archive_contents
 
-from tests.test_alerts import FakeNotifications, service, session_bus  # noqa: F401 - fixtures
+from tests.test_alerts import (  # noqa: F401 - service and session_bus are fixtures
+    FakeNotifications,
+    root_window,
+    service,
+    session_bus,
+)
 from tests.wire import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,14 +153,17 @@ def test_frozen_client_notifies_through_the_desktop(
         ["xdotool", "getmouselocation", "--shell"], check=True, capture_output=True, text=True
     ).stdout
     pointer = dict(line.split("=", 1) for line in where.split())
-    # In the background: with no window manager the keyboard goes to what is
-    # under the pointer, here the bare screen's corner.
-    subprocess.run(["xdotool", "mousemove", "5", "1015"], check=True, timeout=10)
     with RawClient(srv.port) as watcher:
         watcher.join("watcher")
         proc = subprocess.Popen([str(binary), *args], env=env)
         try:
             assert watcher.expect("joined", timeout=30)["name"] == "frozen"
+            # Looked at, then left for another application: with no window
+            # manager, the keyboard goes to what is under the pointer.
+            subprocess.run(["xdotool", "windowfocus", root_window()], check=True, timeout=10)
+            for x, y in [(300, 300), (5, 1015)]:  # the window's at 0,0; then the bare screen
+                subprocess.run(["xdotool", "mousemove", str(x), str(y)], check=True, timeout=10)
+                time.sleep(0.3)
             watcher.send({"type": "say", "text": "psst, frozen", "to": "frozen"})
             shown = service.shown.get(timeout=30)
             assert (shown.app_name, shown.title, shown.body) == (
