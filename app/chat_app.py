@@ -24,6 +24,7 @@ import ttkbootstrap as ttk
 
 from app import commands
 from app import text as fmt
+from app.alerts import DesktopNotifications
 from app.chat_view import Action, ChatView
 from app.connect_dialog import ConnectDialog
 from app.network import (
@@ -121,6 +122,7 @@ class ChatApp:
         self._name_retry: str | None = None  # the pending after() of a name retry
         self._held: deque[str] = deque()  # unsent texts waiting for the input box
         self._toast_until = 0.0  # time.monotonic() when the last toast is gone
+        self.desktop = DesktopNotifications(root, "LAN Chat")
         self._pump_id: str | None = None
         self._closing = False
         self._closed = False
@@ -163,6 +165,12 @@ class ChatApp:
         view = ttk.Menu(menubar, tearoff=False)
         self.dark_var = ttk.BooleanVar(value=self.settings.dark)
         view.add_checkbutton(label="Dark theme", variable=self.dark_var, command=self.toggle_theme)
+        self.notify_var = ttk.BooleanVar(value=self.settings.notifications)
+        view.add_checkbutton(
+            label="Desktop notifications",
+            variable=self.notify_var,
+            command=lambda: self._update_settings(notifications=self.notify_var.get()),
+        )
         view.add_command(
             label="Bigger text", accelerator="Ctrl++", command=lambda: self.change_font_size(+1)
         )
@@ -323,6 +331,7 @@ class ChatApp:
             self.root.after_cancel(self._pump_id)
             self._pump_id = None
         self._drop_client()
+        self.desktop.close()
         self._remember_geometry()
         self.save_settings(self.settings)
         for sequence in self._shortcuts:
@@ -512,17 +521,20 @@ class ChatApp:
                 self.notice(text, "error")
 
     def _alert(self, message: ChatMessage) -> None:
-        """Ring and show a toast, unless the last toast is still up (see ``TOAST_MS``)."""
+        """A desktop notification, or where the OS has none a bell and a toast;
+        none while the last is still up (see ``TOAST_MS``) or when turned off."""
         now = time.monotonic()
-        if now < self._toast_until:
+        if not self.settings.notifications or now < self._toast_until:
             return
         self._toast_until = now + TOAST_MS / 1000
+        title = f"{message.sender} mentioned you" if message.to is None else message.sender
+        text = message.text[:200]
+        self.desktop.notify(title, text, otherwise=lambda: self._toast(title, text))
+
+    def _toast(self, title: str, text: str) -> None:
         self.root.bell()
         ttk.ToastNotification(
-            title=f"{message.sender} mentioned you" if message.to is None else message.sender,
-            message=message.text[:200],
-            duration=TOAST_MS,
-            icon="chat-dots-fill",
+            title=title, message=text, duration=TOAST_MS, icon="chat-dots-fill"
         ).show_toast()
 
     def _update_status(self) -> None:

@@ -30,8 +30,9 @@ GEOMETRY = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})\+(-?[0-9]{1,5})\+(-?
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The last connection, the theme, the font size and the window's geometry
-    (Tk's "WIDTHxHEIGHT+X+Y", or empty for the default)."""
+    """The last connection, the theme, the font size, the window's geometry
+    (Tk's "WIDTHxHEIGHT+X+Y", or empty for the default), and whether mentions
+    and private messages in the background alert at all."""
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
@@ -39,6 +40,7 @@ class Settings:
     dark: bool = False
     font_size: int = 11
     geometry: str = ""
+    notifications: bool = True
 
     def with_font_size(self, size: int) -> Settings:
         return replace(self, font_size=max(MIN_FONT_SIZE, min(MAX_FONT_SIZE, size)))

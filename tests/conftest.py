@@ -46,6 +46,14 @@ def no_leaks() -> Iterator[None]:
     assert not sockets_left, f"sockets left open: {sorted(sockets_left)}"
 
 
+@pytest.fixture(autouse=True)
+def no_desktop_bus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the desktop's own notifications (a run on someone's desktop
+    would pop them up, and the toasts tests look for would not show); the tests
+    of notifications start a bus of their own (tests/test_alerts.py)."""
+    monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
+
+
 @pytest.fixture
 def start_server() -> Iterator[Callable[..., ChatServer]]:
     """Start a real ChatServer on 127.0.0.1, on a free port; stopped after the test.

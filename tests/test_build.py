@@ -16,6 +16,12 @@ import pytest
 from PIL import Image, ImageGrab
 from PyInstaller.archive.readers import pkg_archive_contents
 
+from tests.test_alerts import (  # noqa: F401 - service and session_bus are fixtures
+    FakeNotifications,
+    root_window,
+    service,
+    session_bus,
+)
 from tests.wire import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +135,49 @@ def test_frozen_client_window_carries_the_icon(built: Path, start_server, tmp_pa
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def test_frozen_client_notifies_through_the_desktop(
+    built: Path,
+    start_server,
+    service: FakeNotifications,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    """desktop-notifier names a package of its own only in a string: frozen
+    without it, the import failed and every alert fell back to the toast."""
+    srv = start_server()
+    binary = built / "pyinstaller-dist" / "lan-chat" / "lan-chat"
+    env = {**os.environ, "LAN_CHAT_CONFIG_DIR": str(tmp_path)}  # with the test's bus
+    args = ["--connect", "--host", "127.0.0.1", "--port", str(srv.port), "--name", "frozen"]
+    where = subprocess.run(
+        ["xdotool", "getmouselocation", "--shell"], check=True, capture_output=True, text=True
+    ).stdout
+    pointer = dict(line.split("=", 1) for line in where.split())
+    with RawClient(srv.port) as watcher:
+        watcher.join("watcher")
+        proc = subprocess.Popen([str(binary), *args], env=env)
+        try:
+            assert watcher.expect("joined", timeout=30)["name"] == "frozen"
+            # Looked at, then left for another application: with no window
+            # manager, the keyboard goes to what is under the pointer.
+            subprocess.run(["xdotool", "windowfocus", root_window()], check=True, timeout=10)
+            for x, y in [(300, 300), (5, 1015)]:  # the window's at 0,0; then the bare screen
+                subprocess.run(["xdotool", "mousemove", str(x), str(y)], check=True, timeout=10)
+                time.sleep(0.3)
+            watcher.send({"type": "say", "text": "psst, frozen", "to": "frozen"})
+            shown = service.shown.get(timeout=30)
+            assert (shown.app_name, shown.title, shown.body) == (
+                "LAN Chat",
+                "watcher",
+                "psst, frozen",
+            )
+            proc.terminate()
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            subprocess.run(["xdotool", "mousemove", pointer["X"], pointer["Y"]], timeout=10)
 
 
 def _window_icon(title_prefix: str) -> Image.Image:
