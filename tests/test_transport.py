@@ -86,3 +86,12 @@ def _recv_within(transport: PlainTransport) -> bytes:
     got = transport.recv(1024)
     assert isinstance(got, bytes)
     return got
+
+
+def test_plain_tcp_has_no_handshake_and_no_certificate(
+    pair: tuple[PlainTransport, socket.socket],
+) -> None:
+    transport, _peer = pair
+    assert transport.handshake() is None
+    assert transport.peer_certificate() is None
+    assert transport.secure is False
