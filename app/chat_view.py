@@ -437,8 +437,7 @@ class ChatView(ttk.Frame):
         def insert() -> None:
             # Each line ends with its own newline, carrying the line's tags,
             # so that a highlight spans the full width of that line only.
-            for piece, tags in [*parts, ("\n", line_tags)]:
-                self._emoji.insert(piece, tags)
+            self._emoji.insert_line([*parts, ("\n", line_tags)])
 
         self._edit(insert)
 

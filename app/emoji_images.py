@@ -9,23 +9,27 @@ it into a Tk photo image one line of text high.
 
 How it works: ``runs`` cuts a text into plain runs and emoji sequences (the
 ``emoji`` package knows the sequences: skin tones, ZWJ families, flags,
-keycaps). ``EmojiText`` puts a run into a Text widget, a sequence as an
-embedded image carrying the run's tags (so a highlight spans it), and reads
-a range back with the sequences in place of their images, for
-``transcript_text`` and for copying. Each sequence has one Tk image, drawn
-on first use and kept in an LRU of ``CACHE_SIZE``; a font size change draws
-every kept image again in place, so those already shown follow it. Each
-embedded image is named after its sequence, so a copy puts the characters
-back even for an image the cache has since dropped (that image then shows
-as blank space: it takes more distinct emoji than a chat uses to get there).
-A sequence with a character the font lacks stays text.
+keycaps). ``EmojiText`` appends a line to a Text widget, each sequence as
+an embedded image carrying its run's tags (so a highlight spans it), and
+reads a range back with the sequences in place of their pictures, for
+``transcript_text`` and for copying: each picture is named after its
+sequence. Each sequence has one Tk image, drawn on first use; a font size
+change draws every kept image again in place, so those shown follow it.
+
+What bounds the cost: Tk looks through every embedded image of a Text each
+time it adds one, so only the newest ``MAX_PICTURES`` pictures stay
+pictures; older ones turn back into their characters. As the pictures are
+added in the order the images are used, an LRU of as many images keeps
+every image still shown. A line gets ``PICTURES_PER_LINE`` at most, as
+drawing a new one takes a fraction of a millisecond. A sequence with a
+character the font lacks stays text.
 """
 
 from __future__ import annotations
 
 import re
 import tkinter
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 
 import emoji
@@ -35,7 +39,11 @@ from app.paths import asset
 from app.text import displayable
 
 FONT = asset("emoji/OpenMoji-color-glyf_colr0.ttf")
-CACHE_SIZE = 400  # Tk images kept; a server can send thousands of distinct sequences
+# Pictures in the transcript at most, and so Tk images kept (a server can
+# send thousands of distinct sequences): Tk looks through every picture in
+# a Text widget each time it adds one, so more would slow each message.
+MAX_PICTURES = 500
+PICTURES_PER_LINE = 64  # the rest of a line's emoji stay text: drawing one takes ~0.3 ms
 EMBED_PREFIX = "emoji:"  # of an embedded image's name: the sequence's code points follow
 # The font's ink fills about 94% of its size (measured on OpenMoji 17):
 # this makes a picture's ink about as tall as the line it sits on.
@@ -94,7 +102,7 @@ def runs(text: str) -> list[tuple[str, bool]]:
 
 
 def embed_name(sequence: str) -> str:
-    """The name of an embedded image showing ``sequence`` (Tk adds ``#N`` to repeats)."""
+    """The name of embedded images showing ``sequence``; a ``/`` or ``#`` may follow it."""
     return EMBED_PREFIX + "-".join(f"{ord(char):x}" for char in sequence)
 
 
@@ -102,7 +110,7 @@ def sequence_of(name: str) -> str | None:
     """The sequence an embedded image shows, from its name; None if it shows none."""
     if not name.startswith(EMBED_PREFIX):
         return None
-    points = name.removeprefix(EMBED_PREFIX).split("#", 1)[0].split("-")
+    points = re.split("[/#]", name.removeprefix(EMBED_PREFIX), maxsplit=1)[0].split("-")
     return "".join(chr(int(point, 16)) for point in points)
 
 
@@ -167,36 +175,61 @@ class EmojiText:
         # the clipboard: there what is copied keeps U+FFFD, as the text shows.
         self._astral_ok = astral_ok
         self._drawing = Drawing()
-        # sequence -> its Tk image, or None where the font lacks it; least recent first.
-        self._images: OrderedDict[str, ImageTk.PhotoImage | None] = OrderedDict()
+        # sequence -> its Tk image, least recently shown first.
+        self._images: OrderedDict[str, ImageTk.PhotoImage] = OrderedDict()
+        # (embedded name, sequence) of the pictures put in, oldest first.
+        self._shown: deque[tuple[str, str]] = deque()
+        self._count = 0  # pictures ever put in: each gets a name of its own
         text.bind("<<Copy>>", self._copy)
 
     def __len__(self) -> int:
+        """How many Tk images are kept."""
         return len(self._images)
 
     def image(self, sequence: str) -> ImageTk.PhotoImage | None:
         """The one Tk image of ``sequence`` at the current height; None to show it as text."""
-        if sequence in self._images:
+        image = self._images.get(sequence)
+        if image is not None:
             self._images.move_to_end(sequence)
-            return self._images[sequence]
+            return image
         picture = self._drawing.draw(sequence, self.height)
-        image = None if picture is None else ImageTk.PhotoImage(picture, master=self.text)
-        self._images[sequence] = image
-        if len(self._images) > CACHE_SIZE:
-            self._images.popitem(last=False)  # Tk deletes the image with its last reference
+        if picture is None:
+            return None  # not kept: Drawing remembers what the font lacks
+        image = self._images[sequence] = ImageTk.PhotoImage(picture, master=self.text)
+        if len(self._images) > MAX_PICTURES:
+            # Shown MAX_PICTURES pictures ago at best: already turned back into text.
+            self._images.popitem(last=False)
         return image
 
-    def insert(self, piece: str, tags: tuple[str, ...]) -> None:
-        """Append ``piece`` with ``tags``: its emoji as pictures, the rest as text."""
+    def insert_line(self, parts: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+        """Append the (piece, tags) parts of one line: emoji as pictures, the rest as text."""
         text = self.text
-        for run, is_emoji in runs(piece):
-            image = self.image(run) if is_emoji else None
-            if image is None:
-                text.insert("end", displayable(run, astral_ok=self._astral_ok), tags)
-                continue
-            name = text.image_create("end", image=image, name=embed_name(run))
-            for tag in tags:  # an image takes tags one at a time, by its name as index
-                text.tag_add(tag, name)
+        budget = PICTURES_PER_LINE
+        for piece, tags in parts:
+            for run, is_emoji in runs(piece):
+                image = self.image(run) if is_emoji and budget > 0 else None
+                if image is None:
+                    text.insert("end", displayable(run, astral_ok=self._astral_ok), tags)
+                    continue
+                budget -= 1
+                self._count += 1
+                name = f"{embed_name(run)}/{self._count}"
+                text.image_create("end", image=image, name=name)
+                for tag in tags:  # an image takes tags one at a time, by its name as index
+                    text.tag_add(tag, name)
+                self._shown.append((name, run))
+        while len(self._shown) > MAX_PICTURES:
+            self._to_text(*self._shown.popleft())
+
+    def _to_text(self, name: str, sequence: str) -> None:
+        """Turn an old picture back into its characters, with its tags."""
+        try:
+            index = self.text.index(name)
+        except tkinter.TclError:
+            return  # gone with old lines
+        tags = self.text.tag_names(index)
+        self.text.delete(index)
+        self.text.insert(index, displayable(sequence, astral_ok=self._astral_ok), tags)
 
     def get(self, start: str, end: str) -> str:
         """The characters between two indexes, each picture as its sequence."""
@@ -212,8 +245,8 @@ class EmojiText:
         """Draw every kept picture again at ``height``, in place: those shown follow."""
         self.height = height
         for sequence, image in self._images.items():
-            picture = None if image is None else self._drawing.draw(sequence, height)
-            if image is not None and picture is not None:
+            picture = self._drawing.draw(sequence, height)
+            if picture is not None:
                 # The Tk image takes the new size; pasting fills all of it.
                 size = ("-width", picture.width, "-height", picture.height)
                 self.text.tk.call(str(image), "configure", *size)
@@ -223,9 +256,7 @@ class EmojiText:
         """Ctrl+C and the like: the selection as characters, emoji included."""
         ranges = self.text.tag_ranges("sel")
         if ranges:
-            chosen = displayable(
-                self.get(str(ranges[0]), str(ranges[1])), astral_ok=self._astral_ok
-            )
+            chosen = self.get(str(ranges[0]), str(ranges[1]))
             self.text.clipboard_clear()
-            self.text.clipboard_append(chosen)
+            self.text.clipboard_append(displayable(chosen, astral_ok=self._astral_ok))
         return "break"

@@ -203,8 +203,13 @@ def test_a_mentions_highlight_spans_its_emoji(app: ChatApp) -> None:
         )
 
 
-def test_thousands_of_distinct_emoji_keep_the_images_bounded(app: ChatApp, tk_root: Any) -> None:
+def test_thousands_of_distinct_emoji_keep_pictures_and_images_bounded(
+    app: ChatApp, tk_root: Any
+) -> None:
+    """Tk looks through every picture of a Text to add one, and each kept image
+    costs memory: a server sending 5,000 distinct emoji must not grow either."""
     view = app.view
+    limit = emoji_images.MAX_PICTURES
     images_before = len(tk_root.image_names())
     distinct = [each for each in emoji.EMOJI_DATA if runs(each) == [(each, True)]][:5000]
     assert len(distinct) == 5000
@@ -215,13 +220,31 @@ def test_thousands_of_distinct_emoji_keep_the_images_bounded(app: ChatApp, tk_ro
             tk_root.update()
     view.end_batch()
     tk_root.update()
-    assert len(view._emoji) <= emoji_images.CACHE_SIZE
-    assert len(tk_root.image_names()) - images_before <= emoji_images.CACHE_SIZE
-    # The newest still show as pictures, and every line copies as it was sent.
-    newest = [sequence_of(name) for name, _index in pictures(view)[-10:]]
-    assert newest == [each for each in distinct if Drawing().has(each)][-10:]
-    assert view.transcript_text().endswith(f"mallory: {distinct[-1]} 4999")
-    assert f"mallory: {distinct[0]} 0\n" in view.transcript_text()
+    assert len(view._emoji) <= limit
+    assert len(tk_root.image_names()) - images_before <= limit
+    shown = pictures(view)
+    assert len(view.transcript.image_names()) == len(shown) == limit
+    # Every picture still shown has its image (none is left a blank space)...
+    for name, _index in shown:
+        assert str(view.transcript.image_cget(name, "image")) in tk_root.image_names()
+    # ...they are the newest emoji, the older ones are text again, and every
+    # line copies as it was sent.
+    drawable = [each for each in distinct if Drawing().has(each)]
+    assert [sequence_of(name) for name, _index in shown] == drawable[-limit:]
+    assert f"mallory: {distinct[0]} 0\n" in view.transcript.get("1.0", "end")
+    transcript = view.transcript_text()
+    assert transcript.endswith(f"mallory: {distinct[-1]} 4999")
+    assert all(
+        f"mallory: {each} {number}\n" in transcript for number, each in enumerate(distinct[:-1])
+    )
+
+
+def test_a_line_of_thousands_of_emoji_draws_a_few(app: ChatApp) -> None:
+    view = app.view
+    flood = "".join(each for each in emoji.EMOJI_DATA if runs(each) == [(each, True)])[:3000]
+    say(view, "mallory", flood)
+    assert len(pictures(view)) == emoji_images.PICTURES_PER_LINE
+    assert view.transcript_text().endswith(f"mallory: {flood}")
 
 
 @pytest.mark.parametrize("mode", ["light", "dark"])
