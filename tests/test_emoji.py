@@ -7,7 +7,7 @@ import colorsys
 
 import emoji
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont, features
 
 from app import emoji_images
 from app.emoji_images import Drawing, embed_name, runs, sequence_of
@@ -93,8 +93,15 @@ def test_emoji_are_drawn_in_colour_one_line_high(
     assert picture is not None
     assert picture.mode == "RGBA"
     assert picture.height == height
-    assert height * 0.6 <= picture.width <= height * 1.6  # one picture, not parts side by side
+    if features.check_feature("raqm"):  # without it ZWJ parts stand side by side
+        assert height * 0.6 <= picture.width <= height * 1.6  # one picture, not its parts
     assert colourful(picture) >= height  # colour, not a black-and-white outline
+
+
+def test_sequences_are_laid_out_by_raqm_where_pillow_has_it() -> None:
+    """Only libraqm joins a ZWJ family or a flag into one picture."""
+    expected = ImageFont.Layout.RAQM if features.check_feature("raqm") else ImageFont.Layout.BASIC
+    assert emoji_images.LAYOUT is expected
 
 
 def test_a_sequence_the_font_lacks_is_not_drawn(drawing: Drawing) -> None:
