@@ -217,7 +217,8 @@ class ChatApp:
 
     def about(self) -> None:
         ttk.Messagebox.show_info(
-            f"LAN Chat {app_version()}\n\nA small group chat for your local network.",
+            f"LAN Chat {app_version()}\n\nA small group chat for your local network.\n\n"
+            "Emoji designed by OpenMoji (openmoji.org), licensed under CC BY-SA 4.0.",
             "About LAN Chat",
             parent=self.root,
         )

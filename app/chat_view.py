@@ -38,6 +38,7 @@ from tkinter import font as tkfont
 
 import ttkbootstrap as ttk
 
+from app import emoji_images
 from app import text as fmt
 from server.protocol import MAX_TEXT_LENGTH, ChatMessage, name_identity
 
@@ -104,6 +105,10 @@ class ChatView(ttk.Frame):
         self.rowconfigure(1, weight=1)
         self._build_banner()
         self._build_middle()
+        # Emoji show as pictures one line high (Tk cannot draw them in colour).
+        self._emoji = emoji_images.EmojiText(
+            self.transcript, self.font.metrics("linespace"), astral_ok=self._astral_ok
+        )
         self._build_input()
         self.status_label = ttk.Label(self, text="", bootstyle="secondary", padding=(10, 4))
         self.status_label.grid(row=3, column=0, sticky="we")
@@ -271,7 +276,7 @@ class ChatView(ttk.Frame):
         if not found:
             return  # the link was trimmed away with old lines
         start, end = found
-        target = fmt.link_target(self.transcript.get(start, end))
+        target = fmt.link_target(self._emoji.get(start, end))
         try:
             opened = webbrowser.open(target)
         except webbrowser.Error:
@@ -448,10 +453,7 @@ class ChatView(ttk.Frame):
         def insert() -> None:
             # Each line ends with its own newline, carrying the line's tags,
             # so that a highlight spans the full width of that line only.
-            for piece, tags in [*parts, ("\n", line_tags)]:
-                self.transcript.insert(
-                    "end", fmt.displayable(piece, astral_ok=self._astral_ok), tags
-                )
+            self._emoji.insert_line([*parts, ("\n", line_tags)])
 
         self._edit(insert)
 
@@ -469,7 +471,7 @@ class ChatView(ttk.Frame):
 
     def transcript_text(self) -> str:
         """Everything shown, one line per message or notice."""
-        return self.transcript.get("1.0", "end-1c").removesuffix("\n")
+        return self._emoji.get("1.0", "end-1c").removesuffix("\n")
 
     # -- who is online, status, banner ----------------------------------------
 
@@ -578,6 +580,7 @@ class ChatView(ttk.Frame):
 
     def set_font_size(self, size: int) -> None:
         self._size_fonts(size)
+        self._emoji.resize(self.font.metrics("linespace"))
         self._set_margins()
         # The text lays its lines out again later; follow once that is done.
         self.after_idle(self._keep_end)
