@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from pathlib import Path
 
 from server.chat_server import ChatServer, lan_addresses
 from server.config import (
@@ -21,6 +22,7 @@ from server.config import (
     RATE_PER_SECOND,
     RateLimit,
     ServerConfig,
+    default_data_dir,
 )
 from server.protocol import (
     DEFAULT_PORT,
@@ -149,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads that serve the connections (default: %(default)s)",
     )
     parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the server keeps what outlives it: its identity, bans, history "
+        f"(default: {default_data_dir()})",
+    )
+    parser.add_argument(
         "--smoke-test",
         action="store_true",
         help="start on a free port, chat with itself through the real protocol, "
@@ -173,6 +183,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         motd=args.motd or None,
         rate_limit=None if args.no_rate_limit else RateLimit(args.rate_burst, args.rate_per_second),
         io_threads=args.io_threads,
+        data_dir=args.data_dir,
     )
 
 

@@ -7,6 +7,9 @@ not by these numbers, so they live here rather than in the protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
 
 from server.protocol import DEFAULT_PORT
 
@@ -58,3 +61,15 @@ class ServerConfig:
     idle_timeout: float = IDLE_TIMEOUT
     io_threads: int = DEFAULT_IO_THREADS
     shutdown_message: str = "The server is shutting down"
+    # Where what must outlive the process is kept (identity, bans, history);
+    # None: the user's data folder (``default_data_dir``).
+    data_dir: Path | None = None
+
+    def data_path(self) -> Path:
+        """The data folder this configuration names (not created here)."""
+        return self.data_dir if self.data_dir is not None else default_data_dir()
+
+
+def default_data_dir() -> Path:
+    """The user's data folder for the server, as the OS names it."""
+    return platformdirs.user_data_path("lan-chat-server", appauthor=False)

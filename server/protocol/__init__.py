@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from server.protocol.errors import (
     FATAL_ERRORS,
+    NO_RECONNECT_ERRORS,
     ErrorCode,
     LeaveReason,
     LocalProtocolError,
@@ -93,6 +94,7 @@ __all__ = [
     "MAX_SERVER_FRAME",
     "MAX_TEXT_LENGTH",
     "NAME_PUNCTUATION",
+    "NO_RECONNECT_ERRORS",
     "PROTOCOL_VERSION",
     "SERVER_MESSAGES",
     "SHOWN_LENGTH",

@@ -28,12 +28,49 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate-limited"
     UNKNOWN_TYPE = "unknown-type"
     SERVER_FULL = "server-full"
+    # Extensions: encryption, the room password, operators, per-address limits.
+    TLS_REQUIRED = "tls-required"
+    TLS_UNAVAILABLE = "tls-unavailable"
+    PASSWORD_REQUIRED = "password-required"
+    PASSWORD_WRONG = "password-wrong"
+    TOO_MANY_ATTEMPTS = "too-many-attempts"
+    TOO_MANY_CONNECTIONS = "too-many-connections"
+    THROTTLED = "throttled"
+    BANNED = "banned"
+    KICKED = "kicked"
+    NOT_OPERATOR = "not-operator"
+    OP_PASSWORD_WRONG = "op-password-wrong"
 
 
 # Errors after which the server closes the connection; every other error
 # leaves it open for the client to try again.
 FATAL_ERRORS = frozenset(
-    {ErrorCode.BAD_FRAME, ErrorCode.PROTOCOL_VERSION, ErrorCode.TIMEOUT, ErrorCode.SERVER_FULL}
+    {
+        ErrorCode.BAD_FRAME,
+        ErrorCode.PROTOCOL_VERSION,
+        ErrorCode.TIMEOUT,
+        ErrorCode.SERVER_FULL,
+        ErrorCode.TLS_REQUIRED,
+        ErrorCode.TLS_UNAVAILABLE,
+        ErrorCode.TOO_MANY_ATTEMPTS,
+        ErrorCode.TOO_MANY_CONNECTIONS,
+        ErrorCode.THROTTLED,
+        ErrorCode.BANNED,
+        ErrorCode.KICKED,
+    }
+)
+
+# Errors after which a client does not reconnect by itself (PROTOCOL.md,
+# "Operators and moderation"): trying again would only be refused again,
+# or would override what a person decided.
+NO_RECONNECT_ERRORS = frozenset(
+    {
+        ErrorCode.KICKED,
+        ErrorCode.BANNED,
+        ErrorCode.TOO_MANY_ATTEMPTS,
+        ErrorCode.TLS_REQUIRED,
+        ErrorCode.TLS_UNAVAILABLE,
+    }
 )
 
 
