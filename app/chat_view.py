@@ -57,6 +57,9 @@ MENTION_DARK = "#583e0e"
 # are letters, digits and _ - .), so nobody can wear one they were not given.
 OP_MARK = "\u2605"  # ★ an operator
 LOOKALIKE_MARK = "\u26a0"  # ⚠ looks like someone present, or mixes scripts
+# A server notice's band: no message has a background but a mention's amber.
+SERVER_NOTICE_LIGHT = "#dbeafe"
+SERVER_NOTICE_DARK = "#12324f"
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +444,54 @@ class ChatView(ttk.Frame):
         stamp = (f"{fmt.clock(when)}  ", ("notice", "time"))
         self._append([stamp, (text, (kind, "notice"))], (kind, "notice"))
 
+    def add_server_notice(self, text: str, by: str | None, ts: float) -> None:
+        """A server notice (``notice``: an operator's, or the console's when ``by``
+        is ``None``). It is drawn as nothing else is, a band of its own colour
+        with a bar and the server's icon, none of which a message can carry,
+        so no one can type a line that passes for one."""
+        self._group = None
+        self._mark_day(ts)
+        who = f"Server notice from {by}" if by else "Server notice"
+        first, *further = fmt.one_kind_of_newline(text).split("\n")
+        tags = ("server-notice",)
+        parts: list[tuple[str, tuple[str, ...]]] = [
+            (f"{fmt.clock(ts)}  ", (*tags, "time")),
+            (f"{who}: ", (*tags, "server-notice-head")),
+            (first, tags),
+        ]
+        for line in further:
+            parts += [("\n", tags), (line, (*tags, "server-notice-cont"))]
+        if not self._following:
+            self._unseen += 1
+        icon = self._server_icon()
+
+        def insert() -> None:
+            name = self.transcript.image_create("end", image=icon, padx=4)
+            self.transcript.tag_add("server-notice", name)
+            self._emoji.insert_line([*parts, ("\n", tags)])
+
+        self._edit(insert)
+
+    def add_report(self, lines: list[str], ts: float | None = None) -> None:
+        """A notice of several lines (a ban list, a whois): the first with the
+        time, the others indented under it, none at the left edge."""
+        first, *further = lines
+        self.add_notice(first, "moderation", ts)
+        for line in further:
+            self._append([(line, ("moderation", "notice", "cont"))], ("moderation", "notice"))
+
+    def _server_icon(self) -> str:
+        size = max(12, self.font.metrics("linespace") - 4)
+        icon: str = ttk.Icon("megaphone-fill", size=size, color=self._server_notice_colors[1])
+        return icon
+
+    @property
+    def _server_notice_colors(self) -> tuple[str, str]:
+        """The band and bar of a server notice in this theme."""
+        dark = _style().theme_use().endswith("dark")
+        band = SERVER_NOTICE_DARK if dark else SERVER_NOTICE_LIGHT
+        return band, fmt.readable(_style().colors.info, band)
+
     def _mark_day(self, ts: float) -> None:
         """A separator line where the day changes (and first, unless that is today)."""
         day = datetime.date.fromtimestamp(ts)
@@ -775,9 +826,34 @@ class ChatView(ttk.Frame):
             "day", justify="center", foreground=muted, font=self._bold_font, spacing1=8, spacing3=4
         )
         text.tag_configure("link", foreground=own, underline=True)
+        self._style_moderation(muted)
         text.tag_raise("link")
         self._set_margins()
         self.set_users(self._users, self._ops)
+
+    def _style_moderation(self, muted: str) -> None:
+        """The looks of the operators' lines: a server notice's band and bar, the
+        moderation notices, a look-alike's mark."""
+        text = self.transcript
+        band, bar = self._server_notice_colors
+        indent = self.font.measure("00:00  ")
+        text.tag_configure(
+            "server-notice",
+            background=band,
+            foreground=fmt.readable(_style().colors.fg, band),
+            lmargincolor=bar,
+            lmargin1=6,
+            lmargin2=indent,
+            spacing1=6,
+            spacing3=6,
+            font=self._bold_font,
+        )
+        text.tag_configure("server-notice-head", foreground=bar)
+        text.tag_configure("server-notice-cont", lmargin1=indent, lmargin2=indent)
+        text.tag_configure("moderation", foreground=muted)
+        text.tag_raise("server-notice")
+        text.tag_raise("server-notice-head")
+        text.tag_raise("server-notice-cont")
 
     @property
     def _warning_color(self) -> str:

@@ -12,6 +12,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from server.protocol import Ban, Bans, Kick, Message, Op, Unban, Whois, clean_text
+from server.protocol import SendNotice as NoticeFrame
+
 # Command and meaning are split by a tab: the view lines the meanings up
 # in a column (spaces cannot, in a proportional font).
 HELP = """\
@@ -236,3 +239,25 @@ def parse_input(line: str) -> Command | None:
     if operator is not None:
         return operator
     return Hint(f"There is no command /{word}. Type /help to see the commands.")
+
+
+def operator_frame(command: Command) -> Message | None:
+    """The frame of PROTOCOL.md's "Operators and moderation" that ``command``
+    sends; ``None`` for a command that is none of them. Raises
+    ``RuleViolation`` for a notice the server would refuse."""
+    match command:
+        case BecomeOperator(password=password):
+            return Op(password)
+        case KickUser(name=name, reason=reason):
+            return Kick(name, reason)
+        case BanUser(name=name, address=address, duration=duration, reason=reason):
+            return Ban(name, address, duration, reason)
+        case LiftBan(id=number):
+            return Unban(number)
+        case ListBans():
+            return Bans()
+        case AskWhois(name=name):
+            return Whois(name)
+        case SendNotice(text=text):
+            return NoticeFrame(clean_text(text))
+    return None
