@@ -407,6 +407,8 @@ class ChatView(ttk.Frame):
         ]
         name_tag = "own" if own else f"name-{fmt.name_slot(message.sender)}"
         sender_tags = (*base, "sender", name_tag)
+        if self._lookalikes.mark(message.sender) is not None:  # as in the online list
+            parts.append((f"{LOOKALIKE_MARK} ", (*base, "lookalike", *head)))
         if message.to is not None:
             arrow = f"{message.sender} → {message.to}"
             parts.append((f"{arrow} (private): ", (*base, "private", "sender-private")))
@@ -841,16 +843,18 @@ class ChatView(ttk.Frame):
             "server-notice",
             background=band,
             foreground=fmt.readable(_style().colors.fg, band),
-            lmargincolor=bar,
-            lmargin1=6,
+            lmargin1=0,
             lmargin2=indent,
             spacing1=6,
             spacing3=6,
             font=self._bold_font,
         )
         text.tag_configure("server-notice-head", foreground=bar)
-        text.tag_configure("server-notice-cont", lmargin1=indent, lmargin2=indent)
+        text.tag_configure("server-notice-cont", lmargin1=indent, lmargin2=indent, spacing1=0)
         text.tag_configure("moderation", foreground=muted)
+        dark = _style().theme_use().endswith("dark")
+        warning = fmt.readable(_style().colors.danger, MENTION_DARK if dark else MENTION_LIGHT)
+        text.tag_configure("lookalike", foreground=warning)
         text.tag_raise("server-notice")
         text.tag_raise("server-notice-head")
         text.tag_raise("server-notice-cont")
@@ -883,7 +887,12 @@ class _Tip:
         assert self.label is not None
         if str(self.label.cget("text")) != text:
             self.label.configure(text=text)
-        self._window.geometry(f"+{x + 14}+{y + 10}")
+        # Beside the pointer, but within the app's window: the list is at its
+        # right edge, and a tip running off the screen would be cut.
+        top = self._owner.winfo_toplevel()
+        right = top.winfo_rootx() + top.winfo_width()
+        x = max(top.winfo_rootx(), min(x + 14, right - self.label.winfo_reqwidth()))
+        self._window.geometry(f"+{x}+{y + 16}")
         self._window.deiconify()
         self._window.lift()
 

@@ -47,12 +47,11 @@ def left_words(name: str, reason: str, by: str | None = None, message: str | Non
     """``bob left``, ``bob timed out``... for a ``left`` frame's reason; a kick
     says by whom (``by``, absent for the server's console) and why (``message``)."""
     if reason == LeaveReason.KICKED:
-        words = (
-            f"{name} was removed by {shown(by, MAX_NAME_LENGTH)}"
-            if by
-            else f"{name} " + (LEAVE_REASONS[reason])
-        )
-        return f"{words}: {shown(message)}" if message else words
+        if message:  # the server's words for people, naming who and why
+            said = shown(message, 300)
+            return said if name in said else f"{name} was removed: {said}"
+        who = f"by {shown(by, MAX_NAME_LENGTH)}" if by else "by the server"
+        return f"{name} was removed {who}"
     return f"{name} {LEAVE_REASONS.get(reason, f'left ({reason})')}"
 
 
