@@ -407,7 +407,7 @@ class ChatView(ttk.Frame):
         ]
         name_tag = "own" if own else f"name-{fmt.name_slot(message.sender)}"
         sender_tags = (*base, "sender", name_tag)
-        if self._lookalikes.mark(message.sender) is not None:  # as in the online list
+        if self._lookalikes.is_marked(message.sender):  # as in the online list
             parts.append((f"{LOOKALIKE_MARK} ", (*base, "lookalike", *head)))
         if message.to is not None:
             arrow = f"{message.sender} → {message.to}"
@@ -554,9 +554,10 @@ class ChatView(ttk.Frame):
         self.user_list.delete(0, "end")
         if self._users:
             self.user_list.insert("end", *map(self._row_text, self._users))
+            marked, warning = self._lookalikes.is_marked, self._warning_color
             for row, name in enumerate(self._users):
-                if self._lookalikes.mark(name) is not None:
-                    self._color_row(row, name)
+                if marked(name):
+                    self.user_list.itemconfigure(row, foreground=warning)
         own = self._row_of(self.own_name)
         if own is not None:
             self._color_row(own, self._users[own])
@@ -640,7 +641,7 @@ class ChatView(ttk.Frame):
 
     def _row_text(self, name: str) -> str:
         marks = (OP_MARK if name in self._ops else "") + (
-            LOOKALIKE_MARK if self._lookalikes.mark(name) is not None else ""
+            LOOKALIKE_MARK if self._lookalikes.is_marked(name) else ""
         )
         shown = fmt.displayable(name, astral_ok=self._astral_ok)
         return f"{marks} {shown}" if marks else shown
@@ -662,7 +663,7 @@ class ChatView(ttk.Frame):
     def _color_row(self, row: int, name: str) -> None:
         # A look-alike's warning wins over the own name's colour: someone
         # looking like the user is what the user most needs to see.
-        if self._lookalikes.mark(name) is not None:
+        if self._lookalikes.is_marked(name):
             color = self._warning_color
         elif name == self._own_name:
             color = self._own_color
@@ -880,9 +881,7 @@ class _Tip:
         if self._window is None:
             self._window = tkinter.Toplevel(self._owner)
             self._window.overrideredirect(True)
-            self.label = ttk.Label(
-                self._window, bootstyle="inverse-dark", padding=(8, 4), wraplength=320
-            )
+            self.label = ttk.Label(self._window, bootstyle="@dark", padding=(8, 4), wraplength=320)
             self.label.pack()
         assert self.label is not None
         if str(self.label.cget("text")) != text:
