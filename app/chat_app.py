@@ -25,7 +25,7 @@ import ttkbootstrap as ttk
 from app import commands
 from app import text as fmt
 from app.alerts import DesktopNotifications
-from app.chat_view import Action, ChatView
+from app.chat_view import LOOKALIKE_MARK, Action, ChatView
 from app.connect_dialog import ConnectDialog
 from app.network import (
     ChatClient,
@@ -42,16 +42,22 @@ from app.network import (
 )
 from app.settings import Settings, fit_geometry
 from server.protocol import (
+    MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
+    BanList,
     ChatMessage,
     Error,
+    ErrorCode,
     Joined,
     Left,
+    Notice,
+    OpChanged,
     Rename,
     Renamed,
     RuleViolation,
     Say,
     Users,
+    WhoisResult,
     clean_text,
     normalize_name,
 )
@@ -134,6 +140,7 @@ class ChatApp:
             root,
             on_send=self.on_send,
             font_size=settings.font_size,
+            remember=commands.kept_in_history,
         )
         self.view.pack(fill="both", expand=True)
         self._build_menu()
@@ -425,7 +432,7 @@ class ChatApp:
         self.view.hide_banner()
         self._way_back = self._reconnect_now
         self.view.own_name = welcome.name
-        self.view.set_users(welcome.users)
+        self.view.set_users(welcome.users, welcome.ops or ())
         self._update_settings(name=welcome.name)
         host, port = self.target or ("?", 0)
         if event.reconnected:
@@ -499,10 +506,13 @@ class ChatApp:
             case Joined(name=name):
                 view.user_joined(name)
                 self.notice(f"{name} joined")
+                mark = view.lookalike(name)
+                if mark is not None:  # said once, at the join; the list keeps the mark
+                    self.notice(f"{LOOKALIKE_MARK} {mark.explain(name)}", "lookalike")
                 self._update_status()
-            case Left(name=name, reason=reason):
+            case Left(name=name, reason=reason, by=by, message=said):
                 view.user_left(name)
-                self.notice(fmt.left_words(name, reason))
+                self.notice(fmt.left_words(name, reason, by, said))
                 self._update_status()
             case Renamed(old=old, new=new):
                 view.user_renamed(old, new)
@@ -514,12 +524,36 @@ class ChatApp:
                     self.notice(f"{old} is now known as {new}")
                 self._update_status()
                 self._update_title()
-            case Users(users=users):
-                view.set_users(users)
+            case Users(users=users, ops=ops):
+                view.set_users(users, ops or ())
                 if asked:  # a list nobody asked for only updates the online list
                     self.notice(_who_line(users))
+            case Error(code=ErrorCode.KICKED | ErrorCode.BANNED):
+                self.notice(fmt.removed_words(message), "error")
             case Error(message=text):
                 self.notice(text, "error")
+            case OpChanged() | Notice() | BanList() | WhoisResult():
+                self._moderation(message)
+
+    def _moderation(self, message: OpChanged | Notice | BanList | WhoisResult) -> None:
+        """The operators extension's frames (PROTOCOL.md, "Operators and moderation")."""
+        view = self.view
+        match message:
+            case OpChanged(name=name, op=op, by=by, ts=ts):
+                view.set_op(name, op)
+                name = fmt.shown(name, MAX_NAME_LENGTH)
+                whom = "You are" if name == view.own_name else f"{name} is"
+                how = f" (by {fmt.shown(by, MAX_NAME_LENGTH)})" if by and by != name else ""
+                now = "now an operator" if op else "no longer an operator"
+                view.add_notice(f"{whom} {now}{how}.", "moderation", ts)
+            case Notice(text=text, by=by, ts=ts):
+                by = fmt.shown(by, MAX_NAME_LENGTH) if by else None
+                view.add_server_notice(fmt.shown(text, one_line=False), by, ts)
+            case BanList(bans=bans):
+                view.add_report(fmt.ban_list_lines(bans))
+            case WhoisResult():
+                view.add_notice(fmt.whois_words(message), "moderation")
+        view.end_batch()
 
     def _alert(self, message: ChatMessage) -> None:
         """A desktop notification, or where the OS has none a bell and a toast;
@@ -599,7 +633,22 @@ class ChatApp:
                 if sent and self._held:  # once the box is cleared, the next unsent text
                     self.root.after_idle(self._next_held)
                 return sent
+            case _:
+                return self._send_operator(client, command)
         return False
+
+    def _send_operator(self, client: ChatClient, command: commands.Command) -> bool:
+        """An operator command as its frame; the server answers, or says no."""
+        try:
+            frame = commands.operator_frame(command)
+        except RuleViolation as exc:
+            self.notice(exc.message, "error")
+            return False
+        if frame is None:
+            return False
+        # ChatClient has no public way to send these yet (app/network.py is
+        # another's to change): its one queue, as say() and who() use it.
+        return client._send(frame, joined_only=True)
 
     def _say(self, client: ChatClient, text: str, *, action: bool, to: str | None) -> bool:
         """Check ``text`` as the server will, then send it; ``False``: it stays in the box."""

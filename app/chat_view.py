@@ -32,13 +32,13 @@ import time
 import tkinter
 import webbrowser
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from tkinter import font as tkfont
 
 import ttkbootstrap as ttk
 
-from app import emoji_images
+from app import emoji_images, lookalike
 from app import text as fmt
 from server.protocol import MAX_TEXT_LENGTH, ChatMessage, name_identity
 
@@ -53,6 +53,13 @@ SCROLL_KEYS = frozenset({"Prior", "Next", "Up", "Down", "Home", "End"})
 # light text on it (the olive #5c4a00 it was left the times at 3.4:1).
 MENTION_LIGHT = "#fff3cd"
 MENTION_DARK = "#583e0e"
+# Marks before a name in the online list; no name can hold either (names
+# are letters, digits and _ - .), so nobody can wear one they were not given.
+OP_MARK = "\u2605"  # ★ an operator
+LOOKALIKE_MARK = "\u26a0"  # ⚠ looks like someone present, or mixes scripts
+# A server notice's band: no message has a background but a mention's amber.
+SERVER_NOTICE_LIGHT = "#dbeafe"
+SERVER_NOTICE_DARK = "#12324f"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +87,16 @@ class ChatView(ttk.Frame):
         *,
         on_send: Callable[[str], bool],
         font_size: int,
+        remember: Callable[[str], bool] = lambda _line: True,
     ) -> None:
         super().__init__(master)
         self.on_send = on_send
+        self._remember = remember  # whether Up may recall a line sent (not a password)
         self._banner_action: Action | None = None
         self._own_name: str | None = None
         self._users: list[str] = []  # sorted by _user_key, row for row as in user_list
+        self._lookalikes = lookalike.LookalikeIndex()  # the same names, by look-alike key
+        self._ops: set[str] = set()  # which of them are operators
         self._history: list[str] = []
         self._history_pos = 0
         self._draft = ""  # what was in the box before Up recalled older input
@@ -172,6 +183,9 @@ class ChatView(ttk.Frame):
         self.user_list.pack(fill="both", expand=True)
         self.user_list.bind("<Double-Button-1>", self._private_to_selected)
         self.user_list.bind("<Return>", self._private_to_selected)
+        self._user_tip = _Tip(self.user_list)
+        self.user_list.bind("<Motion>", self._user_hovered, add="+")
+        self.user_list.bind("<Leave>", lambda _event: self._user_tip.hide(), add="+")
         self.private_hint = hint = ttk.Label(
             side, text="Double-click a name for a private message", bootstyle="secondary"
         )
@@ -220,7 +234,7 @@ class ChatView(ttk.Frame):
         if not value.strip():
             return
         if self.on_send(value):
-            if not self._history or self._history[-1] != value:
+            if self._remember(value) and (not self._history or self._history[-1] != value):
                 self._history = [*self._history, value][-INPUT_HISTORY:]
             self._history_pos = len(self._history)
             self.set_input("")
@@ -393,6 +407,8 @@ class ChatView(ttk.Frame):
         ]
         name_tag = "own" if own else f"name-{fmt.name_slot(message.sender)}"
         sender_tags = (*base, "sender", name_tag)
+        if self._lookalikes.is_marked(message.sender):  # as in the online list
+            parts.append((f"{LOOKALIKE_MARK} ", (*base, "lookalike", *head)))
         if message.to is not None:
             arrow = f"{message.sender} → {message.to}"
             parts.append((f"{arrow} (private): ", (*base, "private", "sender-private")))
@@ -429,6 +445,54 @@ class ChatView(ttk.Frame):
         self._mark_day(when)
         stamp = (f"{fmt.clock(when)}  ", ("notice", "time"))
         self._append([stamp, (text, (kind, "notice"))], (kind, "notice"))
+
+    def add_server_notice(self, text: str, by: str | None, ts: float) -> None:
+        """A server notice (``notice``: an operator's, or the console's when ``by``
+        is ``None``). It is drawn as nothing else is, a band of its own colour
+        with a bar and the server's icon, none of which a message can carry,
+        so no one can type a line that passes for one."""
+        self._group = None
+        self._mark_day(ts)
+        who = f"Server notice from {by}" if by else "Server notice"
+        first, *further = fmt.one_kind_of_newline(text).split("\n")
+        tags = ("server-notice",)
+        parts: list[tuple[str, tuple[str, ...]]] = [
+            (f"{fmt.clock(ts)}  ", (*tags, "time")),
+            (f"{who}: ", (*tags, "server-notice-head")),
+            (first, tags),
+        ]
+        for line in further:
+            parts += [("\n", tags), (line, (*tags, "server-notice-cont"))]
+        if not self._following:
+            self._unseen += 1
+        icon = self._server_icon()
+
+        def insert() -> None:
+            name = self.transcript.image_create("end", image=icon, padx=4)
+            self.transcript.tag_add("server-notice", name)
+            self._emoji.insert_line([*parts, ("\n", tags)])
+
+        self._edit(insert)
+
+    def add_report(self, lines: list[str], ts: float | None = None) -> None:
+        """A notice of several lines (a ban list, a whois): the first with the
+        time, the others indented under it, none at the left edge."""
+        first, *further = lines
+        self.add_notice(first, "moderation", ts)
+        for line in further:
+            self._append([(line, ("moderation", "notice", "cont"))], ("moderation", "notice"))
+
+    def _server_icon(self) -> str:
+        size = max(12, self.font.metrics("linespace") - 4)
+        icon: str = ttk.Icon("megaphone-fill", size=size, color=self._server_notice_colors[1])
+        return icon
+
+    @property
+    def _server_notice_colors(self) -> tuple[str, str]:
+        """The band and bar of a server notice in this theme."""
+        dark = _style().theme_use().endswith("dark")
+        band = SERVER_NOTICE_DARK if dark else SERVER_NOTICE_LIGHT
+        return band, fmt.readable(_style().colors.info, band)
 
     def _mark_day(self, ts: float) -> None:
         """A separator line where the day changes (and first, unless that is today)."""
@@ -478,15 +542,25 @@ class ChatView(ttk.Frame):
     # The list is sorted as the protocol sorts users (identity, then name),
     # in ``_users`` and row for row in the Listbox, so a join or a leave
     # finds its row by bisection and inserts or deletes that one row: a
-    # rebuild per join cost milliseconds in a room of thousands.
+    # rebuild per join cost milliseconds in a room of thousands. A row shows
+    # the name after its marks (``OP_MARK``, ``LOOKALIKE_MARK``: symbols no
+    # name may hold); a mark that changes redraws that one row.
 
-    def set_users(self, users: list[str] | tuple[str, ...]) -> None:
+    def set_users(self, users: list[str] | tuple[str, ...], ops: Iterable[str] = ()) -> None:
+        """Everyone in the room, and which of them are operators."""
         self._users = sorted(set(users), key=_user_key)
+        self._lookalikes.reset(self._users)
+        self._ops = set(ops)
         self.user_list.delete(0, "end")
         if self._users:
-            shown = [fmt.displayable(name, astral_ok=self._astral_ok) for name in self._users]
-            self.user_list.insert("end", *shown)
-        self._color_own(self.own_name, self._own_color)
+            self.user_list.insert("end", *map(self._row_text, self._users))
+            marked, warning = self._lookalikes.is_marked, self._warning_color
+            for row, name in enumerate(self._users):
+                if marked(name):
+                    self.user_list.itemconfigure(row, foreground=warning)
+        own = self._row_of(self.own_name)
+        if own is not None:
+            self._color_row(own, self._users[own])
         self._count_users()
 
     @property
@@ -506,18 +580,21 @@ class ChatView(ttk.Frame):
 
     @own_name.setter
     def own_name(self, name: str | None) -> None:
-        self._color_own(self._own_name, "")
-        self._own_name = name
-        self._color_own(name, self._own_color)
+        old, self._own_name = self._own_name, name
+        for each in (old, name):
+            row = self._row_of(each)
+            if row is not None:
+                self._color_row(row, self._users[row])
 
     def user_joined(self, name: str) -> None:
         row = bisect_left(self._users, _user_key(name), key=_user_key)
         if row < len(self._users) and self._users[row] == name:
             return
         self._users.insert(row, name)
-        self.user_list.insert(row, fmt.displayable(name, astral_ok=self._astral_ok))
-        if name == self.own_name:
-            self.user_list.itemconfigure(row, foreground=self._own_color)
+        twin = self._lookalikes.add(name)
+        self.user_list.insert(row, self._row_text(name))
+        self._color_row(row, name)
+        self._redraw(twin)  # it looks like no one else until now
         self._count_users()
 
     def user_left(self, name: str) -> None:
@@ -525,12 +602,74 @@ class ChatView(ttk.Frame):
         if row is not None:
             del self._users[row]
             self.user_list.delete(row)
+            self._ops.discard(name)
+            self._redraw(self._lookalikes.remove(name))  # it may look like no one now
             self._count_users()
 
     def user_renamed(self, old: str, new: str) -> None:
         if self._row_of(old) is not None:
+            op = old in self._ops
             self.user_left(old)
+            if op:  # an operator stays one under a new name
+                self._ops.add(new)
             self.user_joined(new)
+
+    def set_op(self, name: str, op: bool) -> None:
+        """Mark ``name`` as an operator, or no longer one (``op-changed``)."""
+        if op:
+            self._ops.add(name)
+        else:
+            self._ops.discard(name)
+        self._redraw(name)
+
+    def is_op(self, name: str) -> bool:
+        return name in self._ops
+
+    def lookalike(self, name: str) -> lookalike.Mark | None:
+        """Why ``name`` is marked as a look-alike, or ``None`` when it is not."""
+        return self._lookalikes.mark(name)
+
+    def user_explanation(self, name: str) -> str:
+        """What the marks beside ``name`` in the list mean ("" for none)."""
+        said = []
+        if name in self._ops:
+            said.append(f"{OP_MARK} {name} is an operator: they can remove people from the room.")
+        mark = self._lookalikes.mark(name)
+        if mark is not None:
+            said.append(f"{LOOKALIKE_MARK} {mark.explain(name)}")
+        return "\n".join(said)
+
+    def _row_text(self, name: str) -> str:
+        marks = (OP_MARK if name in self._ops else "") + (
+            LOOKALIKE_MARK if self._lookalikes.is_marked(name) else ""
+        )
+        shown = fmt.displayable(name, astral_ok=self._astral_ok)
+        return f"{marks} {shown}" if marks else shown
+
+    def _redraw(self, name: str | None) -> None:
+        """Show ``name``'s row with its marks as they are now."""
+        row = self._row_of(name)
+        if row is None or name is None:
+            return
+        text = self._row_text(name)
+        if self.user_list.get(row) != text:
+            selected = self.user_list.selection_includes(row)
+            self.user_list.delete(row)
+            self.user_list.insert(row, text)
+            if selected:
+                self.user_list.selection_set(row)
+        self._color_row(row, name)
+
+    def _color_row(self, row: int, name: str) -> None:
+        # A look-alike's warning wins over the own name's colour: someone
+        # looking like the user is what the user most needs to see.
+        if self._lookalikes.is_marked(name):
+            color = self._warning_color
+        elif name == self._own_name:
+            color = self._own_color
+        else:
+            color = ""
+        self.user_list.itemconfigure(row, foreground=color)
 
     def _row_of(self, name: str | None) -> int | None:
         if name is None:
@@ -538,10 +677,14 @@ class ChatView(ttk.Frame):
         row = bisect_left(self._users, _user_key(name), key=_user_key)
         return row if row < len(self._users) and self._users[row] == name else None
 
-    def _color_own(self, name: str | None, color: str) -> None:
-        row = self._row_of(name)
-        if row is not None:
-            self.user_list.itemconfigure(row, foreground=color)
+    def _user_hovered(self, event: tkinter.Event) -> None:
+        """The pointer is over the online list: explain the marks of the row under it."""
+        row = self.user_list.nearest(event.y)
+        box = self.user_list.bbox(row) if 0 <= row < len(self._users) else None
+        if not box or not box[1] <= event.y < box[1] + box[3]:
+            self._user_tip.hide()
+            return
+        self._user_tip.show(self.user_explanation(self._users[row]), event.x_root, event.y_root)
 
     def _count_users(self) -> None:
         self.online_label.configure(text=f"Online — {len(self._users)}")
@@ -686,9 +829,82 @@ class ChatView(ttk.Frame):
             "day", justify="center", foreground=muted, font=self._bold_font, spacing1=8, spacing3=4
         )
         text.tag_configure("link", foreground=own, underline=True)
+        self._style_moderation(muted)
         text.tag_raise("link")
         self._set_margins()
-        self.set_users(self._users)
+        self.set_users(self._users, self._ops)
+
+    def _style_moderation(self, muted: str) -> None:
+        """The looks of the operators' lines: a server notice's band and bar, the
+        moderation notices, a look-alike's mark."""
+        text = self.transcript
+        band, bar = self._server_notice_colors
+        indent = self.font.measure("00:00  ")
+        text.tag_configure(
+            "server-notice",
+            background=band,
+            foreground=fmt.readable(_style().colors.fg, band),
+            lmargin1=0,
+            lmargin2=indent,
+            spacing1=6,
+            spacing3=6,
+            font=self._bold_font,
+        )
+        text.tag_configure("server-notice-head", foreground=bar)
+        text.tag_configure("server-notice-cont", lmargin1=indent, lmargin2=indent, spacing1=0)
+        text.tag_configure("moderation", foreground=muted)
+        dark = _style().theme_use().endswith("dark")
+        warning = fmt.readable(_style().colors.danger, MENTION_DARK if dark else MENTION_LIGHT)
+        text.tag_configure("lookalike", foreground=warning)
+        text.tag_raise("server-notice")
+        text.tag_raise("server-notice-head")
+        text.tag_raise("server-notice-cont")
+
+    @property
+    def _warning_color(self) -> str:
+        colors = _style().colors
+        return fmt.readable(colors.danger, colors.bg)
+
+
+class _Tip:
+    """A small window of words beside the pointer (an online list row's marks)."""
+
+    def __init__(self, owner: tkinter.Misc) -> None:
+        self._owner = owner
+        self._window: tkinter.Toplevel | None = None
+        self.label: ttk.Label | None = None  # what it says; public for the tests
+
+    def show(self, text: str, x: int, y: int) -> None:
+        if not text:
+            self.hide()
+            return
+        if self._window is None:
+            self._window = tkinter.Toplevel(self._owner)
+            self._window.overrideredirect(True)
+            self.label = ttk.Label(self._window, bootstyle="@dark", padding=(8, 4), wraplength=320)
+            self.label.pack()
+        assert self.label is not None
+        if str(self.label.cget("text")) != text:
+            self.label.configure(text=text)
+        # Beside the pointer, but within the app's window: the list is at its
+        # right edge, and a tip running off the screen would be cut.
+        top = self._owner.winfo_toplevel()
+        right = top.winfo_rootx() + top.winfo_width()
+        x = max(top.winfo_rootx(), min(x + 14, right - self.label.winfo_reqwidth()))
+        self._window.geometry(f"+{x}+{y + 16}")
+        self._window.deiconify()
+        self._window.lift()
+
+    def hide(self) -> None:
+        if self._window is not None:
+            self._window.withdraw()
+
+    @property
+    def text(self) -> str:
+        """What it shows now ("" when hidden)."""
+        if self._window is None or self.label is None or self._window.state() == "withdrawn":
+            return ""
+        return str(self.label.cget("text"))
 
 
 def _user_key(name: str) -> tuple[str, str]:

@@ -9,7 +9,18 @@ import time
 import tkinter
 import zlib
 
-from server.protocol import LeaveReason, name_identity
+from server.protocol import (
+    LONE_SURROGATE,
+    MAX_NAME_LENGTH,
+    MAX_TEXT_LENGTH,
+    TEXT_REMOVED,
+    BanEntry,
+    Error,
+    ErrorCode,
+    LeaveReason,
+    WhoisResult,
+    name_identity,
+)
 
 LEAVE_REASONS: dict[str, str] = {
     LeaveReason.QUIT: "left",
@@ -32,9 +43,83 @@ def tk_shows_astral(widget: tkinter.Misc) -> bool:
     return tuple(int(part) for part in re.findall(r"\d+", level)[:3]) >= (8, 6, 10)
 
 
-def left_words(name: str, reason: str) -> str:
-    """``bob left``, ``bob timed out``... for a ``left`` frame's reason."""
+def left_words(name: str, reason: str, by: str | None = None, message: str | None = None) -> str:
+    """``bob left``, ``bob timed out``... for a ``left`` frame's reason; a kick
+    says by whom (``by``, absent for the server's console) and why (``message``)."""
+    if reason == LeaveReason.KICKED:
+        if message:  # the server's words for people, naming who and why
+            said = shown(message, 300)
+            return said if name in said else f"{name} was removed: {said}"
+        who = f"by {shown(by, MAX_NAME_LENGTH)}" if by else "by the server"
+        return f"{name} was removed {who}"
     return f"{name} {LEAVE_REASONS.get(reason, f'left ({reason})')}"
+
+
+# The operators extension's frames reach the view as the server sent them
+# (the network layer makes only the core frames safe), so what they show
+# passes through ``shown`` here: nothing that breaks, hides or reorders a line.
+_ONE_LINE = str.maketrans("\n\t\u2028\u2029", "    ")
+BANS_SHOWN = 50  # bans a ban-list shows; the rest are counted
+
+
+def shown(text: str, limit: int = MAX_TEXT_LENGTH, *, one_line: bool = True) -> str:
+    """``text`` from the server as a line may show it: without controls or
+    direction overrides, lone surrogates as U+FFFD, cut to ``limit``."""
+    text = LONE_SURROGATE.sub("\ufffd", text[: limit + 1].translate(TEXT_REMOVED))
+    if one_line:
+        text = text.translate(_ONE_LINE)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def when(ts: float, now: float | None = None) -> str:
+    """A moment for a ban or a whois: ``14:05`` today, else its date too."""
+    if datetime.date.fromtimestamp(ts) == datetime.date.fromtimestamp(now or time.time()):
+        return clock(ts)
+    return time.strftime("%d %b %Y %H:%M", time.localtime(ts))
+
+
+def _safe_time(ts: float) -> float:
+    return min(max(ts, 0.0), 253402300799.0)  # within what localtime can show: year 9999
+
+
+def ban_list_lines(bans: tuple[BanEntry, ...]) -> list[str]:
+    """A ``ban-list`` as lines for people, the first ``BANS_SHOWN`` of them."""
+    if not bans:
+        return ["No bans."]
+    lines = [f"Bans ({len(bans):,}); /unban ID lifts one:"]
+    for ban in bans[:BANS_SHOWN]:
+        target = " and ".join(
+            shown(part, MAX_NAME_LENGTH * 4) for part in (ban.name, ban.address) if part
+        )
+        until = f"until {when(_safe_time(ban.expires))}" if ban.expires is not None else "for ever"
+        by = f" by {shown(ban.by, MAX_NAME_LENGTH)}" if ban.by else " by the server"
+        reason = f": {shown(ban.reason, 200)}" if ban.reason else ""
+        lines.append(f"#{ban.id}  {target or '?'}, {until}{by}{reason}")
+    if len(bans) > BANS_SHOWN:
+        lines.append(f"… and {len(bans) - BANS_SHOWN:,} more.")
+    return lines
+
+
+def whois_words(result: WhoisResult) -> str:
+    """A ``whois-result`` for people."""
+    how = "encrypted" if result.secure else "not encrypted"
+    op = ", an operator" if result.op else ""
+    return (
+        f"{shown(result.name, MAX_NAME_LENGTH)}{op}: connected from "
+        f"{shown(result.address, 64)} since {when(_safe_time(result.since))} ({how})"
+    )
+
+
+def removed_words(error: Error) -> str:
+    """The ``kicked`` or ``banned`` error that ends our connection, in clear words."""
+    said = shown(error.message, 300)
+    if error.code == ErrorCode.BANNED:
+        until = error.until
+        end = f" until {when(_safe_time(until))}" if until is not None else ""
+        reason = shown(error.reason, 200) if error.reason else ""
+        why = f" (reason: {reason})" if reason and reason not in said else ""
+        return f"You are banned from this server{end}: {said}{why}"
+    return f"You were removed from the room: {said}"
 
 
 def clock(ts: float) -> str:
