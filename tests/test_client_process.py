@@ -13,6 +13,7 @@ from PIL import ImageGrab
 
 from app.chat_app import ChatApp
 from app.settings import Settings
+from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +69,7 @@ def test_closing_the_window_leaves_the_room(tk_root, start_server, monkeypatch, 
         tk_root,
         Settings(host="127.0.0.1", port=srv.port, name="alice"),
         save_settings=lambda _s: None,
+        known=PlaintextAgreed(),
         on_exit=lambda: exits.append(True),
     )
     try:
