@@ -16,6 +16,7 @@ import pytest
 from PIL import Image, ImageGrab
 from PyInstaller.archive.readers import pkg_archive_contents
 
+from app.trust import FILE_NAME, KnownServers
 from tests.test_alerts import (  # noqa: F401 - service and session_bus are fixtures
     FakeNotifications,
     root_window,
@@ -30,6 +31,12 @@ SHOTS = ROOT / "tests" / "screenshots"
 # The release workflow builds and smoke-tests the other systems on their own
 # runners; this test checks the Linux build with X11 tools (xprop, xwininfo).
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux build checks")
+
+
+def agree_to_plaintext(config_dir: Path, port: int) -> None:
+    """The frozen client's known servers say the person agreed to plaintext with
+    main's server (it offers no TLS), so ``--connect`` joins without asking."""
+    KnownServers(config_dir / FILE_NAME).allow_plaintext("127.0.0.1", port)
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +116,20 @@ def test_frozen_client_carries_no_server_module_but_the_protocol(built: Path) ->
     assert {"app.network", "server.protocol", "server.protocol.transport"} <= modules
     of_server = {m for m in modules if m == "server" or m.startswith("server.")}
     assert of_server == {"server"} | {m for m in of_server if m.startswith("server.protocol")}
+    # Pinning needs only ssl and hashlib: cryptography (13.8 MB) is the server's.
+    assert not {m for m in modules if m.split(".")[0] == "cryptography"}
+    bundle = binary.parent
+    assert not list(bundle.rglob("cryptography*")), "the client carries cryptography"
+    # The safety words' list, and no other language's.
+    (english,) = bundle.rglob("mnemonic/wordlist/*.txt")
+    assert english.name == "english.txt"
 
 
 def test_frozen_client_window_carries_the_icon(built: Path, start_server, tmp_path: Path) -> None:
     srv = start_server()
     binary = built / "pyinstaller-dist" / "lan-chat" / "lan-chat"
     env = {**os.environ, "LAN_CHAT_CONFIG_DIR": str(tmp_path)}
+    agree_to_plaintext(tmp_path, srv.port)
     args = ["--connect", "--host", "127.0.0.1", "--port", str(srv.port), "--name", "frozen"]
     with RawClient(srv.port) as watcher:
         watcher.join("watcher")
@@ -148,6 +163,7 @@ def test_frozen_client_notifies_through_the_desktop(
     srv = start_server()
     binary = built / "pyinstaller-dist" / "lan-chat" / "lan-chat"
     env = {**os.environ, "LAN_CHAT_CONFIG_DIR": str(tmp_path)}  # with the test's bus
+    agree_to_plaintext(tmp_path, srv.port)
     args = ["--connect", "--host", "127.0.0.1", "--port", str(srv.port), "--name", "frozen"]
     where = subprocess.run(
         ["xdotool", "getmouselocation", "--shell"], check=True, capture_output=True, text=True
