@@ -59,7 +59,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from queue import Queue
-from typing import Any
+from typing import Any, cast
 
 from app.trust import KnownServers, Pin
 from app.trust import address as address_of
@@ -322,6 +322,40 @@ class _Stop(Exception):
 class _Again(Exception):
     """This connection is over by a decision (the person answered a question,
     the server offers TLS now): the next one applies it, at once."""
+
+
+class _FirstByte:
+    """The socket as the TLS layer sees it: until the server's first byte is
+    known (``first``), reads only peek at it, and if it is not TLS's (0x00
+    starts a plaintext frame; ``b""`` is the end) TLS is never given any of
+    it, only told to wait, so the client can read that plaintext error itself.
+    Looking first, rather than after TLS choked on it, leaves no race with a
+    server that answers at once."""
+
+    __slots__ = ("first", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.first: bytes | None = None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, max_bytes: int) -> bytes:
+        if self.first is None:
+            self.first = self.sock.recv(1, socket.MSG_PEEK)  # BlockingIOError: nothing yet
+        if self.first in (b"", b"\0"):
+            raise BlockingIOError  # not TLS: the client reads it, TLS never does
+        return self.sock.recv(max_bytes)
+
+    def send(self, data: bytes | memoryview) -> int:
+        return self.sock.send(data)
+
+    def shutdown(self, how: int) -> None:
+        self.sock.shutdown(how)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 _tls_context = None
@@ -793,11 +827,17 @@ class ChatClient:
         self._whos = 0
         self._pin = None
         plain = self._plaintext_agreed()
-        transport, sock = self._connect(self._plain_factory if plain else self._transport_factory)
+        sniffers: list[_FirstByte] = []
+
+        def secure(sock: socket.socket) -> Transport:
+            sniffers.append(_FirstByte(sock))
+            return self._transport_factory(cast(socket.socket, sniffers[-1]))
+
+        transport, sock = self._connect(self._plain_factory if plain else secure)
         out = bytearray()
         try:
             if not plain:
-                self._pin = self._verify(transport, sock)
+                self._pin = self._verify(transport, sock, sniffers[-1])
             self._converse(transport, out, reconnecting)
         except _Dropped as dropped:
             since = self._welcomed_at
@@ -827,37 +867,25 @@ class ChatClient:
             and known.plaintext_allowed(self.host, self.port)
         )
 
-    def _verify(self, transport: Transport, sock: socket.socket) -> Pin | None:
+    def _verify(self, transport: Transport, sock: socket.socket, sniffer: _FirstByte) -> Pin | None:
         """Drive the TLS handshake to its end and decide whether to go on with
         this server; returns its pin (``None``: the transport is a test's,
         with no certificate). A server that answers in plaintext is
         ``_no_tls``'s; every question ends this connection (``_Again``)."""
         deadline = time.monotonic() + self._connect_timeout
-        peeked = False
         try:
-            while True:
-                if not peeked:
-                    # The server's first byte, before TLS takes it: a plaintext
-                    # frame starts with 0x00, a TLS record with 0x16.
-                    try:
-                        first = sock.recv(1, socket.MSG_PEEK)
-                    except (BlockingIOError, InterruptedError):
-                        first = None
-                    if first is not None:
-                        peeked = True
-                        if first in (b"", b"\0"):
-                            error = (
-                                self._plaintext_error(transport, sock, deadline) if first else None
-                            )
-                            self._no_tls(error)
-                want = transport.handshake()
-                if want is None:
-                    break
+            want = transport.handshake()
+            while want is not None:
+                if sniffer.first == b"\0":
+                    self._no_tls(self._plaintext_error(transport, sock, deadline))
+                if sniffer.first == b"":
+                    self._no_tls(None)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise _Dropped("The server did not finish setting up encryption.")
                 self._watch(transport, _SELECT[want])
                 self._wait(remaining)
+                want = transport.handshake()
         except TransportClosed:
             raise _Dropped("The server broke off setting up encryption.") from None
         except OSError:

@@ -16,13 +16,13 @@ import pytest
 from PIL import Image, ImageGrab
 from PyInstaller.archive.readers import pkg_archive_contents
 
-from app.trust import FILE_NAME, KnownServers
 from tests.test_alerts import (  # noqa: F401 - service and session_bus are fixtures
     FakeNotifications,
     root_window,
     service,
     session_bus,
 )
+from tests.trust_helpers import agree_to_plaintext
 from tests.wire import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,12 +31,6 @@ SHOTS = ROOT / "tests" / "screenshots"
 # The release workflow builds and smoke-tests the other systems on their own
 # runners; this test checks the Linux build with X11 tools (xprop, xwininfo).
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux build checks")
-
-
-def agree_to_plaintext(config_dir: Path, port: int) -> None:
-    """The frozen client's known servers say the person agreed to plaintext with
-    main's server (it offers no TLS), so ``--connect`` joins without asking."""
-    KnownServers(config_dir / FILE_NAME).allow_plaintext("127.0.0.1", port)
 
 
 @pytest.fixture(scope="module")

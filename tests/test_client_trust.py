@@ -164,6 +164,11 @@ class TrustServer:
             if not self.tls or self.context is None:
                 if self.tls_error is not None:
                     sock.sendall(framed({"type": "error", "code": self.tls_error, "message": "No"}))
+                # The ClientHello is read before closing: a socket closed with
+                # unread bytes resets the connection, and the client may lose the error.
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(65536):
+                    pass
                 return
             with self.context.wrap_socket(sock, server_side=True) as tls:
                 self._chat(tls, {"secure": True, **self.extra})
