@@ -125,6 +125,7 @@ class TrustServer:
         tls_error: str | None = "tls-unavailable",
         extra: dict[str, Any] | None = None,
         plain_welcome: dict[str, Any] | None = None,
+        plain_error: str | None = None,
         after_welcome: list[dict[str, Any]] | None = None,
     ) -> None:
         self.context = server_context(str(pem)) if pem is not None else None
@@ -132,6 +133,7 @@ class TrustServer:
         self.tls_error = tls_error
         self.extra = extra or {}
         self.plain_welcome = plain_welcome or {}
+        self.plain_error = plain_error
         self.after_welcome = after_welcome or []
         self.received: list[dict[str, Any]] = []
         self.connections = {"tls": 0, "plain": 0}
@@ -174,6 +176,10 @@ class TrustServer:
                 self._chat(tls, {"secure": True, **self.extra})
         else:
             self.connections["plain"] += 1
+            if self.plain_error is not None:
+                self.received.append(read_frame(sock) or {})
+                sock.sendall(framed({"type": "error", "code": self.plain_error, "message": "No"}))
+                return
             self._chat(sock, {**self.plain_welcome})
 
     def _chat(self, sock: socket.socket | ssl.SSLSocket, fields: dict[str, Any]) -> None:
@@ -485,6 +491,23 @@ def test_a_plaintext_welcome_offering_tls_moves_to_tls(
     client.trust(True)
     welcomed = wait_for(client, Welcomed)[-1]
     assert welcomed.pin is not None
+
+
+def test_tls_required_after_plaintext_was_agreed_moves_to_tls(
+    identity: tuple[Path, str],
+    serve: Callable[..., TrustServer],
+    known: KnownServers,
+    make_client: Callable[..., ChatClient],
+) -> None:
+    """The server has turned TLS on (``--tls required``) since the person agreed
+    to plaintext: the client tries TLS and asks about the new identity."""
+    pem, fp = identity
+    server = serve(pem, plain_error="tls-required")
+    known.allow_plaintext(HOST, server.port)
+    client = make_client(server.port, known=known)
+    assert wait_for(client, TrustNeeded)[-1].fingerprint == fp
+    assert not known.plaintext_allowed(HOST, server.port)
+    assert server.connections == {"tls": 1, "plain": 1}
 
 
 # -- in the room ------------------------------------------------------------------------
