@@ -13,6 +13,22 @@ the transport last asked for: TLS may read only once it could write, or
 write once it has read, and bytes it holds already are read without
 waiting, as no selector reports them.
 
+Every connection is TLS (``transport_factory``) unless the person agreed
+to plaintext with that address before (``known``, the trusted servers).
+The handshake runs to its end before anything is sent, and the server's
+certificate decides: a fingerprint already trusted goes on (at a new
+address too: addresses are only hints), one an invite's code names is
+pinned and goes on, an unknown one is a ``TrustNeeded`` question, and a
+known address with another identity (or no encryption any more) is an
+``IdentityChanged`` hard stop, after which nothing reconnects. A server
+that answers the ClientHello in plaintext (its first byte 0x00, read
+before the TLS layer may take it: ``_FirstByte``) with ``tls-unavailable``
+or ``bad-frame``, or closes, is a ``PlaintextNeeded`` question. The person
+answers through ``trust``; each answer ends the connection it was asked
+on (a server gives up on a silent one in 10 seconds) and the next one, at
+once, applies it. A plaintext welcome with ``tls_available`` (or a
+``tls-required``) ends the plaintext agreement and tries TLS.
+
 The UI talks to it with plain method calls (any thread) and hears back
 through ``events``, an ``EventQueue`` of the small frozen dataclasses
 below, which the Tk thread drains with ``after()``. Nothing here touches
