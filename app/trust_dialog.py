@@ -260,6 +260,8 @@ class IdentityChangedDialog(_Dialog):
             "server has told you its identity is new.",
             "danger",
         )
+        self.buttons.grid_configure(row=self._row)  # the question goes above its answers
+        self._row += 1
         self.forget_button.configure(text="Yes, forget it", command=self._forget)
         self.close_button.configure(text="Keep it")
         self.close_button.focus_set()
