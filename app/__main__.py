@@ -26,6 +26,7 @@ from app.chat_app import ChatApp, app_version
 from app.connect_dialog import check_fields
 from app.paths import asset
 from app.settings import Settings
+from app.trust_dialog import TrustDialog
 from server.protocol import DEFAULT_PORT, ChatMessage
 
 logger = logging.getLogger("app")
@@ -214,12 +215,17 @@ def smoke_test(root: ttk.App, settings: Settings) -> int:
         view.add_message(message)
     view.add_notice("Ana joined")
     view.end_batch()
+    view.set_lock(True)
+    view.show_insecure(("Ana",))
     chat.open_dialog()
+    # The safety words come from mnemonic's word list, a data file the bundle must carry.
+    trust = TrustDialog(root, "192.0.2.1", 5000, "sha256:" + "0" * 64, on_answer=lambda _ok: None)
     root.deiconify()
     for _ in range(2):  # dark, then back
         chat.toggle_theme()
         root.update()
     shown = view.transcript_text()
+    trust.destroy()
     chat.quit()
     if not all(message.text.split()[0] in shown for message in samples):
         print("chat-client smoke test failed: the transcript is incomplete", file=sys.stderr)

@@ -33,14 +33,19 @@ from app.network import (
     Connecting,
     ConnectionLost,
     Event,
+    IdentityChanged,
     NameRefused,
+    PlaintextNeeded,
     Received,
     ServerShutdown,
     Stopped,
+    TrustNeeded,
     Unsent,
     Welcomed,
 )
 from app.settings import Settings, fit_geometry
+from app.trust import KnownServers, Pin, known_path
+from app.trust_dialog import IdentityChangedDialog, LockDialog, PlaintextDialog, TrustDialog
 from server.protocol import (
     MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
@@ -61,6 +66,7 @@ from server.protocol import (
     clean_text,
     normalize_name,
 )
+from server.protocol.fingerprint import Invite
 
 logger = logging.getLogger("app")
 
@@ -97,6 +103,8 @@ def app_version() -> str:
 class ChatApp:
     """The client in ``root``. ``on_exit`` runs after ``quit`` (default: destroy
     the root, which ends ``mainloop``); tests pass their own and reuse the root.
+    ``client_factory(host, port, name, known=, invite=)`` makes the connection;
+    ``known`` is the store of trusted servers (default: beside the settings).
     """
 
     def __init__(
@@ -105,7 +113,8 @@ class ChatApp:
         settings: Settings,
         *,
         save_settings: Callable[[Settings], None],
-        client_factory: Callable[[str, int, str], ChatClient] = ChatClient,
+        client_factory: Callable[..., ChatClient] = ChatClient,
+        known: KnownServers | None = None,
         on_exit: Callable[[], None] | None = None,
     ) -> None:
         self.root = root
@@ -113,6 +122,13 @@ class ChatApp:
         self.settings = settings
         self.save_settings = save_settings
         self.client_factory = client_factory
+        # The servers trusted on this computer, beside the settings.
+        self.known = known if known is not None else KnownServers(known_path())
+        self._invite: Invite | None = None  # pasted for the current target
+        self._pin: Pin | None = None  # the identity the current connection proved
+        self.trust_dialog: TrustDialog | PlaintextDialog | None = None
+        self.stop_dialog: IdentityChangedDialog | None = None  # the last hard stop shown
+        self.lock_dialog: LockDialog | None = None  # the last lock details shown
         self.client: ChatClient | None = None
         self.dialog: ConnectDialog | None = None
         self.target: tuple[str, int] | None = None
@@ -283,16 +299,19 @@ class ChatApp:
             self.dialog.destroy()
             self.dialog = None
 
-    def connect(self, host: str, port: int, name: str) -> None:
-        """Start a connection (replacing any other)."""
+    def connect(self, host: str, port: int, name: str, invite: Invite | None = None) -> None:
+        """Start a connection (replacing any other); ``invite``: the code the
+        server's identity must match."""
         if self.client is not None and self.client.joined and self.target is not None:
             self.notice(f"You left {self.target[0]}:{self.target[1]}.")
         self._drop_client()
         self.view.set_users([])
         self.view.set_status(f"Connecting to {host}:{port}…")
+        if (host, port) != self.target or invite is not None:
+            self._invite = invite
         self.target = (host, port)
         self._update_settings(host=host, port=port, name=name)
-        self.client = self.client_factory(host, port, name)
+        self.client = self.client_factory(host, port, name, known=self.known, invite=self._invite)
         self.client.start()
 
     def choose_name(self, name: str) -> None:
@@ -352,6 +371,10 @@ class ChatApp:
 
     def _drop_client(self) -> None:
         self._cancel_name_retry()
+        self._close_trust_dialog()
+        self._pin = None
+        self.view.set_lock(None)
+        self.view.show_insecure(())
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -398,6 +421,12 @@ class ChatApp:
                     self.view.update_banner(f"{self._lost_reason} Reconnecting…")
             case Welcomed():
                 self._welcomed(event)
+            case TrustNeeded(host=host, port=port, fingerprint=seen):
+                self._ask(TrustDialog(self._dialog_parent, host, port, seen, on_answer=self._trust))
+            case PlaintextNeeded(host=host, port=port):
+                self._ask(PlaintextDialog(self._dialog_parent, host, port, on_answer=self._trust))
+            case IdentityChanged():
+                self._hard_stop(event)
             case NameRefused(message=message):
                 self._name_refused(message)
             case ConnectFailed(message=message):
@@ -405,12 +434,16 @@ class ChatApp:
                 self.view.set_status("Not connected")
                 self._update_title()
                 self.open_dialog(message)
+                if self.stop_dialog is not None and self.stop_dialog.winfo_exists():
+                    self.stop_dialog.lift()  # the warning stays in front of the dialog
             case ConnectionLost(message=message, retry_in=retry_in, again=again):
                 self._connection_lost(message, retry_in, again=again)
             case ServerShutdown(message=message):
                 self.notice(f"{message}.", "error")
-            case Received(message=message, asked=asked):
+            case Received(message=message, asked=asked, insecure=insecure):
                 self._received(message, asked=asked)
+                if insecure is not None:
+                    self.view.show_insecure(self._others(insecure))
             case Unsent(says=says, reason=reason):
                 self._give_back([_as_typed(say) for say in says])
                 count = len(says)
@@ -433,6 +466,9 @@ class ChatApp:
         self._way_back = self._reconnect_now
         self.view.own_name = welcome.name
         self.view.set_users(welcome.users, welcome.ops or ())
+        self._pin = event.pin
+        self.view.set_lock(event.pin is not None, self.show_lock)
+        self.view.show_insecure(() if event.insecure is None else self._others(event.insecure))
         self._update_settings(name=welcome.name)
         host, port = self.target or ("?", 0)
         if event.reconnected:
@@ -473,6 +509,8 @@ class ChatApp:
 
     def _connection_lost(self, message: str, retry_in: float, *, again: bool) -> None:
         self.view.set_users([])
+        self.view.set_lock(None)
+        self.view.show_insecure(())
         self.view.set_status("Not connected")
         self._update_title()
         if retry_in < 0:
@@ -485,6 +523,52 @@ class ChatApp:
         self._lost_reason = message
         self._retry_at = time.monotonic() + retry_in
         self.view.show_banner(f"{message} Retrying…", self._way_back)
+
+    # -- trust ------------------------------------------------------------------
+
+    @property
+    def _dialog_parent(self) -> ttk.Window:
+        """The connect dialog while it is up (the question is about its attempt)."""
+        return self.dialog if self.dialog is not None else self.root  # type: ignore[return-value]
+
+    def _ask(self, dialog: TrustDialog | PlaintextDialog) -> None:
+        self._close_trust_dialog()
+        self.trust_dialog = dialog
+        dialog.lift()
+
+    def _trust(self, accept: bool) -> None:
+        self.trust_dialog = None
+        if self.client is not None:
+            self.client.trust(accept)
+
+    def _close_trust_dialog(self) -> None:
+        dialog, self.trust_dialog = self.trust_dialog, None
+        if dialog is not None and dialog.winfo_exists():
+            dialog.destroy()
+
+    def _hard_stop(self, event: IdentityChanged) -> None:
+        """The server is not the one trusted: say so; no way on but forgetting it."""
+        self.stop_dialog = dialog = IdentityChangedDialog(
+            self._dialog_parent,
+            event.host,
+            event.port,
+            event.fingerprint,
+            event.pin,
+            invite=event.invite,
+            on_forget=lambda pin: self.known.forget(pin.fingerprint),
+        )
+        dialog.lift()
+
+    def show_lock(self) -> None:
+        """The lock was clicked: what it knows of this connection."""
+        if self.target is not None:
+            where = f"{self.target[0]}:{self.target[1]}"
+            self.lock_dialog = LockDialog(self.root, where, self._pin)
+            self.lock_dialog.lift()
+
+    def _others(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """``names`` without our own: the lock tells about our connection."""
+        return tuple(name for name in names if name != self.view.own_name)
 
     def _received(self, message: object, *, asked: bool = False) -> None:
         view = self.view

@@ -123,6 +123,7 @@ class ChatView(ttk.Frame):
         self._build_input()
         self.status_label = ttk.Label(self, text="", bootstyle="secondary", padding=(10, 4))
         self.status_label.grid(row=3, column=0, sticky="we")
+        self._build_security()
         self._recolor = ttk.theme_aware(lambda _style: self.apply_theme())
 
     def destroy(self) -> None:
@@ -140,6 +141,19 @@ class ChatView(ttk.Frame):
             self._banner, text="", bootstyle="dark", command=self._banner_clicked
         )
         self.banner_button.grid(row=0, column=1, sticky="e")
+
+    def _build_security(self) -> None:
+        """The lock at the status line's end, and the bar that says who is in
+        the room without encryption (it shares the banner's row: the banner,
+        about the connection itself, goes first)."""
+        self._on_lock: Callable[[], None] | None = None
+        self._insecure: tuple[str, ...] = ()
+        self.lock_button = ttk.Button(
+            self, text="", bootstyle="link", padding=(6, 0), command=self._lock_clicked
+        )
+        self._insecure_bar = ttk.Frame(self, bootstyle="danger", padding=(10, 6))
+        self.insecure_label = ttk.Label(self._insecure_bar, text="", bootstyle="@danger")
+        self.insecure_label.pack(anchor="w")
 
     def _build_middle(self) -> None:
         middle = ttk.Panedwindow(self, orient="horizontal")
@@ -694,6 +708,7 @@ class ChatView(ttk.Frame):
 
     def show_banner(self, text: str, action: Action | None = None) -> None:
         """A line across the top, with ``action``'s button when there is one."""
+        self._insecure_bar.grid_remove()  # back when the banner goes
         self._banner_action = action
         self.banner_label.configure(text=text)
         if action is None:
@@ -710,6 +725,7 @@ class ChatView(ttk.Frame):
     def hide_banner(self) -> None:
         self._banner_action = None
         self._banner.grid_remove()
+        self.show_insecure(self._insecure)
 
     @property
     def banner_visible(self) -> bool:
@@ -718,6 +734,54 @@ class ChatView(ttk.Frame):
     def _banner_clicked(self) -> None:
         if self._banner_action is not None:
             self._banner_action.run()
+
+    # -- encryption: the lock, who is in the room without it ----------------------
+
+    def set_lock(self, secure: bool | None, on_click: Callable[[], None] | None = None) -> None:
+        """The lock at the status line's end: ``True`` encrypted, ``False`` not,
+        ``None`` not connected (no lock). ``on_click`` shows the details."""
+        self._on_lock = on_click
+        if secure is None:
+            self.lock_button.grid_remove()
+            return
+        if secure:
+            self.lock_button.configure(text="Encrypted", icon="lock-fill", bootstyle="success-link")
+        else:
+            self.lock_button.configure(
+                text="Not encrypted", icon="unlock-fill", bootstyle="danger-link"
+            )
+        self.lock_button.grid(row=3, column=0, sticky="e", padx=(0, 6))
+
+    @property
+    def lock_text(self) -> str:
+        """What the lock says ("" when there is none)."""
+        return str(self.lock_button.cget("text")) if self.lock_button.winfo_manager() else ""
+
+    def _lock_clicked(self) -> None:
+        if self._on_lock is not None:
+            self._on_lock()
+
+    def show_insecure(self, names: tuple[str, ...]) -> None:
+        """Say who is connected without encryption (nobody: the bar goes)."""
+        self._insecure = names
+        if not names:
+            self._insecure_bar.grid_remove()
+            return
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5:,} more" if len(names) > 5 else "")
+        self.insecure_label.configure(
+            text=f"Not encrypted for everyone: {shown} "
+            f"{'is' if len(names) == 1 else 'are'} connected without encryption, so "
+            "what is said here can be read on the network."
+        )
+        if not self.banner_visible:
+            self._insecure_bar.grid(row=0, column=0, sticky="we")
+
+    @property
+    def insecure_text(self) -> str:
+        """The insecure bar's words ("" while it is not shown)."""
+        if not self._insecure_bar.winfo_manager():
+            return ""
+        return str(self.insecure_label.cget("text"))
 
     # -- looks ----------------------------------------------------------------
 

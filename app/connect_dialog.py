@@ -9,6 +9,11 @@ One error shows at a time, and the dialog keeps its width: a hint wraps
 within its field's column, the server's refusal of a name hides the
 name's own hint, and editing a field takes away a stale refusal or
 failure (it was about what the field held before).
+
+The address field also takes an invite (``HOST:PORT#CODE``, as the server
+prints it): pasted, it fills the address and the port, and its code is
+kept (``invite``) for the network to check the server's identity with,
+until the address is changed to another.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import ttkbootstrap as ttk
 
 from app.settings import Settings
 from server.protocol import RuleViolation, normalize_name
+from server.protocol.fingerprint import Invite, parse_invite
 
 
 def check_fields(host: str, port: str, name: str) -> dict[str, str]:
@@ -45,7 +51,7 @@ def check_fields(host: str, port: str, name: str) -> dict[str, str]:
 class ConnectDialog(ttk.Toplevel):
     """Server address, port and name, with a Connect button. Tk thread only.
 
-    ``on_connect(host, port, name)`` asks to connect, ``on_choose_name(name)``
+    ``on_connect(host, port, name, invite)`` asks to connect, ``on_choose_name(name)``
     tries another name on the open connection, ``on_cancel()`` stops a
     connection attempt, ``on_dismiss()`` means the user closed the dialog.
     """
@@ -55,7 +61,7 @@ class ConnectDialog(ttk.Toplevel):
         master: ttk.Window,
         settings: Settings,
         *,
-        on_connect: Callable[[str, int, str], None],
+        on_connect: Callable[[str, int, str, Invite | None], None],
         on_choose_name: Callable[[str], None],
         on_cancel: Callable[[], None],
         on_dismiss: Callable[[], None],
@@ -85,9 +91,13 @@ class ConnectDialog(ttk.Toplevel):
             row=0, column=0, columnspan=2, sticky="w"
         )
         ttk.Label(
-            body, text="Ask whoever runs the server for its address.", bootstyle="secondary"
+            body,
+            text="Ask whoever runs the server for its address, or its invite.",
+            bootstyle="secondary",
         ).grid(row=1, column=0, columnspan=2, sticky="w", pady=(2, 14))
 
+        self.invite: Invite | None = None
+        self.host_var.trace_add("write", self._invite_pasted)
         self.host_entry = self._field(body, 2, "Server address", self.host_var, "host")
         self.port_entry = self._field(body, 4, "Port", self.port_var, "port", width=8)
         self.name_entry = self._field(body, 6, "Your name", self.name_var, "name")
@@ -224,7 +234,21 @@ class ConnectDialog(ttk.Toplevel):
             self.on_choose_name(name)
         else:
             self.show_connecting()
-            self.on_connect(self.host_var.get().strip(), int(self.port_var.get().strip()), name)
+            host, port = self.host_var.get().strip(), int(self.port_var.get().strip())
+            invite = self.invite
+            if invite is not None and (invite.host, invite.port) != (host, port):
+                invite = None  # the address was changed since: the invite is for another
+            self.on_connect(host, port, name, invite)
+
+    def _invite_pasted(self, *_: object) -> None:
+        """An invite in the address field: its host and port fill the fields."""
+        pasted = parse_invite(self.host_var.get())
+        if pasted is None:
+            return
+        self.invite = pasted
+        self.host_var.set(pasted.host)
+        self.port_var.set(str(pasted.port))
+        self._set_status("Invite pasted: the server's identity will be checked.", "success")
 
     def _cancel_clicked(self) -> None:
         if self._connecting or self._name_only:

@@ -13,6 +13,22 @@ the transport last asked for: TLS may read only once it could write, or
 write once it has read, and bytes it holds already are read without
 waiting, as no selector reports them.
 
+Every connection is TLS (``transport_factory``) unless the person agreed
+to plaintext with that address before (``known``, the trusted servers).
+The handshake runs to its end before anything is sent, and the server's
+certificate decides: a fingerprint already trusted goes on (at a new
+address too: addresses are only hints), one an invite's code names is
+pinned and goes on, an unknown one is a ``TrustNeeded`` question, and a
+known address with another identity (or no encryption any more) is an
+``IdentityChanged`` hard stop, after which nothing reconnects. A server
+that answers the ClientHello in plaintext (its first byte 0x00, read
+before the TLS layer may take it: ``_FirstByte``) with ``tls-unavailable``
+or ``bad-frame``, or closes, is a ``PlaintextNeeded`` question. The person
+answers through ``trust``; each answer ends the connection it was asked
+on (a server gives up on a silent one in 10 seconds) and the next one, at
+once, applies it. A plaintext welcome with ``tls_available`` (or a
+``tls-required``) ends the plaintext agreement and tries TLS.
+
 The UI talks to it with plain method calls (any thread) and hears back
 through ``events``, an ``EventQueue`` of the small frozen dataclasses
 below, which the Tk thread drains with ``after()``. Nothing here touches
@@ -59,8 +75,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from queue import Queue
-from typing import Any
+from typing import Any, cast
 
+from app.trust import KnownServers, Pin
+from app.trust import address as address_of
 from server.protocol import (
     LONE_SURROGATE,
     MAX_CLIENT_FRAME,
@@ -68,6 +86,7 @@ from server.protocol import (
     MAX_SERVER_FRAME,
     MAX_TEXT_LENGTH,
     NAME_PUNCTUATION,
+    NO_RECONNECT_ERRORS,
     SERVER_MESSAGES,
     TEXT_REMOVED,
     Bye,
@@ -95,7 +114,15 @@ from server.protocol import (
     encode,
     parse_message,
 )
-from server.protocol.transport import PlainTransport, Transport, TransportClosed, Want
+from server.protocol.fingerprint import Invite, fingerprint
+from server.protocol.transport import (
+    PlainTransport,
+    TlsTransport,
+    Transport,
+    TransportClosed,
+    Want,
+    client_context,
+)
 
 logger = logging.getLogger("app.network")
 
@@ -143,6 +170,14 @@ EVENT_NAMES = 2 * MAX_USERS
 MIN_TS = 86_400.0
 MAX_TS = 32_503_680_000.0
 
+# How long the network thread waits for the person to answer a trust
+# question before it gives up (they may be calling whoever runs the server).
+TRUST_TIMEOUT = 600.0
+# Connections one attempt may open: after each answer to a question (trust
+# this server? talk without encryption?) the next one applies the answer,
+# fresh, as the server gives up on a silent connection after 10 seconds.
+DECISIONS = 3
+
 NAME_ERRORS = frozenset({ErrorCode.NAME_TAKEN, ErrorCode.NAME_INVALID, ErrorCode.BAD_FIELD})
 # What the selector watches for a transport that answered ``Want``.
 _SELECT = {Want.READ: selectors.EVENT_READ, Want.WRITE: selectors.EVENT_WRITE}
@@ -163,10 +198,49 @@ class Connecting:
 @dataclass(frozen=True, slots=True)
 class Welcomed:
     """The server let us in; ``reconnected`` after a drop. History and live
-    frames follow as ``Received`` events."""
+    frames follow as ``Received`` events.
+
+    ``pin``: the trusted identity on a TLS connection, ``None`` in plaintext.
+    ``insecure``: the members connected without encryption, ``None`` when
+    the server said nothing about it."""
 
     welcome: Welcome
     reconnected: bool
+    pin: Pin | None = None
+    insecure: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrustNeeded:
+    """A server never seen before: show its fingerprint's safety words and
+    answer with ``ChatClient.trust``. Nothing has been sent to it."""
+
+    host: str
+    port: int
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlaintextNeeded:
+    """The server offers no encryption: ask whether to talk to it anyway,
+    and answer with ``ChatClient.trust``. Nothing has been sent to it."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityChanged:
+    """A hard stop: the server is not the one trusted at this address (or
+    named by the invite). ``fingerprint`` is what it showed, ``None`` when
+    a server once seen with encryption now offers none; ``pin`` is the
+    identity trusted before, if any. Nothing was sent; no reconnecting."""
+
+    host: str
+    port: int
+    fingerprint: str | None
+    pin: Pin | None
+    invite: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +281,13 @@ class ServerShutdown:
 class Received:
     """A frame from the server for the UI: a message, presence, users, error.
 
-    ``asked``: a ``users`` list that answers our own ``who``."""
+    ``asked``: a ``users`` list that answers our own ``who``; ``insecure``:
+    with a ``users`` list, who is in the room without encryption (``None``:
+    the server did not say)."""
 
     message: Message
     asked: bool = False
+    insecure: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +307,9 @@ class Stopped:
 Event = (
     Connecting
     | Welcomed
+    | TrustNeeded
+    | PlaintextNeeded
+    | IdentityChanged
     | NameRefused
     | ConnectFailed
     | ConnectionLost
@@ -253,6 +333,77 @@ class _Dropped(Exception):
 
 class _Stop(Exception):
     """close() was called."""
+
+
+class _Again(Exception):
+    """This connection is over by a decision (the person answered a question,
+    the server offers TLS now): the next one applies it, at once."""
+
+
+class _FirstByte:
+    """The socket as the TLS layer sees it: until the server's first byte is
+    known (``first``), reads only peek at it, and if it is not TLS's (0x00
+    starts a plaintext frame; ``b""`` is the end) TLS is never given any of
+    it, only told to wait, so the client can read that plaintext error itself.
+    Looking first, rather than after TLS choked on it, leaves no race with a
+    server that answers at once."""
+
+    __slots__ = ("first", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.first: bytes | None = None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, max_bytes: int) -> bytes:
+        if self.first is None:
+            self.first = self.sock.recv(1, socket.MSG_PEEK)  # BlockingIOError: nothing yet
+        if self.first in (b"", b"\0"):
+            raise BlockingIOError  # not TLS: the client reads it, TLS never does
+        return self.sock.recv(max_bytes)
+
+    def send(self, data: bytes | memoryview) -> int:
+        return self.sock.send(data)
+
+    def shutdown(self, how: int) -> None:
+        self.sock.shutdown(how)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+_tls_context = None
+
+
+def tls_transport(sock: socket.socket) -> Transport:
+    """The client's side of TLS over a connected socket (one context for all)."""
+    global _tls_context  # noqa: PLW0603 - made once, at the first connection
+    if _tls_context is None:
+        _tls_context = client_context()
+    return TlsTransport(sock, _tls_context, server_side=False)
+
+
+def error_words(code: str, message: str) -> str | None:
+    """Plain words for the errors after which the client does not reconnect
+    by itself (and the ones before TLS); ``None`` for any other code."""
+    said = f" The server said: {message}" if message else ""
+    words: dict[str, str] = {
+        ErrorCode.TLS_REQUIRED: "This server accepts only encrypted connections.",
+        ErrorCode.TLS_UNAVAILABLE: "This server offers no encryption.",
+        ErrorCode.KICKED: f"You were removed from the room.{said}",
+        ErrorCode.BANNED: f"You are banned from this server.{said}",
+        ErrorCode.TOO_MANY_ATTEMPTS: (
+            "Too many wrong passwords came from this computer. Try again later."
+        ),
+        ErrorCode.TOO_MANY_CONNECTIONS: (
+            "Too many connections from this computer are open to the server."
+        ),
+        ErrorCode.THROTTLED: "Too many connections from this computer, too fast. Try again later.",
+        ErrorCode.SERVER_FULL: "The server is full. Try again later.",
+    }
+    return words.get(code)
 
 
 def describe_connect_error(exc: OSError, host: str, port: int) -> str:
@@ -430,6 +581,18 @@ def _made_safe(message: Message) -> Message:
     return message
 
 
+def _security(payload: dict[str, Any]) -> tuple[tuple[str, ...] | None, bool]:
+    """A welcome's or users list's ``insecure`` names (``None``: absent or not
+    a list of names) and a welcome's ``tls_available``."""
+    if payload["type"] not in (Welcome.TYPE, Users.TYPE):
+        return None, False
+    names = payload.get("insecure")
+    insecure = None
+    if isinstance(names, list) and all(isinstance(name, str) for name in names[:MAX_USERS]):
+        insecure = _safe_names(tuple(names[:MAX_USERS]))
+    return insecure, payload.get("tls_available") is True
+
+
 def _parse(payload: dict[str, Any]) -> Message:
     """A frame from the server as a message whose fields are safe to show."""
     if payload["type"] in _TIMED and type(payload.get("ts")) not in (int, float):
@@ -455,10 +618,22 @@ class ChatClient:
         ping_after: float = PING_AFTER,
         dead_after: float = DEAD_AFTER,
         rng: random.Random | None = None,
-        transport_factory: Callable[[socket.socket], Transport] = PlainTransport,
+        known: KnownServers | None = None,
+        invite: Invite | None = None,
+        transport_factory: Callable[[socket.socket], Transport] = tls_transport,
+        plain_factory: Callable[[socket.socket], Transport] = PlainTransport,
+        trust_timeout: float = TRUST_TIMEOUT,
     ) -> None:
         self.host = host
         self.port = port
+        # Trusted servers (in memory only when not given) and the invite the
+        # person pasted, whose code the server's fingerprint must match.
+        self.known = known if known is not None else KnownServers()
+        self.invite = invite
+        self._plain_factory = plain_factory
+        self._trust_timeout = trust_timeout
+        self._answer: bool | None = None  # the person's answer to the open question
+        self._pin: Pin | None = None  # on this connection: the identity it proved
         self.events = events if events is not None else EventQueue()
         self._wanted_name = name
         self._connect_timeout = connect_timeout
@@ -530,6 +705,11 @@ class ChatClient:
         self._wanted_name = name
         if self._greeting:
             self._send(Hello(name), joined_only=False)
+
+    def trust(self, accept: bool) -> None:
+        """Answer ``TrustNeeded`` or ``PlaintextNeeded``: go on (``True``) or stop."""
+        self._answer = accept
+        self._wake()
 
     def reconnect_now(self) -> None:
         """Skip the rest of a backoff pause."""
@@ -646,13 +826,34 @@ class ChatClient:
         return ready
 
     def _session(self, reconnecting: bool) -> None:
-        """One connection, from connect to its end (raises ``_Dropped`` or ``_Stop``)."""
+        """One attempt, from connect to its end (raises ``_Dropped`` or ``_Stop``):
+        a connection, or a few when questions answered on one call for another."""
+        for _ in range(DECISIONS):
+            try:
+                self._connection(reconnecting)
+            except _Again:
+                continue
+        raise _Dropped("The connection to the server could not be set up.")
+
+    def _connection(self, reconnecting: bool) -> None:
+        """One connection, from connect to its end (raises ``_Dropped``, ``_Stop``
+        or ``_Again``). Over TLS, nothing is sent before the server is trusted."""
         self._welcomed_at = None
         self._shutdown_said = self._refused_ping = False
         self._whos = 0
-        transport = self._connect()
+        self._pin = None
+        plain = self._plaintext_agreed()
+        sniffers: list[_FirstByte] = []
+
+        def secure(sock: socket.socket) -> Transport:
+            sniffers.append(_FirstByte(sock))
+            return self._transport_factory(cast(socket.socket, sniffers[-1]))
+
+        transport, sock = self._connect(self._plain_factory if plain else secure)
         out = bytearray()
         try:
+            if not plain:
+                self._pin = self._verify(transport, sock, sniffers[-1])
             self._converse(transport, out, reconnecting)
         except _Dropped as dropped:
             since = self._welcomed_at
@@ -672,7 +873,137 @@ class ChatClient:
             self._watch(transport, 0)
             transport.close()
 
-    def _connect(self) -> Transport:
+    def _plaintext_agreed(self) -> bool:
+        """Whether to connect in plaintext: only where the person agreed to, and
+        never to a server once seen with TLS (or named by an invite)."""
+        known = self.known
+        return (
+            self.invite is None
+            and known.pinned_at(self.host, self.port) is None
+            and known.plaintext_allowed(self.host, self.port)
+        )
+
+    def _verify(self, transport: Transport, sock: socket.socket, sniffer: _FirstByte) -> Pin | None:
+        """Drive the TLS handshake to its end and decide whether to go on with
+        this server; returns its pin (``None``: the transport is a test's,
+        with no certificate). A server that answers in plaintext is
+        ``_no_tls``'s; every question ends this connection (``_Again``)."""
+        deadline = time.monotonic() + self._connect_timeout
+        try:
+            want = transport.handshake()
+            while want is not None:
+                if sniffer.first == b"\0":
+                    self._no_tls(self._plaintext_error(transport, sock, deadline))
+                if sniffer.first == b"":
+                    self._no_tls(None)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _Dropped("The server did not finish setting up encryption.")
+                self._watch(transport, _SELECT[want])
+                self._wait(remaining)
+                want = transport.handshake()
+        except TransportClosed:
+            raise _Dropped("The server broke off setting up encryption.") from None
+        except OSError:
+            raise _Dropped("The connection to the server was lost.") from None
+        finally:
+            self._watch(transport, 0)
+        der = transport.peer_certificate()
+        if der is None:
+            return None
+        return self._decide(fingerprint(der))
+
+    def _plaintext_error(
+        self, transport: Transport, sock: socket.socket, deadline: float
+    ) -> Error | None:
+        """The plaintext frame a server sent instead of TLS (an error, by the
+        protocol); ``None`` if it sent no whole one."""
+        decoder = FrameDecoder(MAX_CLIENT_FRAME)  # one error frame: small
+        self._watch(transport, selectors.EVENT_READ)  # its socket, read here past TLS
+        try:
+            while (payload := decoder.next_payload()) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                if not self._wait(remaining):
+                    continue
+                try:
+                    data = sock.recv(4096)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                if not data:
+                    return None
+                decoder.receive_data(data)
+            message = _parse(payload)
+        except (ProtocolError, OSError):
+            return None
+        return message if isinstance(message, Error) else None
+
+    def _no_tls(self, error: Error | None) -> None:
+        """The server answered the TLS handshake in plaintext (``error``) or
+        closed (``None``). Always raises."""
+        host, port = self.host, self.port
+        code = error.code if error is not None else None
+        if code not in (None, ErrorCode.TLS_UNAVAILABLE, ErrorCode.BAD_FRAME):
+            assert error is not None
+            words = error_words(error.code, error.message) or "The server refused the connection."
+            raise _Dropped(words, final=error.code in NO_RECONNECT_ERRORS)
+        pin = self.known.pinned_at(host, port)
+        if pin is not None or self.invite is not None:
+            if code is None:  # only closed: most likely a server going away
+                raise _Dropped("The server closed the connection.")
+            self._post(IdentityChanged(host, port, None, pin, invite=pin is None))
+            raise _Dropped(
+                "This server used to be encrypted and now offers no encryption. "
+                "Someone may be pretending to be it.",
+                final=True,
+            )
+        if not self._ask(PlaintextNeeded(host, port)):
+            raise _Dropped("Not connected: the server offers no encryption.", final=True)
+        self.known.allow_plaintext(host, port)
+        raise _Again
+
+    def _decide(self, seen: str) -> Pin:
+        """Go on with the server whose fingerprint is ``seen`` (its pin), or stop."""
+        host, port, known = self.host, self.port, self.known
+        pin = known.lookup(seen)
+        if self.invite is not None and not self.invite.matches(seen):
+            self._post(IdentityChanged(host, port, seen, known.pinned_at(host, port), invite=True))
+            raise _Dropped(
+                "This server is not the one the invite names. Someone may be pretending to be it.",
+                final=True,
+            )
+        if self.invite is not None or pin is not None:
+            if pin is None or address_of(host, port) not in pin.addresses:
+                pin = known.pin(seen, host, port)  # a new server, or a new address of one
+            return pin
+        old = known.pinned_at(host, port)
+        if old is not None:
+            self._post(IdentityChanged(host, port, seen, old))
+            raise _Dropped(
+                "This server's identity has changed. Someone may be pretending to be it.",
+                final=True,
+            )
+        if not self._ask(TrustNeeded(host, port, seen)):
+            raise _Dropped("Not connected: you did not confirm the server's identity.", final=True)
+        known.pin(seen, host, port)
+        raise _Again
+
+    def _ask(self, question: TrustNeeded | PlaintextNeeded) -> bool:
+        """Post ``question`` and wait (bounded) for the person's answer."""
+        self._answer = None
+        self._post(question)
+        deadline = time.monotonic() + self._trust_timeout
+        while self._answer is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wait(remaining)
+        return self._answer
+
+    def _connect(
+        self, factory: Callable[[socket.socket], Transport]
+    ) -> tuple[Transport, socket.socket]:
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         except OSError as exc:
@@ -697,7 +1028,7 @@ class ChatClient:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     # Wrapped only once connected: a TLS transport does its
                     # handshake in its first reads and writes, as the data flows.
-                    return self._transport_factory(sock)
+                    return factory(sock), sock
                 except BaseException:
                     sock.close()
                     raise
@@ -826,7 +1157,8 @@ class ChatClient:
         try:
             while self.events.has_room() and (payload := decoder.next_payload()) is not None:
                 handled = True
-                reply = self._handle(_parse(payload), reconnecting)
+                insecure, tls_available = _security(payload)
+                reply = self._handle(_parse(payload), reconnecting, insecure, tls_available)
                 if reply is not None:
                     if len(out) + len(reply) > MAX_OUTGOING:
                         raise _Dropped("The server stopped reading what this app sends.")
@@ -836,18 +1168,29 @@ class ChatClient:
             raise _Dropped("The server sent something this app does not understand.") from None
         return handled
 
-    def _handle(self, message: Message, reconnecting: bool) -> bytes | None:
-        """Act on one frame from the server; return the frame to answer with."""
+    def _handle(
+        self,
+        message: Message,
+        reconnecting: bool,
+        insecure: tuple[str, ...] | None = None,
+        tls_available: bool = False,
+    ) -> bytes | None:
+        """Act on one frame from the server; return the frame to answer with.
+        ``insecure`` and ``tls_available``: the frame's fields of those names."""
         if isinstance(message, Ping):
             return self._pong(message)
         if isinstance(message, Welcome):
             if self._joined:  # and each welcome may carry MAX_USERS names for the UI
                 raise RemoteProtocolError(ErrorCode.ALREADY_JOINED, "welcome after welcome")
+            if tls_available and self._pin is None and self._plaintext_agreed():
+                # The server can do TLS now: from here on only TLS, asked afresh.
+                self.known.forbid_plaintext(self.host, self.port)
+                raise _Again
             self._name = self._wanted_name = message.name
             self._greeting = False
             self._joined = True
             self._welcomed_at = time.monotonic()
-            self._post(Welcomed(message, reconnecting))
+            self._post(Welcomed(message, reconnecting, self._pin, insecure))
         elif isinstance(message, Error):
             self._on_error(message)
         elif isinstance(message, Shutdown):
@@ -866,7 +1209,7 @@ class ChatClient:
             elif isinstance(message, Users) and self._whos:
                 self._whos -= 1
                 asked = True
-            self._post(Received(message, asked))
+            self._post(Received(message, asked, insecure if isinstance(message, Users) else None))
         return None
 
     def _answered(self, kind: type[Say] | type[Rename]) -> Say | Rename | None:
@@ -900,6 +1243,13 @@ class ChatClient:
                     "update the app or the server.",
                     final=True,
                 )
+        if error.code == ErrorCode.TLS_REQUIRED and self._pin is None and self._plaintext_agreed():
+            # Agreed to plaintext once; the server now wants TLS: try it, asked afresh.
+            self.known.forbid_plaintext(self.host, self.port)
+            raise _Again
+        if error.code in NO_RECONNECT_ERRORS:
+            words = error_words(error.code, error.message) or error.message
+            raise _Dropped(words, final=True)
         if error.code == ErrorCode.SERVER_FULL:
             raise _Dropped("The server is full. Try again later.")
         if error.code == ErrorCode.TIMEOUT and not self._joined:
@@ -932,12 +1282,17 @@ __all__ = [
     "ConnectionLost",
     "Event",
     "EventQueue",
+    "IdentityChanged",
     "NameRefused",
+    "PlaintextNeeded",
     "Received",
     "ServerShutdown",
     "Stopped",
+    "TrustNeeded",
     "Unsent",
     "Welcomed",
     "backoff_delay",
     "describe_connect_error",
+    "error_words",
+    "tls_transport",
 ]

@@ -45,6 +45,7 @@ from server.chat_server import ChatServer
 from tests.conftest import reset_root
 from tests.test_gui import HOST, join, menu_item, settle, wait_shown, wait_until
 from tests.test_gui_defects import pointer_back, xdotool  # noqa: F401 - pointer_back is autouse
+from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient
 
 StartServer = Callable[..., ChatServer]
@@ -256,6 +257,7 @@ def make_app(tk_root: Any, attention: Attention) -> Iterator[Callable[..., ChatA
             tk_root,
             settings or Settings(host=HOST, name=""),
             save_settings=saved.append,
+            known=PlaintextAgreed(),
             on_exit=lambda: None,
         )
         chat.saved = saved  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ from tests.test_alerts import (  # noqa: F401 - service and session_bus are fixt
     service,
     session_bus,
 )
+from tests.trust_helpers import agree_to_plaintext
 from tests.wire import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,12 +110,20 @@ def test_frozen_client_carries_no_server_module_but_the_protocol(built: Path) ->
     assert {"app.network", "server.protocol", "server.protocol.transport"} <= modules
     of_server = {m for m in modules if m == "server" or m.startswith("server.")}
     assert of_server == {"server"} | {m for m in of_server if m.startswith("server.protocol")}
+    # Pinning needs only ssl and hashlib: cryptography (13.8 MB) is the server's.
+    assert not {m for m in modules if m.split(".")[0] == "cryptography"}
+    bundle = binary.parent
+    assert not list(bundle.rglob("cryptography*")), "the client carries cryptography"
+    # The safety words' list, and no other language's.
+    (english,) = bundle.rglob("mnemonic/wordlist/*.txt")
+    assert english.name == "english.txt"
 
 
 def test_frozen_client_window_carries_the_icon(built: Path, start_server, tmp_path: Path) -> None:
     srv = start_server()
     binary = built / "pyinstaller-dist" / "lan-chat" / "lan-chat"
     env = {**os.environ, "LAN_CHAT_CONFIG_DIR": str(tmp_path)}
+    agree_to_plaintext(tmp_path, srv.port)
     args = ["--connect", "--host", "127.0.0.1", "--port", str(srv.port), "--name", "frozen"]
     with RawClient(srv.port) as watcher:
         watcher.join("watcher")
@@ -148,6 +157,7 @@ def test_frozen_client_notifies_through_the_desktop(
     srv = start_server()
     binary = built / "pyinstaller-dist" / "lan-chat" / "lan-chat"
     env = {**os.environ, "LAN_CHAT_CONFIG_DIR": str(tmp_path)}  # with the test's bus
+    agree_to_plaintext(tmp_path, srv.port)
     args = ["--connect", "--host", "127.0.0.1", "--port", str(srv.port), "--name", "frozen"]
     where = subprocess.run(
         ["xdotool", "getmouselocation", "--shell"], check=True, capture_output=True, text=True

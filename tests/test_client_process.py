@@ -13,6 +13,7 @@ from PIL import ImageGrab
 
 from app.chat_app import ChatApp
 from app.settings import Settings
+from tests.trust_helpers import PlaintextAgreed, agree_to_plaintext
 from tests.wire import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +26,7 @@ def test_the_real_app_connects_shows_its_window_and_leaves_on_sigterm(
 ) -> None:
     srv = start_server(motd="Hello from the test server")
     env = {**os.environ, "LAN_CHAT_CONFIG_DIR": str(tmp_path)}
+    agree_to_plaintext(tmp_path, srv.port)
     args = ["--connect", "--host", "127.0.0.1", "--port", str(srv.port), "--name", "alice"]
     with RawClient(srv.port) as bob:
         bob.join("bob")
@@ -68,6 +70,7 @@ def test_closing_the_window_leaves_the_room(tk_root, start_server, monkeypatch, 
         tk_root,
         Settings(host="127.0.0.1", port=srv.port, name="alice"),
         save_settings=lambda _s: None,
+        known=PlaintextAgreed(),
         on_exit=lambda: exits.append(True),
     )
     try:

@@ -61,6 +61,7 @@ from server.protocol import (
     Welcome,
     parse_message,
 )
+from tests.trust_helpers import PlaintextAgreed
 
 HOST = "127.0.0.1"
 ANSWER_WAIT = 3.0  # the longest one answer may take
@@ -799,7 +800,9 @@ def feed_client(
     probe = next(_probes)
     with socket.create_server((HOST, 0)) as listener:
         listener.settimeout(ANSWER_WAIT)
-        client = ChatClient(HOST, listener.getsockname()[1], "me", rng=random.Random(0))
+        client = ChatClient(
+            HOST, listener.getsockname()[1], "me", rng=random.Random(0), known=PlaintextAgreed()
+        )
         client.start()
         try:
             sock, _ = listener.accept()

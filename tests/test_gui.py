@@ -36,6 +36,7 @@ from server.chat_server import ChatServer
 from server.config import ServerConfig
 from server.protocol import ChatMessage
 from tests.conftest import reset_root
+from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient, frame
 
 HOST = "127.0.0.1"
@@ -230,7 +231,7 @@ def make_app(
 
     def make(
         settings: Settings | None = None,
-        client_factory: Callable[[str, int, str], ChatClient] = ChatClient,
+        client_factory: Callable[..., ChatClient] = ChatClient,
     ) -> ChatApp:
         assert not apps, "one ChatApp per test: they share the root window"
         chat = ChatApp(
@@ -238,6 +239,7 @@ def make_app(
             settings or Settings(host=HOST, name=""),
             save_settings=saved.append,
             client_factory=client_factory,
+            known=PlaintextAgreed(),
             on_exit=lambda: exits.append(True),
         )
         apps.append(chat)
@@ -822,8 +824,8 @@ def test_reconnect_now_after_the_server_restarts(
 ) -> None:
     monkeypatch.setattr("app.network.FAST_RETRY", 100.0)  # a shutdown's short pauses too
 
-    def slow_to_retry(host: str, port: int, name: str) -> ChatClient:
-        return ChatClient(host, port, name, rng=NoJitterRng())
+    def slow_to_retry(host: str, port: int, name: str, **trust: Any) -> ChatClient:
+        return ChatClient(host, port, name, rng=NoJitterRng(), **trust)
 
     app = make_app(client_factory=slow_to_retry)
     srv = start_server()
@@ -890,8 +892,8 @@ def test_the_banners_button_offers_the_way_back_in_that_fits(
     offers to reconnect again, whatever the last banner offered."""
     monkeypatch.setattr("app.network.FAST_RETRY", 100.0)  # a shutdown's short pauses too
 
-    def slow_to_retry(host: str, port: int, name: str) -> ChatClient:
-        return ChatClient(host, port, name, rng=NoJitterRng())
+    def slow_to_retry(host: str, port: int, name: str, **trust: Any) -> ChatClient:
+        return ChatClient(host, port, name, rng=NoJitterRng(), **trust)
 
     app = make_app(client_factory=slow_to_retry)
     srv = start_server()

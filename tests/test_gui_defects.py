@@ -43,6 +43,7 @@ from tests.test_gui import (
     wait_shown,
     wait_until,
 )
+from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient
 
 StartServer = Callable[..., ChatServer]
@@ -88,12 +89,13 @@ def errors(tk_root: Any) -> Iterator[list[BaseException]]:
 def make_app(tk_root: Any) -> Iterator[Callable[..., ChatApp]]:
     apps: list[ChatApp] = []
 
-    def make(client_factory: Callable[[str, int, str], ChatClient] = ChatClient) -> ChatApp:
+    def make(client_factory: Callable[..., ChatClient] = ChatClient) -> ChatApp:
         chat = ChatApp(
             tk_root,
             Settings(host=HOST, name=""),
             save_settings=lambda _settings: None,
             client_factory=client_factory,
+            known=PlaintextAgreed(),
             on_exit=lambda: None,
         )
         apps.append(chat)
@@ -253,7 +255,7 @@ def test_a_late_joiner_sees_the_newest_history_and_a_scrollbar(
 def test_after_a_reconnect_the_view_still_follows(
     make_app: Callable[..., ChatApp], start_server: StartServer
 ) -> None:
-    app = make_app(lambda h, p, n: ChatClient(h, p, n, rng=NoJitterRng()))
+    app = make_app(lambda h, p, n, **trust: ChatClient(h, p, n, rng=NoJitterRng(), **trust))
     srv = start_server(rate_limit=None)
     port = srv.port
     shown_on_screen(app)

@@ -22,6 +22,7 @@ from app.settings import Settings
 from server.protocol import ChatMessage
 from tests.conftest import reset_root
 from tests.test_gui import HOST, screenshot, settle, wait_until
+from tests.trust_helpers import PlaintextAgreed
 
 WAVE, PARTY, SMILE = "\N{WAVING HAND SIGN}", "\N{PARTY POPPER}", "\N{SLIGHTLY SMILING FACE}"
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # man, ZWJ, woman, ZWJ, girl
@@ -39,6 +40,7 @@ def make_app(tk_root: Any) -> Iterator[Callable[..., ChatApp]]:
             tk_root,
             Settings(host=HOST, dark=dark),
             save_settings=lambda _settings: None,
+            known=PlaintextAgreed(),
             on_exit=lambda: None,
         )
         apps.append(chat)

@@ -36,6 +36,7 @@ from server.protocol import (
 from tests.conftest import reset_root
 from tests.test_gui import HOST, join, lines, settle, type_and_send, wait_shown, wait_until
 from tests.test_gui_defects import shown_on_screen, xdotool
+from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient
 
 IMPOSTOR = "\u0430lice"  # with a Cyrillic a
@@ -49,6 +50,7 @@ def app(tk_root: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
         tk_root,
         Settings(host=HOST, name=""),
         save_settings=lambda _settings: None,
+        known=PlaintextAgreed(),
         on_exit=lambda: None,
     )
     try:

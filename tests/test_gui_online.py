@@ -23,6 +23,7 @@ from app.chat_view import LOOKALIKE_MARK
 from app.network import ConnectionLost, Received, Unsent, Welcomed
 from app.settings import Settings
 from server.protocol import Joined, Left, Rename, Renamed, Say, Users, Welcome, sort_names
+from tests.trust_helpers import PlaintextAgreed
 
 TS = 1.7e9
 
@@ -34,6 +35,7 @@ def app(tk_root: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
         tk_root,
         Settings(host="127.0.0.1", name="alice"),
         save_settings=lambda _settings: None,
+        known=PlaintextAgreed(),
         on_exit=lambda: None,
     )
     try:

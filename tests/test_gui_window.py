@@ -26,6 +26,7 @@ from app.settings import Settings, fit_geometry
 from server.protocol import ChatMessage
 from tests.conftest import reset_root
 from tests.test_gui import HOST, settle, wait_until
+from tests.trust_helpers import PlaintextAgreed
 
 # What makes a plain Tk widget look as it does (colours, borders, padding).
 LOOKS = (
@@ -61,6 +62,7 @@ def make_app(tk_root: Any) -> Iterator[Callable[..., ChatApp]]:
             tk_root,
             settings or Settings(host=HOST),
             save_settings=sink,
+            known=PlaintextAgreed(),
             on_exit=lambda: None,
         )
         apps.append(chat)

@@ -59,6 +59,7 @@ from server.protocol import (
 )
 from server.protocol.transport import TransportClosed, Want
 from tests.conftest import _open_sockets
+from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient, frame
 
 HOST = "127.0.0.1"
@@ -176,6 +177,7 @@ def make_client() -> Iterator[Callable[..., ChatClient]]:
 
     def make(port: int, name: str = "alice", *, start: bool = True, **kwargs: Any) -> ChatClient:
         host = kwargs.pop("host", HOST)
+        kwargs.setdefault("known", PlaintextAgreed())
         client = ChatClient(host, port, name, **kwargs)
         clients.append(client)
         if start:
@@ -1867,7 +1869,7 @@ class ScriptedTransport:
 
 
 def scripted(made: list[ScriptedTransport], **script: Any) -> Callable[..., ScriptedTransport]:
-    """A ``transport_factory`` that makes ``ScriptedTransport``s and keeps them in ``made``."""
+    """A ``plain_factory`` that makes ``ScriptedTransport``s and keeps them in ``made``."""
 
     def factory(sock: socket.socket) -> ScriptedTransport:
         made.append(ScriptedTransport(sock, **script))
@@ -1891,7 +1893,7 @@ def test_a_read_that_wants_to_write_is_retried_when_the_socket_is_writable(
     fake = fake_server(quiet)
     made: list[ScriptedTransport] = []
     factory = scripted(made, read_wants_write=True, answer=frame(welcome("alice")))
-    client = make_client(fake.port, "alice", transport_factory=factory)
+    client = make_client(fake.port, "alice", plain_factory=factory)
     welcomed = last(client, Welcomed)
     assert welcomed.welcome.name == "alice"
     (transport,) = made
@@ -1915,7 +1917,7 @@ def test_a_write_that_wants_to_read_is_retried_once_input_came(
     fake = fake_server(handshake)
     made: list[ScriptedTransport] = []
     factory = scripted(made, handshake=True, answer=frame(welcome("alice")))
-    client = make_client(fake.port, "alice", transport_factory=factory)
+    client = make_client(fake.port, "alice", plain_factory=factory)
     deadline = time.monotonic() + WAIT
     while not made and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -1947,7 +1949,7 @@ def test_the_transports_fin_and_close_end_the_connection(
     whatever the transport (before a welcome: the connect failed)."""
     fake = fake_server(quiet)
     made: list[ScriptedTransport] = []
-    client = make_client(fake.port, "alice", transport_factory=scripted(made, answer=answer))
+    client = make_client(fake.port, "alice", plain_factory=scripted(made, answer=answer))
     failed = last(client, ConnectFailed)
     assert failed.message == said
     assert [type(event) for event in wait_for(client, Stopped)] == [Stopped]
