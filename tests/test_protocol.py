@@ -27,16 +27,24 @@ from server.protocol import (
     MAX_SERVER_FRAME,
     MAX_TEXT_LENGTH,
     SERVER_MESSAGES,
+    Ban,
+    BanEntry,
+    BanList,
+    Bans,
     Bye,
     ChatMessage,
     Error,
     FrameDecoder,
     Hello,
     Joined,
+    Kick,
     LeaveReason,
     Left,
     LocalProtocolError,
     Message,
+    Notice,
+    Op,
+    OpChanged,
     Ping,
     Pong,
     RemoteProtocolError,
@@ -44,11 +52,15 @@ from server.protocol import (
     Renamed,
     RuleViolation,
     Say,
+    SendNotice,
     Shutdown,
+    Unban,
     Unknown,
     Users,
     Welcome,
     Who,
+    Whois,
+    WhoisResult,
     clean_text,
     decode_payload,
     encode,
@@ -344,6 +356,19 @@ CLIENT_EXAMPLES = [
     ({"type": "ping"}, Ping({})),
     ({"type": "ping", "n": 7}, Ping({"n": 7})),
     ({"type": "pong", "n": 7, "x": [1, None]}, Pong({"n": 7, "x": [1, None]})),
+    # operators extension
+    ({"type": "op", "password": "s3cret"}, Op("s3cret")),
+    ({"type": "kick", "name": "bob", "reason": "spam"}, Kick("bob", "spam")),
+    ({"type": "kick", "name": "bob"}, Kick("bob")),
+    (
+        {"type": "ban", "name": "bob", "address": "192.168.1.7", "duration": 7200, "reason": "r"},
+        Ban("bob", "192.168.1.7", 7200, "r"),
+    ),
+    ({"type": "ban", "address": "10.0.0.0/8"}, Ban(address="10.0.0.0/8")),
+    ({"type": "unban", "id": 3}, Unban(3)),
+    ({"type": "bans"}, Bans()),
+    ({"type": "whois", "name": "bob"}, Whois("bob")),
+    ({"type": "notice", "text": "Back in 5"}, SendNotice("Back in 5")),
 ]
 
 SERVER_EXAMPLES = [
@@ -401,6 +426,61 @@ SERVER_EXAMPLES = [
     ),
     ({"type": "ping", "n": 1}, Ping({"n": 1})),
     ({"type": "pong"}, Pong({})),
+    # operators extension
+    (
+        {"type": "welcome", "name": "a", "users": ["a"], "history_count": 0, "ops": ["a"]},
+        Welcome("a", ("a",), ops=("a",)),
+    ),
+    ({"type": "users", "users": ["a", "b"], "ops": []}, Users(("a", "b"), ops=())),
+    (
+        {"type": "left", "name": "bob", "reason": "kicked", "ts": 5, "by": "a", "message": "m"},
+        Left("bob", LeaveReason.KICKED, 5, by="a", message="m"),
+    ),
+    (
+        {"type": "error", "code": "banned", "message": "m", "reason": "spam", "until": 9.5},
+        Error("banned", "m", reason="spam", until=9.5),
+    ),
+    (
+        {"type": "error", "code": "too-many-attempts", "message": "m", "retry_after": 60},
+        Error("too-many-attempts", "m", retry_after=60),
+    ),
+    (
+        {"type": "op-changed", "name": "alice", "op": True, "by": "alice", "ts": 1},
+        OpChanged("alice", True, 1, by="alice"),
+    ),
+    (  # op false is sent, not left out like other false flags
+        {"type": "op-changed", "name": "bob", "op": False, "ts": 2},
+        OpChanged("bob", False, 2),
+    ),
+    (
+        {
+            "type": "ban-list",
+            "bans": [
+                {"id": 1, "name": "bob", "reason": "r", "by": "a", "created": 5, "expires": 9},
+                {"id": 2, "address": "10.0.0.0/8", "created": 6.5},
+            ],
+        },
+        BanList(
+            (
+                BanEntry(1, 5, name="bob", reason="r", by="a", expires=9),
+                BanEntry(2, 6.5, address="10.0.0.0/8"),
+            )
+        ),
+    ),
+    ({"type": "ban-list", "bans": []}, BanList(())),
+    (
+        {
+            "type": "whois-result",
+            "name": "bob",
+            "address": "127.0.0.1",
+            "secure": False,
+            "since": 3,
+            "op": False,
+        },
+        WhoisResult("bob", "127.0.0.1", False, 3, False),
+    ),
+    ({"type": "notice", "text": "hi", "by": "a", "ts": 1}, Notice("hi", 1, by="a")),
+    ({"type": "notice", "text": "hi", "ts": 1}, Notice("hi", 1)),
 ]
 
 
@@ -436,7 +516,23 @@ def test_welcome_users_is_a_tuple():
 
 
 def test_table_membership():
-    assert set(CLIENT_MESSAGES) == {"hello", "say", "rename", "who", "ping", "pong", "bye"}
+    assert set(CLIENT_MESSAGES) == {
+        "hello",
+        "say",
+        "rename",
+        "who",
+        "ping",
+        "pong",
+        "bye",
+        # operators extension
+        "op",
+        "kick",
+        "ban",
+        "unban",
+        "bans",
+        "whois",
+        "notice",
+    }
     assert set(SERVER_MESSAGES) == {
         "welcome",
         "message",
@@ -448,6 +544,11 @@ def test_table_membership():
         "shutdown",
         "ping",
         "pong",
+        # operators extension
+        "op-changed",
+        "ban-list",
+        "whois-result",
+        "notice",
     }
 
 
@@ -593,6 +694,36 @@ FIELD_SPECS = [
     (SERVER_MESSAGES, "error", "message", "str", True),
     (SERVER_MESSAGES, "error", "in_reply_to", "str", False),
     (SERVER_MESSAGES, "shutdown", "message", "str", True),
+    # operators extension
+    (SERVER_MESSAGES, "welcome", "ops", "names", False),
+    (SERVER_MESSAGES, "users", "ops", "names", False),
+    (SERVER_MESSAGES, "left", "by", "str", False),
+    (SERVER_MESSAGES, "left", "message", "str", False),
+    (SERVER_MESSAGES, "error", "reason", "str", False),
+    (SERVER_MESSAGES, "error", "until", "number", False),
+    (SERVER_MESSAGES, "error", "retry_after", "number", False),
+    (CLIENT_MESSAGES, "op", "password", "str", True),
+    (CLIENT_MESSAGES, "kick", "name", "str", True),
+    (CLIENT_MESSAGES, "kick", "reason", "str", False),
+    (CLIENT_MESSAGES, "ban", "name", "str", False),
+    (CLIENT_MESSAGES, "ban", "address", "str", False),
+    (CLIENT_MESSAGES, "ban", "duration", "number", False),
+    (CLIENT_MESSAGES, "ban", "reason", "str", False),
+    (CLIENT_MESSAGES, "unban", "id", "int", True),
+    (CLIENT_MESSAGES, "whois", "name", "str", True),
+    (CLIENT_MESSAGES, "notice", "text", "str", True),
+    (SERVER_MESSAGES, "op-changed", "name", "str", True),
+    (SERVER_MESSAGES, "op-changed", "op", "bool", True),
+    (SERVER_MESSAGES, "op-changed", "by", "str", False),
+    (SERVER_MESSAGES, "op-changed", "ts", "number", True),
+    (SERVER_MESSAGES, "whois-result", "name", "str", True),
+    (SERVER_MESSAGES, "whois-result", "address", "str", True),
+    (SERVER_MESSAGES, "whois-result", "secure", "bool", True),
+    (SERVER_MESSAGES, "whois-result", "since", "number", True),
+    (SERVER_MESSAGES, "whois-result", "op", "bool", True),
+    (SERVER_MESSAGES, "notice", "text", "str", True),
+    (SERVER_MESSAGES, "notice", "by", "str", False),
+    (SERVER_MESSAGES, "notice", "ts", "number", True),
 ]
 
 FULL_PAYLOADS = {
@@ -616,6 +747,22 @@ FULL_PAYLOADS = {
     "users": {"type": "users", "users": ["a"]},
     "error": {"type": "error", "code": "c", "message": "m", "in_reply_to": "say"},
     "shutdown": {"type": "shutdown", "message": "bye"},
+    # operators extension (``notice`` serves both tables: a client's ignores by and ts)
+    "op": {"type": "op", "password": "p"},
+    "kick": {"type": "kick", "name": "b", "reason": "r"},
+    "ban": {"type": "ban", "name": "b", "address": "10.0.0.1", "duration": 5, "reason": "r"},
+    "unban": {"type": "unban", "id": 1},
+    "whois": {"type": "whois", "name": "b"},
+    "notice": {"type": "notice", "text": "t", "by": "a", "ts": 1},
+    "op-changed": {"type": "op-changed", "name": "a", "op": True, "by": "a", "ts": 1},
+    "whois-result": {
+        "type": "whois-result",
+        "name": "b",
+        "address": "10.0.0.1",
+        "secure": True,
+        "since": 1,
+        "op": False,
+    },
 }
 
 WRONG_VALUES = {
@@ -664,6 +811,33 @@ def test_missing_required_field_is_bad_field(table, type_, key, how):
 def test_mistyped_field_is_bad_field(table, type_, key, value):
     payload = dict(FULL_PAYLOADS[type_]) | {key: value}
     assert_bad_field(parse_error(payload, table), type_, key)
+
+
+@pytest.mark.parametrize(
+    ("bans", "key"),
+    [
+        (None, "bans"),
+        ("x", "bans"),
+        ({"id": 1}, "bans"),
+        ([1], "bans"),
+        ([{"created": 1}], "id"),
+        ([{"id": "1", "created": 1}], "id"),
+        ([{"id": 1}], "created"),
+        ([{"id": 1, "created": 1, "expires": "never"}], "expires"),
+    ],
+)
+def test_ban_list_items_are_checked(bans, key):
+    payload = {"type": "ban-list"} if bans is None else {"type": "ban-list", "bans": bans}
+    assert_bad_field(parse_error(payload, SERVER_MESSAGES), "ban-list", f"`{key}`")
+
+
+def test_ban_entry_has_no_type_on_the_wire():
+    frame_ = decode_one(encode(BanList((BanEntry(1, 2.0, name="bob"),))))
+    assert frame_ == {"type": "ban-list", "bans": [{"id": 1, "name": "bob", "created": 2.0}]}
+
+
+def test_op_password_is_not_in_repr():
+    assert "s3cret" not in repr(Op("s3cret"))
 
 
 @pytest.mark.parametrize("protocol", [True, False, 1.0, "1", [1], {"v": 1}])
@@ -1253,6 +1427,25 @@ client_messages = st.one_of(
     st.just(Bye()),
     st.builds(Ping, extras),
     st.builds(Pong, extras),
+    # operators extension
+    st.builds(Op, st.text()),
+    st.builds(Kick, st.text(), optional_text),
+    st.builds(Ban, optional_text, optional_text, st.none() | timestamps, optional_text),
+    st.builds(Unban, st.integers()),
+    st.just(Bans()),
+    st.builds(Whois, st.text()),
+    st.builds(SendNotice, st.text()),
+)
+optional_names = st.none() | name_lists
+ban_entries = st.builds(
+    BanEntry,
+    st.integers(),
+    timestamps,
+    optional_text,
+    optional_text,
+    optional_text,
+    optional_text,
+    st.none() | timestamps,
 )
 server_messages = st.one_of(
     st.builds(Welcome, st.text(), name_lists, st.integers(), optional_text),
@@ -1276,6 +1469,23 @@ server_messages = st.one_of(
     st.builds(Shutdown, st.text()),
     st.builds(Ping, extras),
     st.builds(Pong, extras),
+    # operators extension
+    st.builds(Welcome, st.text(), name_lists, st.integers(), optional_text, optional_names),
+    st.builds(Users, name_lists, optional_names),
+    st.builds(Left, st.text(), st.text(), timestamps, optional_text, optional_text),
+    st.builds(
+        Error,
+        st.text(),
+        st.text(),
+        optional_text,
+        optional_text,
+        st.none() | timestamps,
+        st.none() | timestamps,
+    ),
+    st.builds(OpChanged, st.text(), st.booleans(), timestamps, optional_text),
+    st.builds(BanList, st.lists(ban_entries, max_size=4).map(tuple)),
+    st.builds(WhoisResult, st.text(), st.text(), st.booleans(), timestamps, st.booleans()),
+    st.builds(Notice, st.text(), timestamps, optional_text),
 )
 tagged_messages = st.one_of(
     client_messages.map(lambda m: (m, CLIENT_MESSAGES)),

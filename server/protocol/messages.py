@@ -168,11 +168,13 @@ class Welcome(Message):
         _req("users", "names"),
         _req("history_count", "int"),
         _opt("motd", "str"),
+        _opt("ops", "names"),  # operators extension
     )
     name: str
     users: tuple[str, ...]
     history_count: int = 0
     motd: str | None = None
+    ops: tuple[str, ...] | None = None  # operators extension: the operators, sorted
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +219,18 @@ class Left(Message):
     """``left`` (server): ``name`` left the room at ``ts`` for ``reason`` (a ``LeaveReason``)."""
 
     TYPE = "left"
-    FIELDS = (_req("name", "str"), _req("reason", "str"), _req("ts", "number"))
+    FIELDS = (
+        _req("name", "str"),
+        _req("reason", "str"),
+        _req("ts", "number"),
+        _opt("by", "str"),  # operators extension: who kicked (absent for the console)
+        _opt("message", "str"),  # operators extension: why, for people
+    )
     name: str
     reason: str
     ts: float
+    by: str | None = None
+    message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +249,12 @@ class Users(Message):
     """``users`` (server): everyone in the room, sorted."""
 
     TYPE = "users"
-    FIELDS = (_req("users", "names"),)
+    FIELDS = (
+        _req("users", "names"),
+        _opt("ops", "names"),  # operators extension
+    )
     users: tuple[str, ...]
+    ops: tuple[str, ...] | None = None  # operators extension: the operators, sorted
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,10 +263,22 @@ class Error(Message):
     the ``in_reply_to`` type of the frame that caused it, when known."""
 
     TYPE = "error"
-    FIELDS = (_req("code", "str"), _req("message", "str"), _opt("in_reply_to", "str"))
+    FIELDS = (
+        _req("code", "str"),
+        _req("message", "str"),
+        _opt("in_reply_to", "str"),
+        # operators extension: a ban's reason and end (``banned``), when to try
+        # again (``too-many-attempts``)
+        _opt("reason", "str"),
+        _opt("until", "number"),
+        _opt("retry_after", "number"),
+    )
     code: str
     message: str
     in_reply_to: str | None = None
+    reason: str | None = None
+    until: float | None = None
+    retry_after: float | None = None
 
     @classmethod
     def from_exception(cls, exc: ProtocolError) -> Error:
@@ -267,6 +293,175 @@ class Shutdown(Message):
     TYPE = "shutdown"
     FIELDS = (_req("message", "str"),)
     message: str
+
+
+# -- operators and moderation (PROTOCOL.md, "Operators and moderation") ------
+
+
+@dataclass(frozen=True, slots=True)
+class Op(Message):
+    """``op`` (client): become an operator with the operator ``password``."""
+
+    TYPE = "op"
+    FIELDS = (_req("password", "str"),)
+    password: str = field(repr=False)  # never in a log line or a traceback
+
+
+@dataclass(frozen=True, slots=True)
+class Kick(Message):
+    """``kick`` (client, operators only): remove ``name`` from the room, for ``reason``."""
+
+    TYPE = "kick"
+    FIELDS = (_req("name", "str"), _opt("reason", "str"))
+    name: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ban(Message):
+    """``ban`` (client, operators only): ban a name identity, an ``address`` or
+    prefix (``192.168.1.0/24``), or both, for ``duration`` seconds (absent: for ever)."""
+
+    TYPE = "ban"
+    FIELDS = (
+        _opt("name", "str"),
+        _opt("address", "str"),
+        _opt("duration", "number"),
+        _opt("reason", "str"),
+    )
+    name: str | None = None
+    address: str | None = None
+    duration: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unban(Message):
+    """``unban`` (client, operators only): lift the ban ``id``."""
+
+    TYPE = "unban"
+    FIELDS = (_req("id", "int"),)
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bans(Message):
+    """``bans`` (client, operators only): ask for the ``ban-list``."""
+
+    TYPE = "bans"
+
+
+@dataclass(frozen=True, slots=True)
+class Whois(Message):
+    """``whois`` (client, operators only): ask about the member ``name``."""
+
+    TYPE = "whois"
+    FIELDS = (_req("name", "str"),)
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendNotice(Message):
+    """``notice`` (client, operators only): a server line ``text`` to everyone."""
+
+    TYPE = "notice"
+    FIELDS = (_req("text", "str"),)
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpChanged(Message):
+    """``op-changed`` (server): ``name`` is (``op``) or is no longer an operator, by ``by``
+    (absent: the server's console)."""
+
+    TYPE = "op-changed"
+    FIELDS = (_req("name", "str"), _req("op", "bool"), _opt("by", "str"), _req("ts", "number"))
+    name: str
+    op: bool
+    ts: float
+    by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BanEntry(Message):
+    """One ban, an item of a ``ban-list`` (not a frame: it has no ``type``).
+
+    ``created`` and ``expires`` are seconds since the epoch; ``expires``
+    absent is for ever, ``by`` absent is the console.
+    """
+
+    TYPE = "ban-list"  # what a bad field of an item is blamed on
+    FIELDS = (
+        _req("id", "int"),
+        _opt("name", "str"),
+        _opt("address", "str"),
+        _opt("reason", "str"),
+        _opt("by", "str"),
+        _req("created", "number"),
+        _opt("expires", "number"),
+    )
+    id: int
+    created: float
+    name: str | None = None
+    address: str | None = None
+    reason: str | None = None
+    by: str | None = None
+    expires: float | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        obj = Message.to_wire(self)
+        del obj["type"]
+        return obj
+
+
+@dataclass(frozen=True, slots=True)
+class BanList(Message):
+    """``ban-list`` (server): every ban in force, oldest first."""
+
+    TYPE = "ban-list"
+    bans: tuple[BanEntry, ...] = ()
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Self:
+        bans = obj.get("bans")
+        if type(bans) is not list or not all(type(item) is dict for item in bans):
+            raise _bad_field(cls.TYPE, "`bans` must be a list of objects.")
+        return cls(tuple(BanEntry.from_wire(item) for item in bans))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "bans": [entry.to_wire() for entry in self.bans]}
+
+
+@dataclass(frozen=True, slots=True)
+class WhoisResult(Message):
+    """``whois-result`` (server): the member ``name``, connected from ``address``
+    (over TLS when ``secure``) since ``since``, an operator when ``op``."""
+
+    TYPE = "whois-result"
+    FIELDS = (
+        _req("name", "str"),
+        _req("address", "str"),
+        _req("secure", "bool"),
+        _req("since", "number"),
+        _req("op", "bool"),
+    )
+    name: str
+    address: str
+    secure: bool
+    since: float
+    op: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Notice(Message):
+    """``notice`` (server): a server line ``text`` at ``ts``, by the operator ``by``
+    (absent: the server's console); no user message can look like it."""
+
+    TYPE = "notice"
+    FIELDS = (_req("text", "str"), _opt("by", "str"), _req("ts", "number"))
+    text: str
+    ts: float
+    by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,11 +479,41 @@ def _table(*classes: type[Message]) -> Mapping[str, type[Message]]:
     return {cls.TYPE: cls for cls in classes}
 
 
-CLIENT_MESSAGES = _table(Hello, Say, Rename, Who, Ping, Pong, Bye)
+CLIENT_MESSAGES = _table(
+    Hello,
+    Say,
+    Rename,
+    Who,
+    Ping,
+    Pong,
+    Bye,
+    # operators extension
+    Op,
+    Kick,
+    Ban,
+    Unban,
+    Bans,
+    Whois,
+    SendNotice,
+)
 """The types a client sends, by wire ``type``."""
 
 SERVER_MESSAGES = _table(
-    Welcome, ChatMessage, Joined, Left, Renamed, Users, Error, Shutdown, Ping, Pong
+    Welcome,
+    ChatMessage,
+    Joined,
+    Left,
+    Renamed,
+    Users,
+    Error,
+    Shutdown,
+    Ping,
+    Pong,
+    # operators extension
+    OpChanged,
+    BanList,
+    WhoisResult,
+    Notice,
 )
 """The types the server sends, by wire ``type``."""
 
