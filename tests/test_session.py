@@ -4,6 +4,7 @@ clock (plain numbers) and a fake connection that records what it is asked."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,10 +21,16 @@ T0 = 1000.0  # the fake clock's start
 class FakeConnection:
     """The room's member and the session's link at once, as a real connection is."""
 
+    secure = False
+
     def __init__(self) -> None:
         self.name: str | None = None
         self.outbox = Outbox()
         self.asked: list[str] = []
+        self.calls: list[Callable[[], object]] = []  # run by the test, as a loop would
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        self.calls.append(callback)
 
     def notify(self) -> None:
         pass  # what was queued is read with pull
