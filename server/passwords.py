@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import threading
 from collections.abc import Callable
@@ -83,8 +84,12 @@ def _hmac(key: bytes, text: str) -> bytes:
 
 def loopback(host: str) -> bool:
     """Whether ``host`` is a loopback address (the default exemption)."""
-    group = address_group(host)
-    return group is not None and group.network_address.is_loopback
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 class GuessCounter:
