@@ -223,6 +223,12 @@ class Session:
         """Handle one whole frame from the peer (a decoded payload with a ``type``)."""
         # Only whole frames are signs of life: a client dribbling a frame
         # it never finishes still times out.
+        if self.state is State.CLOSING or self.state is State.CLOSED:
+            # Its member has left the room, but keeps its name: a frame
+            # handled now would speak as someone who is gone (or as whoever
+            # took the name since). Its adapter stops serving input; this
+            # holds whoever calls.
+            return
         self._last_heard = now
         self._ping_due = now + self.config.idle_ping_after
         if self._held is not None:

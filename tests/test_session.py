@@ -230,3 +230,18 @@ def test_only_the_first_errors_of_a_client_are_logged_at_info(
     logged = [r for r in caplog.records if "unknown-type" in r.getMessage()]
     assert len(logged) == LOGGED_ERRORS
     assert session.state is State.JOINED
+
+
+def test_a_closing_session_handles_no_more_frames(room: Room) -> None:
+    # Its member has left but keeps its name: a frame handled now would speak
+    # as someone who is gone, or as whoever took the name since.
+    alice, _alice_conn = joined(room, "alice")
+    _bob, bob_conn = joined(room, "bob")
+    alice.receive({"type": "bye"}, T0)
+    assert alice.state is State.CLOSING
+    _carol, carol_conn = joined(room, "Alice")
+    queued(room, bob_conn)
+    alice.receive({"type": "say", "text": "I am alice"}, T0)
+    alice.receive({"type": "rename", "name": "mallory"}, T0)
+    assert queued(room, bob_conn) == [] and queued(room, carol_conn) == []
+    assert room.users() == ("Alice", "bob")
