@@ -78,7 +78,7 @@ class RoomMachine(RuleBasedStateMachine):
         self.links: list[FakeLink] = []
         self.sessions: list[Session] = []
         self.views: list[View] = []
-        self.op: list[bool] = []
+        self.is_op: list[bool] = []
         self.said: dict[str, str] = {}  # text -> the sender's name when it spoke
         self.count = 0
         for slot in range(SLOTS):
@@ -91,12 +91,12 @@ class RoomMachine(RuleBasedStateMachine):
         )
         if slot < len(self.links):
             self.links[slot], self.sessions[slot] = link, session
-            self.views[slot], self.op[slot] = View(), False
+            self.views[slot], self.is_op[slot] = View(), False
         else:
             self.links.append(link)
             self.sessions.append(session)
             self.views.append(View())
-            self.op.append(False)
+            self.is_op.append(False)
 
     def _send(self, slot: int, payload: dict[str, Any]) -> None:
         self.sessions[slot].receive(payload, self.now)
@@ -131,7 +131,7 @@ class RoomMachine(RuleBasedStateMachine):
             return  # it would be handled later: the model could not tell when
         self._send(slot, {"type": "op", "password": PASSWORD if right else "wrong"})
         if right and self._joined(slot):
-            self.op[slot] = True
+            self.is_op[slot] = True
 
     @rule(slot=st.integers(0, SLOTS - 1), name=st.sampled_from(NAMES))
     def kick(self, slot: int, name: str) -> None:
@@ -202,21 +202,21 @@ class RoomMachine(RuleBasedStateMachine):
         for slot in range(SLOTS):
             self._drain(slot)
             if not self._joined(slot):
-                self.op[slot] = False
+                self.is_op[slot] = False
         users = self.room.users()
         identities = [name_identity(name) for name in users]
         assert len(set(identities)) == len(identities)
         members = [link.name for slot, link in enumerate(self.links) if self._joined(slot)]
         assert sorted(members) == sorted(users)  # type: ignore[type-var]
         ops = sort_names(
-            [self.links[s].name for s in range(SLOTS) if self.op[s]]  # type: ignore[misc]
+            [self.links[s].name for s in range(SLOTS) if self.is_op[s]]  # type: ignore[misc]
         )
         assert list(self.room.ops()) == ops
         for slot in range(SLOTS):
             if self._joined(slot):
                 assert self.views[slot].users == set(users), slot
                 assert self.views[slot].ops == set(ops), slot
-                assert self.room.is_op(self.links[slot]) == self.op[slot]
+                assert self.room.is_op(self.links[slot]) == self.is_op[slot]
 
 
 RoomMachine.TestCase.settings = settings(
