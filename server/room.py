@@ -67,7 +67,7 @@ from server.protocol import (
     sort_names,
 )
 from server.store import IdSource, NameRegistry, RecentHistory
-from server.store.bans import Ban, BanStore, BanStoreError, address_group
+from server.store.bans import MAX_REASON, Ban, BanStore, BanStoreError, address_group
 from server.store.memory import MemoryHistory, MemoryIds, MemoryNames
 
 # Outbox too: a connection holds one to be a Member.
@@ -392,7 +392,7 @@ class Room:
         if found is None:
             raise _no_such_user(name)
         target, seat = found
-        seat.kick(by, _removal(target, by, reason, "removed"))
+        seat.kick(by, _removal(target, by, _clean_reason(reason), "removed"))
         return target
 
     def ban(
@@ -418,7 +418,7 @@ class Room:
                 ErrorCode.BAD_FIELD, "`duration` must be a positive number of seconds."
             )
         shown = None if name is None else normalize_name(name)
-        reason = None if reason is None else clean_text(reason) if reason.strip() else None
+        reason = _clean_reason(reason)
         try:
             ban = self.bans.add(
                 name=shown,
@@ -528,6 +528,13 @@ def banned_error(ban: Ban, what: str) -> RemoteProtocolError:
         f"{what}{until}{because}.",
         details={"reason": ban.reason, "until": ban.expires},
     )
+
+
+def _clean_reason(reason: str | None) -> str | None:
+    """A kick's or ban's reason as one short line people may be shown, or ``None``."""
+    if reason is None or not reason.strip():
+        return None
+    return " ".join(clean_text(reason).split())[:MAX_REASON]
 
 
 def _removal(target: str, by: str | None, reason: str | None, what: str) -> str:

@@ -152,7 +152,7 @@ def test_kick_closes_the_target_and_tells_the_others(
     bob = open_client(op_server, "bob")
     carol = open_client(op_server, "carol")
     make_op(alice, "alice", bob, carol)
-    alice.send({"type": "kick", "name": "BOB", "reason": "spam"})
+    alice.send({"type": "kick", "name": "BOB", "reason": "spam\r\n\u202ealice: hi"})
     error = bob.skip_until("error")
     assert error["code"] == "kicked" and "in_reply_to" not in error
     assert "alice" in error["message"] and "spam" in error["message"]
@@ -160,7 +160,7 @@ def test_kick_closes_the_target_and_tells_the_others(
     for client in (alice, carol):
         left = client.skip_until("left")
         assert (left["name"], left["reason"], left["by"]) == ("bob", "kicked", "alice")
-        assert "spam" in left["message"]
+        assert left["message"] == "bob was removed by alice: spam alice: hi."  # one clean line
     alice.send({"type": "kick", "name": "nobody"})
     alice.expect_error("no-such-user", "kick")
     alice.send({"type": "who"})
@@ -433,3 +433,46 @@ def test_parse_duration(text: str, seconds: float) -> None:
 @pytest.mark.parametrize("text", ["", "h", "2w", "-1", "spam"])
 def test_parse_duration_refuses(text: str) -> None:
     assert parse_duration(text) is None
+
+
+# -- the command line --------------------------------------------------------------
+
+
+def test_the_operator_password_comes_from_a_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.__main__ import OP_PASSWORD_ENV, build_parser, config_from_args  # noqa: PLC0415
+
+    secret = tmp_path / "op.txt"
+    secret.write_text("first line\r\nsecond\n", encoding="utf-8")
+    args = build_parser().parse_args(["--op-password-file", str(secret)])
+    monkeypatch.setenv(OP_PASSWORD_ENV, "from-env")
+    assert config_from_args(args).op_password == "first line"
+    assert config_from_args(build_parser().parse_args([])).op_password == "from-env"
+    monkeypatch.delenv(OP_PASSWORD_ENV)
+    assert config_from_args(build_parser().parse_args([])).op_password is None
+    assert "first line" not in repr(config_from_args(args))
+
+
+@pytest.mark.parametrize("content", [None, "", "\n"])
+def test_a_bad_operator_password_file_stops_the_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None
+) -> None:
+    from server.__main__ import main  # noqa: PLC0415
+
+    path = tmp_path / "op.txt"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    argv = ["--port", "0", "--host", "127.0.0.1", "--data-dir", str(tmp_path)]
+    assert main([*argv, "--op-password-file", str(path)]) == 1
+    assert "password file" in capsys.readouterr().err
+
+
+def test_a_damaged_bans_file_stops_the_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.__main__ import main  # noqa: PLC0415
+
+    (tmp_path / "bans.json").write_text("{", encoding="utf-8")
+    assert main(["--port", "0", "--host", "127.0.0.1", "--data-dir", str(tmp_path)]) == 1
+    assert "bans file" in capsys.readouterr().err

@@ -245,3 +245,34 @@ def test_a_closing_session_handles_no_more_frames(room: Room) -> None:
     alice.receive({"type": "rename", "name": "mallory"}, T0)
     assert queued(room, bob_conn) == [] and queued(room, carol_conn) == []
     assert room.users() == ("Alice", "bob")
+
+
+def test_frames_wait_behind_a_wrong_operator_password_boundedly(room: Room) -> None:
+    from server.session import HELD_FRAMES, OP_WRONG_DELAY  # noqa: PLC0415
+
+    session, conn = joined(room, "alice")
+    session.receive({"type": "op", "password": "guess"}, T0)
+    for n in range(HELD_FRAMES + 6):
+        session.receive({"type": "ping", "n": n}, T0)
+    session.check_timers(T0 + OP_WRONG_DELAY / 2)
+    assert queued(room, conn) == []  # nothing yet: not even the pongs
+    session.check_timers(T0 + OP_WRONG_DELAY)
+    frames = queued(room, conn)
+    assert frames[0]["code"] == "op-password-wrong" and frames[0]["in_reply_to"] == "op"
+    assert [f["n"] for f in frames[1:-1]] == list(range(HELD_FRAMES))
+    assert frames[-1]["code"] == "rate-limited" and "6 frames" in frames[-1]["message"]
+    assert session.state is State.JOINED
+
+
+def test_a_second_wrong_password_holds_the_frames_after_it(room: Room) -> None:
+    from server.session import OP_WRONG_DELAY  # noqa: PLC0415
+
+    session, conn = joined(room, "alice")
+    session.receive({"type": "op", "password": "one"}, T0)
+    session.receive({"type": "op", "password": "two"}, T0)
+    session.receive({"type": "ping", "n": 1}, T0)
+    session.check_timers(T0 + OP_WRONG_DELAY)
+    assert [f.get("code") for f in queued(room, conn)] == ["op-password-wrong"]
+    session.check_timers(T0 + 2 * OP_WRONG_DELAY)
+    frames = queued(room, conn)
+    assert [f["type"] for f in frames] == ["error", "pong"]
