@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
+from server.admin import Console, start_console
 from server.chat_server import ChatServer, lan_addresses
 from server.config import (
     DEFAULT_HISTORY,
@@ -38,8 +40,11 @@ from server.protocol import (
     encode,
     parse_message,
 )
+from server.store.bans import BanStoreError
 
 logger = logging.getLogger("server")
+
+OP_PASSWORD_ENV = "LAN_CHAT_OP_PASSWORD"
 
 
 def server_version() -> str:
@@ -159,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {default_data_dir()})",
     )
     parser.add_argument(
+        "--op-password-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="operator password: the file's first line (also: environment "
+        f"{OP_PASSWORD_ENV}); people who send it with /op can remove people and manage bans",
+    )
+    parser.add_argument(
         "--smoke-test",
         action="store_true",
         help="start on a free port, chat with itself through the real protocol, "
@@ -174,6 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_password(path: Path | None, env: str) -> str | None:
+    """The password in ``path``'s first line, else in the environment variable ``env``.
+
+    Raises ``ValueError`` (with a sentence for people) when the file cannot
+    be read or its first line is empty.
+    """
+    if path is None:
+        return os.environ.get(env) or None
+    try:
+        with open(path, encoding="utf-8") as file:
+            line = file.readline(4096).rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"Cannot read the password file {path}: {exc}") from None
+    if not line:
+        raise ValueError(f"The password file {path} has an empty first line.")
+    return line
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host,
@@ -184,6 +215,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         rate_limit=None if args.no_rate_limit else RateLimit(args.rate_burst, args.rate_per_second),
         io_threads=args.io_threads,
         data_dir=args.data_dir,
+        op_password=read_password(args.op_password_file, OP_PASSWORD_ENV),
     )
 
 
@@ -288,12 +320,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
     )
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"chat-server: {exc}", file=sys.stderr)
+        return 1
     raise_open_file_limit(config.max_clients + 64)
     try:
         server = ChatServer(config)
     except OSError as exc:
         print(f"chat-server: {describe_bind_error(exc, config)}", file=sys.stderr)
+        return 1
+    except BanStoreError as exc:
+        print(f"chat-server: {exc}", file=sys.stderr)
         return 1
 
     def stop(signum: int, _frame: object) -> None:
@@ -305,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(getattr(signal, name), stop)
     with server:
         announce(server, config)
+        console = Console(server.room, lambda text: print(text, flush=True), stop=server.stop_soon)
+        if start_console(console) is not None:
+            print("Type /help for the console's commands.", flush=True)
         server.serve_forever()
     logger.info("Server stopped")
     return 0

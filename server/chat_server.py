@@ -28,7 +28,10 @@ from typing import Any
 
 from server.config import ServerConfig
 from server.io_loop import IOLoop, Waker
-from server.room import Room
+from server.passwords import Secret
+from server.protocol import RemoteProtocolError
+from server.room import Room, banned_error
+from server.store.bans import BanStore
 
 logger = logging.getLogger("server")
 
@@ -58,6 +61,11 @@ class ChatServer:
             motd=config.motd,
             max_backlog=config.max_queue,
             on_broadcast=self._broadcast_pending,
+            # operators extension
+            bans=BanStore.in_folder(config.data_path()),
+            op_secret=None
+            if config.op_password is None
+            else Secret.from_password(config.op_password),
         )
         self._listeners = bind_listeners(config.host, config.port)
         self._loops: list[IOLoop] = []
@@ -173,10 +181,17 @@ class ChatServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass  # the peer may have reset it already; reading will tell
-            with self._count_lock:
-                refuse = self._open_count >= self.config.max_clients
-                if not refuse:
-                    self._open_count += 1
+            # operators extension: a banned address is refused before anything
+            # else, in plaintext, whatever it sends (PROTOCOL.md).
+            ban = self.room.bans.match_address(str(address[0]))
+            refuse: bool | RemoteProtocolError
+            if ban is not None:
+                refuse = banned_error(ban, "Your address is banned from this room")
+            else:
+                with self._count_lock:
+                    refuse = self._open_count >= self.config.max_clients
+                    if not refuse:
+                        self._open_count += 1
             self._least_busy_loop().adopt(sock, address, refuse=refuse)
 
     def _new_loop(self) -> IOLoop:

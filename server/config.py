@@ -6,7 +6,7 @@ not by these numbers, so they live here rather than in the protocol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
@@ -64,6 +64,9 @@ class ServerConfig:
     # Where what must outlive the process is kept (identity, bans, history);
     # None: the user's data folder (``default_data_dir``).
     data_dir: Path | None = None
+    # operators extension: the operator password (None: only the console is
+    # one); turned into a slow hash and a keyed tag at start, never logged.
+    op_password: str | None = field(default=None, repr=False)
 
     def data_path(self) -> Path:
         """The data folder this configuration names (not created here)."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from server.config import ServerConfig
@@ -71,6 +72,9 @@ class Loop(Protocol):
 
     def discard(self, conn: Connection) -> None:
         """``conn`` is closing its transport: forget it."""
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` on the loop's thread. Any thread."""
 
 
 def format_address(address: Any) -> str:
@@ -148,6 +152,12 @@ class Connection:
     def notify(self) -> None:
         """Frames for this connection alone are waiting: flush soon. Any thread."""
         self.loop.mark_dirty(self)
+
+    secure = False  # operators extension, until TLS: whether the transport is encrypted
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` on this connection's thread (a kick). Any thread."""
+        self.loop.call_soon(callback)
 
     # -- events from the loop ----------------------------------------------
 

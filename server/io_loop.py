@@ -121,7 +121,7 @@ class IOLoop:
         self._input: dict[Connection, None] = {}
         self._fresh: list[Connection] = []
         # Work handed over by other threads; deque appends and pops are atomic.
-        self._new: deque[tuple[socket.socket, Any, bool]] = deque()
+        self._new: deque[tuple[socket.socket, Any, bool | RemoteProtocolError]] = deque()
         self._dirty: deque[Connection] = deque()
         self._calls: deque[Callable[[], object]] = deque()
         self._broadcast = False
@@ -139,8 +139,11 @@ class IOLoop:
 
     # -- any thread -------------------------------------------------------
 
-    def adopt(self, sock: socket.socket, address: Any, *, refuse: bool = False) -> None:
-        """Take over a freshly accepted socket (to refuse it as ``server-full``)."""
+    def adopt(
+        self, sock: socket.socket, address: Any, *, refuse: bool | RemoteProtocolError = False
+    ) -> None:
+        """Take over a freshly accepted socket (to refuse it as ``server-full``, or
+        with the fatal error ``refuse``)."""
         self._new.append((sock, address, refuse))
         self._wake()
 
@@ -341,15 +344,17 @@ class IOLoop:
             conn = self._dirty.popleft()
             _safely(conn, conn.flush)
 
-    def _open(self, sock: socket.socket, address: Any, refuse: bool) -> None:
+    def _open(self, sock: socket.socket, address: Any, refuse: bool | RemoteProtocolError) -> None:
         conn = Connection(PlainTransport(sock), address, self, self.room, self.config)
         self._connections.add(conn)
         self._selector.register(conn.transport, selectors.EVENT_READ, conn)
         if refuse:
             self._refused.add(conn)
-            conn.refuse(
-                RemoteProtocolError(ErrorCode.SERVER_FULL, "The server is full; try again later.")
-            )
+            if not isinstance(refuse, RemoteProtocolError):
+                refuse = RemoteProtocolError(
+                    ErrorCode.SERVER_FULL, "The server is full; try again later."
+                )
+            conn.refuse(refuse)
         elif self._stop_message is not None:  # accepted just as the server stops
             conn.shut_down(self._stop_message)
 

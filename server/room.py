@@ -17,17 +17,30 @@ socket I/O either: a connection pulls its next bytes under the lock and
 writes them outside it. The room calls ``Member.notify`` (private frames waiting) and the
 ``on_broadcast`` hook (the log grew) after releasing the lock; the hook is
 told whether the new frame is urgent (see ``server.fanout``).
+
+Operators and moderation: each member has a ``Seat`` (when it joined, its
+address, whether it is an operator, and how to have its own thread kick
+it). Kicks never touch another member's connection from here: the room
+looks the member up under the lock and calls its seat's ``kick``, which
+hands the work to that member's thread. Name bans are checked by
+``_admit_name``, the one check every path that sets a name (join, rename)
+goes through; the ``ops`` list is kept sorted and encoded, like the users,
+and is left out of ``welcome`` and ``users`` while there are none (absent
+means none, and old peers see the frames they always saw).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from server.config import DEFAULT_HISTORY, DEFAULT_MAX_QUEUE
 from server.fanout import Fanout, Outbox
+from server.passwords import GuessCounter, Secret
 from server.protocol import (
     MAX_NAME_INPUT,
     ChatMessage,
@@ -37,18 +50,28 @@ from server.protocol import (
     Left,
     LocalProtocolError,
     Message,
+    NameList,
+    Notice,
+    OpChanged,
     RemoteProtocolError,
     Renamed,
+    Users,
     Welcome,
+    WhoisResult,
+    clean_text,
     encode,
+    json_string,
     name_identity,
+    normalize_name,
     show_wire,
+    sort_names,
 )
 from server.store import IdSource, NameRegistry, RecentHistory
+from server.store.bans import MAX_REASON, Ban, BanStore, BanStoreError, address_group
 from server.store.memory import MemoryHistory, MemoryIds, MemoryNames
 
 # Outbox too: a connection holds one to be a Member.
-__all__ = ["Member", "Outbox", "Room"]
+__all__ = ["Member", "Outbox", "Room", "Seat"]
 
 
 class Member(Protocol):
@@ -59,6 +82,25 @@ class Member(Protocol):
 
     def notify(self) -> None:
         """Private frames are waiting: have the owning thread flush them. Any thread."""
+
+
+@dataclass(slots=True)
+class Seat:
+    """What the room knows of a member beyond its name (operators extension).
+
+    ``kick(by, message)`` has the member's own thread remove it (``by``
+    ``None``: the server's console); any thread may call it.
+    """
+
+    host: str
+    kick: Callable[[str | None, str], None]
+    secure: bool = False
+    since: float = 0.0  # when it joined, seconds since the epoch
+    op: bool = False
+
+
+def _no_kick(by: str | None, message: str) -> None:
+    """The kick of a member that cannot be kicked (a test's, or the console's)."""
 
 
 class Room:
@@ -73,6 +115,11 @@ class Room:
     the last ``history`` public messages (``history`` is not used when a
     ``history_store`` is given). The room only appends to the history and
     reads its recent window: pages and searches go to the store itself.
+
+    Operators extension: ``bans`` (in memory by default), ``op_secret`` (the
+    operator password; ``None``: no ``op`` succeeds), ``guesses`` (wrong
+    passwords per address). ``by`` ``None`` in the moderation methods is
+    the server's console.
     """
 
     def __init__(
@@ -86,6 +133,9 @@ class Room:
         names: NameRegistry[Member] | None = None,
         ids: IdSource | None = None,
         history_store: RecentHistory | None = None,
+        bans: BanStore | None = None,
+        op_secret: Secret | None = None,
+        guesses: GuessCounter | None = None,
     ) -> None:
         self.motd = motd
         self.max_backlog = max_backlog
@@ -101,6 +151,13 @@ class Room:
             MemoryHistory(history) if history_store is None else history_store
         )
         self._closed = False
+        # operators extension
+        self.bans = BanStore() if bans is None else bans
+        self.op_secret = op_secret  # None: nobody can become an operator but by the console
+        self.guesses = GuessCounter() if guesses is None else guesses
+        self._seats: dict[Member, Seat] = {}
+        self._ops = NameList((), ())
+        self._users_frame: tuple[NameList, bytes] | None = None  # (names, frame with ops)
 
     # -- queries ---------------------------------------------------------
 
@@ -131,19 +188,23 @@ class Room:
 
     # -- changes ---------------------------------------------------------
 
-    def join(self, member: Member, name: str) -> int:
+    def join(self, member: Member, name: str, seat: Seat | None = None) -> int:
         """Add ``member`` as ``name``: ``joined`` to the others, ``welcome`` and history to it.
 
-        Returns how many are in the room now. Raises ``RemoteProtocolError``
-        ``name-taken``.
+        ``seat`` is what else the room keeps of it (none: an address of
+        ``?`` and no kick). Returns how many are in the room now. Raises
+        ``RemoteProtocolError`` ``name-taken``, or ``banned`` (fatal).
         """
         with self._lock:
             identity = name_identity(name)
+            self._admit_name(identity)
             if not self._names.claim(identity, name, member):
                 raise _name_taken(name)
             recent = self._history.recent()
             try:
-                welcome = encode(Welcome(name, self._names.names, len(recent), self.motd))
+                welcome = encode(
+                    Welcome(name, self._names.names, len(recent), self.motd, ops=self._ops or None)
+                )
             except LocalProtocolError:
                 # Only a huge room of long names outgrows a frame.
                 self._names.release(identity, member)
@@ -151,6 +212,10 @@ class Room:
                     ErrorCode.SERVER_FULL, "The room is too big to join; try again later."
                 ) from None
             member.name = name
+            seat = Seat("?", _no_kick) if seat is None else seat
+            seat.since = self._now()
+            seat.op = False
+            self._seats[member] = seat
             urgent = self._broadcast(Joined(name, self._now()))
             outbox = member.outbox
             self._fanout.join(outbox)
@@ -162,8 +227,15 @@ class Room:
         member.notify()
         return online
 
-    def leave(self, member: Member, reason: LeaveReason) -> int | None:
-        """Remove ``member`` and tell the others why.
+    def leave(
+        self,
+        member: Member,
+        reason: LeaveReason,
+        *,
+        by: str | None = None,
+        message: str | None = None,
+    ) -> int | None:
+        """Remove ``member`` and tell the others why (a kick: ``by`` whom, ``message``).
 
         Returns how many are left in the room, or ``None`` if ``member``
         was not in it (so calling it twice is harmless).
@@ -173,9 +245,12 @@ class Room:
             if name is None or not self._names.release(name_identity(name), member):
                 return None
             self._fanout.leave(member.outbox)
+            seat = self._seats.pop(member, None)
+            if seat is not None and seat.op:
+                self._ops_changed()
             urgent = False
             if not self._closed:
-                urgent = self._broadcast(Left(name, reason, self._now()))
+                urgent = self._broadcast(Left(name, reason, self._now(), by=by, message=message))
             online = len(self._names)
         self._on_broadcast(urgent)
         return online
@@ -188,9 +263,14 @@ class Room:
         with self._lock:
             old = member.name
             assert old is not None, "only a member can rename"
-            if not self._names.rename(name_identity(old), name_identity(name), name, member):
+            identity = name_identity(name)
+            self._admit_name(identity)
+            if not self._names.rename(name_identity(old), identity, name, member):
                 raise _name_taken(name)
             member.name = name
+            seat = self._seats.get(member)
+            if seat is not None and seat.op:
+                self._ops_changed()
             urgent = self._broadcast(Renamed(old, name, self._now()))
         self._on_broadcast(urgent)
         return old
@@ -254,8 +334,168 @@ class Room:
     def send_users(self, member: Member) -> None:
         """Answer ``who``: queue the user list for ``member``."""
         with self._lock:
-            member.outbox.put(self._log, self._names.users_frame, reply=True)
+            names = self._names.names
+            cached = self._users_frame
+            if cached is None or cached[0] is not names:
+                # The roster makes a new NameList at each change: a new key.
+                cached = self._users_frame = (names, encode(Users(names, ops=self._ops or None)))
+            member.outbox.put(self._log, cached[1], reply=True)
         member.notify()
+
+    # -- operators and moderation ------------------------------------------
+
+    def seat(self, name: str) -> tuple[str, Seat] | None:
+        """The member called ``name`` (any spelling of its identity): its name and seat."""
+        if len(name) > MAX_NAME_INPUT:
+            return None
+        identity = name_identity(name)
+        with self._lock:
+            member = self._names.owner_of(identity)
+            if member is None or member.name is None:
+                return None
+            return member.name, self._seats[member]
+
+    def is_op(self, member: Member) -> bool:
+        with self._lock:
+            seat = self._seats.get(member)
+            return seat is not None and seat.op
+
+    def ops(self) -> tuple[str, ...]:
+        """The operators' names, sorted like the users."""
+        with self._lock:
+            return self._ops
+
+    def set_op(self, name: str, op: bool, by: str | None) -> str | None:
+        """Make the member ``name`` an operator (``op``) or no longer one, by ``by``
+        (``None``: the console); everyone gets ``op-changed``, even when nothing
+        changed (it is the answer). Returns its name, ``None`` if nobody has it."""
+        identity = None if len(name) > MAX_NAME_INPUT else name_identity(name)
+        with self._lock:
+            member = None if identity is None else self._names.owner_of(identity)
+            if member is None or member.name is None:
+                return None
+            seat = self._seats[member]
+            if seat.op != op:
+                seat.op = op
+                self._ops_changed()
+            urgent = self._broadcast(OpChanged(member.name, op, self._now(), by=by), urgent=True)
+            found = member.name
+        self._on_broadcast(urgent)
+        return found
+
+    def kick(self, name: str, reason: str | None, by: str | None) -> str:
+        """Have the member ``name`` removed, for ``reason``; returns its name.
+
+        Raises ``RemoteProtocolError`` ``no-such-user``.
+        """
+        found = self.seat(name)
+        if found is None:
+            raise _no_such_user(name)
+        target, seat = found
+        seat.kick(by, _removal(target, by, _clean_reason(reason), "removed"))
+        return target
+
+    def ban(
+        self,
+        *,
+        name: str | None = None,
+        address: str | None = None,
+        duration: float | None = None,
+        reason: str | None = None,
+        by: str | None = None,
+    ) -> Ban:
+        """Ban a name's identity, an address or prefix, or both, for ``duration``
+        seconds (``None``: for ever); its present matches are kicked.
+
+        Raises ``RemoteProtocolError`` ``bad-field`` and ``RuleViolation``
+        ``name-invalid``; ``LocalProtocolError`` when the bans file cannot be
+        written (the ban is then not made).
+        """
+        if name is None and address is None:
+            raise RemoteProtocolError(ErrorCode.BAD_FIELD, "Give a name, an address or both.")
+        if duration is not None and not (math.isfinite(duration) and duration > 0):
+            raise RemoteProtocolError(
+                ErrorCode.BAD_FIELD, "`duration` must be a positive number of seconds."
+            )
+        shown = None if name is None else normalize_name(name)
+        reason = _clean_reason(reason)
+        try:
+            ban = self.bans.add(
+                name=shown,
+                identity=None if shown is None else name_identity(shown),
+                address=address,
+                duration=duration,
+                reason=reason,
+                by=by,
+            )
+        except ValueError as exc:
+            raise RemoteProtocolError(ErrorCode.BAD_FIELD, str(exc)) from None
+        except BanStoreError as exc:
+            raise LocalProtocolError("bans-unwritable", str(exc)) from exc
+        for target, seat in self.seats_banned(ban):
+            seat.kick(by, _removal(target, by, ban.reason, "banned"))
+        return ban
+
+    def unban(self, ban_id: int) -> Ban | None:
+        """Lift the ban ``ban_id``; the ban, or ``None`` if there was none."""
+        try:
+            return self.bans.remove(ban_id)
+        except BanStoreError as exc:
+            raise LocalProtocolError("bans-unwritable", str(exc)) from exc
+
+    def whois(self, name: str) -> WhoisResult:
+        """What the room knows of the member ``name``. Raises ``no-such-user``."""
+        found = self.seat(name)
+        if found is None:
+            raise _no_such_user(name)
+        target, seat = found
+        return WhoisResult(target, seat.host, seat.secure, seat.since, seat.op)
+
+    def notice(self, text: str, by: str | None) -> None:
+        """A server line ``text`` (cleaned here) to everyone, from the operator ``by``.
+
+        Raises ``RuleViolation`` ``text-invalid``.
+        """
+        text = clean_text(text)
+        with self._lock:
+            self._broadcast(Notice(text, self._now(), by=by), urgent=True)
+        self._on_broadcast(True)
+
+    def seats_banned(self, ban: Ban) -> list[tuple[str, Seat]]:
+        """The members ``ban`` matches now, operators included."""
+        network = ban.network()
+        with self._lock:
+            found = []
+            for member, seat in self._seats.items():
+                name = member.name
+                if name is None:
+                    continue
+                if ban.identity is not None and name_identity(name) == ban.identity:
+                    found.append((name, seat))
+                    continue
+                group = None if network is None else address_group(seat.host)
+                if (
+                    network is not None
+                    and group is not None
+                    and group.version == network.version
+                    and group.subnet_of(network)  # type: ignore[arg-type]
+                ):
+                    found.append((name, seat))
+            return found
+
+    def _admit_name(self, identity: str) -> None:
+        """Refuse a banned name: the one check of every path that sets a name. Lock held."""
+        ban = self.bans.match_name(identity)
+        if ban is not None:
+            raise banned_error(ban, "That name is banned from this room")
+
+    def _ops_changed(self) -> None:
+        """The operators or their names changed: sort them again. Lock held."""
+        names = sort_names(
+            [m.name for m, seat in self._seats.items() if seat.op and m.name is not None]
+        )
+        self._ops = NameList(names, (json_string(n) for n in names))
+        self._users_frame = None
 
     def discard(self, member: Member) -> None:
         """Forget what ``member`` is owed: its connection is gone. Call ``leave`` first."""
@@ -277,6 +517,37 @@ class Room:
     def _broadcast(self, message: Message, *, urgent: bool = False) -> bool:
         """Log ``message`` for everyone; whether to flush it at once (``Fanout.broadcast``)."""
         return self._fanout.broadcast(encode(message), urgent=urgent)
+
+
+def banned_error(ban: Ban, what: str) -> RemoteProtocolError:
+    """The fatal ``banned`` error for ``ban`` (with its reason and end): ``what`` is banned."""
+    because = f": {ban.reason}" if ban.reason else ""
+    until = "" if ban.expires is None else f" until {time.ctime(ban.expires)}"
+    return RemoteProtocolError(
+        ErrorCode.BANNED,
+        f"{what}{until}{because}.",
+        details={"reason": ban.reason, "until": ban.expires},
+    )
+
+
+def _clean_reason(reason: str | None) -> str | None:
+    """A kick's or ban's reason as one short line people may be shown, or ``None``."""
+    if reason is None or not reason.strip():
+        return None
+    return " ".join(clean_text(reason).split())[:MAX_REASON]
+
+
+def _removal(target: str, by: str | None, reason: str | None, what: str) -> str:
+    """Who removed ``target`` and why, for people: a kick's or a ban's message."""
+    who = "the server" if by is None else by
+    because = f": {reason}" if reason else ""
+    return f"{target} was {what} by {who}{because}."
+
+
+def _no_such_user(name: str) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        ErrorCode.NO_SUCH_USER, f"Nobody called {show_wire(name)} is in the room."
+    )
 
 
 def _name_taken(name: str) -> RemoteProtocolError:

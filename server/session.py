@@ -22,12 +22,24 @@ the room is left exactly once and before the socket is touched. The
 adapter in turn tells the session when it stops serving its input for
 back-pressure (``pause``/``resume``): that silence is the server's, not the
 client's, and the idle clock treats it so.
+
+Operators (PROTOCOL.md, "Operators and moderation"): ``op`` checks the
+operator password; a wrong one is answered about a second later, from
+``check_timers`` (a loop timer: nothing here sleeps), and the frames that
+arrive meanwhile wait in ``_held`` so that replies keep their order; the
+third wrong one on a connection closes it, and every wrong one counts
+toward its address's guesses (``passwords.GuessCounter``). The operator
+frames call the room's moderation methods, as the console does, and a
+kick reaches its target through the target's ``Seat``, which hands it to
+the target's own thread (``Link.call_soon``).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
@@ -36,13 +48,18 @@ from server.protocol import (
     CLIENT_MESSAGES,
     MAX_ECHOED_TYPE,
     PROTOCOL_VERSION,
+    Ban,
+    BanList,
+    Bans,
     Bye,
     Error,
     ErrorCode,
     Hello,
+    Kick,
     LeaveReason,
     LocalProtocolError,
     Message,
+    Op,
     Ping,
     Pong,
     ProtocolError,
@@ -50,14 +67,17 @@ from server.protocol import (
     Rename,
     RuleViolation,
     Say,
+    SendNotice,
     Shutdown,
+    Unban,
     Who,
+    Whois,
     clean_text,
     normalize_name,
     parse_message,
     show_wire,
 )
-from server.room import Member, Room
+from server.room import Member, Room, Seat
 
 logger = logging.getLogger("server")
 
@@ -65,7 +85,28 @@ LOGGED_ERRORS = 10  # non-fatal errors per session logged at INFO
 
 # Frames a client may send before it has been welcomed.
 _GREETING_TYPES = frozenset({Hello.TYPE, Ping.TYPE, Bye.TYPE})
-_RATE_LIMITED_TYPES = frozenset({Say.TYPE, Rename.TYPE})
+_RATE_LIMITED_TYPES = frozenset(
+    {
+        Say.TYPE,
+        Rename.TYPE,
+        # operators extension: the same bucket as say
+        Op.TYPE,
+        Kick.TYPE,
+        Ban.TYPE,
+        Unban.TYPE,
+        Bans.TYPE,
+        Whois.TYPE,
+        SendNotice.TYPE,
+    }
+)
+_OPERATOR_TYPES = frozenset(
+    {Kick.TYPE, Ban.TYPE, Unban.TYPE, Bans.TYPE, Whois.TYPE, SendNotice.TYPE}
+)
+# Errors that answer no frame of the peer's (PROTOCOL.md: kicked, banned).
+_UNPROMPTED = frozenset({ErrorCode.KICKED, ErrorCode.BANNED})
+OP_WRONG_DELAY = 1.0  # seconds before a wrong operator password is answered
+OP_TRIES = 3  # wrong operator passwords that close a connection
+HELD_FRAMES = 64  # frames kept while a wrong password's answer waits; more are dropped
 
 
 class State(enum.Enum):
@@ -83,6 +124,13 @@ class Link(Protocol):
 
     def on_closed(self) -> None:
         """The session is over: release the connection now, whatever is unsent."""
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` on the connection's own thread. Any thread."""
+
+    @property
+    def secure(self) -> bool:
+        """Whether the connection is encrypted (TLS)."""
 
 
 class TokenBucket:
@@ -116,11 +164,16 @@ class Session:
 
     __slots__ = (
         "_bucket",
+        "_dropped",
         "_errors_logged",
+        "_held",
         "_last_heard",
+        "_now",
         "_opened",
         "_paused_since",
         "_ping_due",
+        "_release_at",
+        "_wrong_ops",
         "config",
         "link",
         "member",
@@ -151,6 +204,12 @@ class Session:
         self._ping_due = now + config.idle_ping_after
         self._paused_since: float | None = None  # its input is not served since then
         self._errors_logged = 0
+        # operators extension
+        self._now = now
+        self._held: deque[dict[str, Any]] | None = None  # frames waiting for a delayed reply
+        self._dropped = 0  # frames that found _held full
+        self._release_at = 0.0
+        self._wrong_ops = 0
 
     @property
     def who(self) -> str:
@@ -164,8 +223,24 @@ class Session:
         """Handle one whole frame from the peer (a decoded payload with a ``type``)."""
         # Only whole frames are signs of life: a client dribbling a frame
         # it never finishes still times out.
+        if self.state is State.CLOSING or self.state is State.CLOSED:
+            # Its member has left the room, but keeps its name: a frame
+            # handled now would speak as someone who is gone (or as whoever
+            # took the name since). Its adapter stops serving input; this
+            # holds whoever calls.
+            return
         self._last_heard = now
         self._ping_due = now + self.config.idle_ping_after
+        if self._held is not None:
+            if len(self._held) < HELD_FRAMES:
+                self._held.append(payload)
+            else:
+                self._dropped += 1
+            return
+        self._handle(payload, now)
+
+    def _handle(self, payload: dict[str, Any], now: float) -> None:
+        self._now = now
         kind = payload["type"]
         try:
             if self.state is State.GREETING:
@@ -191,7 +266,11 @@ class Session:
             self._HANDLERS[type(message)](self, message)
         except (RemoteProtocolError, RuleViolation) as exc:
             # A name or text rule the peer's frame broke is the peer's fault.
-            if exc.in_reply_to is None and len(kind) <= MAX_ECHOED_TYPE:
+            if (
+                exc.in_reply_to is None
+                and len(kind) <= MAX_ECHOED_TYPE
+                and exc.code not in _UNPROMPTED
+            ):
                 exc.in_reply_to = kind
             self.fail(exc, LeaveReason.ERROR)
         except LocalProtocolError as exc:
@@ -211,8 +290,10 @@ class Session:
         self._last_heard = max(self._last_heard, now)
 
     def check_timers(self, now: float) -> None:
-        """Apply the handshake and keep-alive deadlines."""
+        """Apply the handshake and keep-alive deadlines, and answer a wrong password."""
         config = self.config
+        if self._held is not None and now >= self._release_at:
+            self._release(now)
         if self.state is State.GREETING:
             if now - self._opened >= config.handshake_timeout:
                 self.fail(
@@ -304,7 +385,7 @@ class Session:
                 f"This server speaks protocol version {PROTOCOL_VERSION}, not "
                 f"{hello.protocol if abs(hello.protocol) < 10**6 else 'that one'}.",
             )
-        online = self.room.join(self.member, normalize_name(hello.name))
+        online = self.room.join(self.member, normalize_name(hello.name), self._seat())
         self.state = State.JOINED
         logger.info("%s joined, %d online", self.who, online)
 
@@ -327,6 +408,125 @@ class Session:
     def _on_bye(self, _bye: Bye) -> None:
         self.close(LeaveReason.QUIT)
 
+    # -- operators (PROTOCOL.md, "Operators and moderation") ------------------
+
+    @property
+    def host(self) -> str:
+        """The peer's address without its port."""
+        host = self.peer.rpartition(":")[0] if self.peer.count(":") == 1 else self.peer
+        if self.peer.startswith("["):
+            host = self.peer[1:].partition("]")[0]
+        return host
+
+    def kick_soon(self, by: str | None, message: str) -> None:
+        """Have this session's own thread remove it from the room (a kick, a ban). Any thread."""
+        self.link.call_soon(lambda: self._kicked(by, message))
+
+    def _kicked(self, by: str | None, message: str) -> None:
+        if self.state is not State.JOINED:
+            return  # gone already
+        logger.warning("%s: kicked: %s", self.who, message)
+        self.room.send(self.member, Error(ErrorCode.KICKED, message), reply=True)
+        online = self.room.leave(self.member, LeaveReason.KICKED, by=by, message=message)
+        logger.info("%s left (kicked), %s online", self.who, online)
+        self.state = State.CLOSING
+        self.link.on_closing()
+
+    def _seat(self) -> Seat:
+        return Seat(self.host, self.kick_soon, secure=bool(self.link.secure))
+
+    def _op_name(self) -> str:
+        """This session's name, as an operator frame's ``by``; not an operator: not-operator."""
+        name = self.member.name
+        if name is None or not self.room.is_op(self.member):
+            raise RemoteProtocolError(ErrorCode.NOT_OPERATOR, "Only operators can do that.")
+        return name
+
+    def _on_op(self, op: Op) -> None:
+        room = self.room
+        now = self._now
+        retry = room.guesses.retry_after(self.host, now)
+        if retry is not None:
+            raise RemoteProtocolError(
+                ErrorCode.TOO_MANY_ATTEMPTS,
+                "Too many wrong passwords from your address; try again later.",
+                details={"retry_after": math.ceil(retry)},
+            )
+        secret = room.op_secret
+        if secret is not None and secret.check(op.password):
+            name = self.member.name
+            assert name is not None  # op is no greeting frame
+            self.room.set_op(name, True, name)
+            logger.info("%s is now an operator", self.who)
+            return
+        # Never the password itself in a log line: only where it came from.
+        logger.warning("op-password-wrong from %s", self.host)
+        room.guesses.charge(self.host, now)
+        self._wrong_ops += 1
+        self._held = deque()
+        self._release_at = now + OP_WRONG_DELAY
+
+    def _release(self, now: float) -> None:
+        """Answer the wrong operator password, then the frames that waited for it."""
+        pending, self._held = self._held or deque(), None
+        self.fail(
+            RemoteProtocolError(
+                ErrorCode.OP_PASSWORD_WRONG, "That is not the operator password.", Op.TYPE
+            ),
+            None,
+        )
+        if self._wrong_ops >= OP_TRIES:
+            logger.warning("%s: %d wrong operator passwords; closing", self.who, self._wrong_ops)
+            self.close(LeaveReason.ERROR)
+            return
+        while pending and self._held is None:
+            if self.state is not State.JOINED and self.state is not State.GREETING:
+                return
+            self._handle(pending.popleft(), now)
+        if self._held is not None:  # another wrong one: the rest wait for its answer
+            self._held = pending
+            return
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            self.fail(
+                RemoteProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"{dropped} frames arrived while a wrong password was being answered "
+                    "and were dropped; slow down.",
+                ),
+                None,
+            )
+
+    def _on_kick(self, kick: Kick) -> None:
+        self.room.kick(kick.name, kick.reason, self._op_name())
+
+    def _on_ban(self, ban: Ban) -> None:
+        by = self._op_name()
+        self.room.ban(
+            name=ban.name, address=ban.address, duration=ban.duration, reason=ban.reason, by=by
+        )
+        self._send_bans()
+
+    def _on_unban(self, unban: Unban) -> None:
+        self._op_name()
+        self.room.unban(unban.id)
+        self._send_bans()
+
+    def _on_bans(self, _bans: Bans) -> None:
+        self._op_name()
+        self._send_bans()
+
+    def _send_bans(self) -> None:
+        entries = tuple(ban.entry() for ban in self.room.bans.in_force())
+        self.room.send(self.member, BanList(entries), reply=True)
+
+    def _on_whois(self, whois: Whois) -> None:
+        self._op_name()
+        self.room.send(self.member, self.room.whois(whois.name), reply=True)
+
+    def _on_notice(self, notice: SendNotice) -> None:
+        self.room.notice(notice.text, self._op_name())
+
     _HANDLERS: ClassVar[dict[type[Message], Callable[[Session, Any], None]]] = {
         Hello: _on_hello,
         Say: _on_say,
@@ -335,4 +535,12 @@ class Session:
         Ping: _on_ping,
         Pong: _on_pong,
         Bye: _on_bye,
+        # operators extension
+        Op: _on_op,
+        Kick: _on_kick,
+        Ban: _on_ban,
+        Unban: _on_unban,
+        Bans: _on_bans,
+        Whois: _on_whois,
+        SendNotice: _on_notice,
     }

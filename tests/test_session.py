@@ -4,6 +4,7 @@ clock (plain numbers) and a fake connection that records what it is asked."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,10 +21,16 @@ T0 = 1000.0  # the fake clock's start
 class FakeConnection:
     """The room's member and the session's link at once, as a real connection is."""
 
+    secure = False
+
     def __init__(self) -> None:
         self.name: str | None = None
         self.outbox = Outbox()
         self.asked: list[str] = []
+        self.calls: list[Callable[[], object]] = []  # run by the test, as a loop would
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        self.calls.append(callback)
 
     def notify(self) -> None:
         pass  # what was queued is read with pull
@@ -223,3 +230,49 @@ def test_only_the_first_errors_of_a_client_are_logged_at_info(
     logged = [r for r in caplog.records if "unknown-type" in r.getMessage()]
     assert len(logged) == LOGGED_ERRORS
     assert session.state is State.JOINED
+
+
+def test_a_closing_session_handles_no_more_frames(room: Room) -> None:
+    # Its member has left but keeps its name: a frame handled now would speak
+    # as someone who is gone, or as whoever took the name since.
+    alice, _alice_conn = joined(room, "alice")
+    _bob, bob_conn = joined(room, "bob")
+    alice.receive({"type": "bye"}, T0)
+    assert alice.state is State.CLOSING
+    _carol, carol_conn = joined(room, "Alice")
+    queued(room, bob_conn)
+    alice.receive({"type": "say", "text": "I am alice"}, T0)
+    alice.receive({"type": "rename", "name": "mallory"}, T0)
+    assert queued(room, bob_conn) == [] and queued(room, carol_conn) == []
+    assert room.users() == ("Alice", "bob")
+
+
+def test_frames_wait_behind_a_wrong_operator_password_boundedly(room: Room) -> None:
+    from server.session import HELD_FRAMES, OP_WRONG_DELAY  # noqa: PLC0415
+
+    session, conn = joined(room, "alice")
+    session.receive({"type": "op", "password": "guess"}, T0)
+    for n in range(HELD_FRAMES + 6):
+        session.receive({"type": "ping", "n": n}, T0)
+    session.check_timers(T0 + OP_WRONG_DELAY / 2)
+    assert queued(room, conn) == []  # nothing yet: not even the pongs
+    session.check_timers(T0 + OP_WRONG_DELAY)
+    frames = queued(room, conn)
+    assert frames[0]["code"] == "op-password-wrong" and frames[0]["in_reply_to"] == "op"
+    assert [f["n"] for f in frames[1:-1]] == list(range(HELD_FRAMES))
+    assert frames[-1]["code"] == "rate-limited" and "6 frames" in frames[-1]["message"]
+    assert session.state is State.JOINED
+
+
+def test_a_second_wrong_password_holds_the_frames_after_it(room: Room) -> None:
+    from server.session import OP_WRONG_DELAY  # noqa: PLC0415
+
+    session, conn = joined(room, "alice")
+    session.receive({"type": "op", "password": "one"}, T0)
+    session.receive({"type": "op", "password": "two"}, T0)
+    session.receive({"type": "ping", "n": 1}, T0)
+    session.check_timers(T0 + OP_WRONG_DELAY)
+    assert [f.get("code") for f in queued(room, conn)] == ["op-password-wrong"]
+    session.check_timers(T0 + 2 * OP_WRONG_DELAY)
+    frames = queued(room, conn)
+    assert [f["type"] for f in frames] == ["error", "pong"]

@@ -9,7 +9,9 @@ peer's fault, the client shows it to the person who typed the name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 
 class ErrorCode(StrEnum):
@@ -88,11 +90,21 @@ class LeaveReason(StrEnum):
 class ProtocolError(Exception):
     """A rule of the protocol was broken; ``code`` is the wire error code."""
 
-    def __init__(self, code: str, message: str, in_reply_to: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        in_reply_to: str | None = None,
+        *,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.in_reply_to = in_reply_to
+        # More fields of the error frame (``banned``'s reason and until,
+        # ``retry_after``); ``None`` values are left out.
+        self.details: Mapping[str, Any] = details or {}
 
     @property
     def fatal(self) -> bool:

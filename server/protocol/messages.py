@@ -283,7 +283,8 @@ class Error(Message):
     @classmethod
     def from_exception(cls, exc: ProtocolError) -> Error:
         """The error frame that answers ``exc``."""
-        return cls(exc.code, exc.message, exc.in_reply_to)
+        details = {f.attr: exc.details.get(f.key) for f in cls.FIELDS[3:]}
+        return cls(exc.code, exc.message, exc.in_reply_to, **details)
 
 
 @dataclass(frozen=True, slots=True)
