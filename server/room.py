@@ -17,6 +17,11 @@ socket I/O either: a connection pulls its next bytes under the lock and
 writes them outside it. The room calls ``Member.notify`` (private frames waiting) and the
 ``on_broadcast`` hook (the log grew) after releasing the lock; the hook is
 told whether the new frame is urgent (see ``server.fanout``).
+
+Unless the server's TLS mode is ``off``, the room also keeps who is
+connected in plaintext (``Member.secure`` false) as a second ``Roster``,
+sorted like the users, so that ``welcome`` and ``users`` carry
+``insecure`` without re-encoding either list per join.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from server.config import DEFAULT_HISTORY, DEFAULT_MAX_QUEUE
+from server.config import DEFAULT_HISTORY, DEFAULT_MAX_QUEUE, TlsMode
 from server.fanout import Fanout, Outbox
 from server.protocol import (
     MAX_NAME_INPUT,
@@ -37,15 +42,17 @@ from server.protocol import (
     Left,
     LocalProtocolError,
     Message,
+    NameList,
     RemoteProtocolError,
     Renamed,
+    Users,
     Welcome,
     encode,
     name_identity,
     show_wire,
 )
 from server.store import IdSource, NameRegistry, RecentHistory
-from server.store.memory import MemoryHistory, MemoryIds, MemoryNames
+from server.store.memory import MemoryHistory, MemoryIds, MemoryNames, Roster
 
 # Outbox too: a connection holds one to be a Member.
 __all__ = ["Member", "Outbox", "Room"]
@@ -56,6 +63,7 @@ class Member(Protocol):
 
     name: str | None
     outbox: Outbox
+    secure: bool  # connected over TLS (read only when the TLS mode is not off)
 
     def notify(self) -> None:
         """Private frames are waiting: have the owning thread flush them. Any thread."""
@@ -73,6 +81,10 @@ class Room:
     the last ``history`` public messages (``history`` is not used when a
     ``history_store`` is given). The room only appends to the history and
     reads its recent window: pages and searches go to the store itself.
+
+    ``tls`` is the server's TLS mode: unless it is ``off``, welcomes and
+    user lists name the plaintext members (``insecure``), and in ``auto``
+    a plaintext welcome says TLS is available.
     """
 
     def __init__(
@@ -86,6 +98,7 @@ class Room:
         names: NameRegistry[Member] | None = None,
         ids: IdSource | None = None,
         history_store: RecentHistory | None = None,
+        tls: TlsMode = TlsMode.OFF,
     ) -> None:
         self.motd = motd
         self.max_backlog = max_backlog
@@ -101,6 +114,10 @@ class Room:
             MemoryHistory(history) if history_store is None else history_store
         )
         self._closed = False
+        self._insecure: Roster | None = None if tls is TlsMode.OFF else Roster()
+        self._tls_available = tls is TlsMode.AUTO
+        # The users frame with ``insecure``, and the two lists it was made of.
+        self._users: tuple[NameList, NameList, bytes] | None = None
 
     # -- queries ---------------------------------------------------------
 
@@ -141,12 +158,28 @@ class Room:
             identity = name_identity(name)
             if not self._names.claim(identity, name, member):
                 raise _name_taken(name)
+            insecure = self._insecure
+            secure = insecure is not None and member.secure
+            if insecure is not None and not secure:
+                insecure.add(identity, name)
             recent = self._history.recent()
             try:
-                welcome = encode(Welcome(name, self._names.names, len(recent), self.motd))
+                welcome = encode(
+                    Welcome(
+                        name,
+                        self._names.names,
+                        len(recent),
+                        self.motd,
+                        secure=secure,
+                        tls_available=self._tls_available and not secure,
+                        insecure=None if insecure is None else insecure.names,
+                    )
+                )
             except LocalProtocolError:
                 # Only a huge room of long names outgrows a frame.
                 self._names.release(identity, member)
+                if insecure is not None and not secure:
+                    insecure.remove(identity, name)
                 raise RemoteProtocolError(
                     ErrorCode.SERVER_FULL, "The room is too big to join; try again later."
                 ) from None
@@ -170,8 +203,13 @@ class Room:
         """
         with self._lock:
             name = member.name
-            if name is None or not self._names.release(name_identity(name), member):
+            if name is None:
                 return None
+            identity = name_identity(name)
+            if not self._names.release(identity, member):
+                return None
+            if self._insecure is not None and not member.secure:
+                self._insecure.remove(identity, name)
             self._fanout.leave(member.outbox)
             urgent = False
             if not self._closed:
@@ -188,8 +226,12 @@ class Room:
         with self._lock:
             old = member.name
             assert old is not None, "only a member can rename"
-            if not self._names.rename(name_identity(old), name_identity(name), name, member):
+            old_identity, identity = name_identity(old), name_identity(name)
+            if not self._names.rename(old_identity, identity, name, member):
                 raise _name_taken(name)
+            if self._insecure is not None and not member.secure:
+                self._insecure.remove(old_identity, old)
+                self._insecure.add(identity, name)
             member.name = name
             urgent = self._broadcast(Renamed(old, name, self._now()))
         self._on_broadcast(urgent)
@@ -254,7 +296,7 @@ class Room:
     def send_users(self, member: Member) -> None:
         """Answer ``who``: queue the user list for ``member``."""
         with self._lock:
-            member.outbox.put(self._log, self._names.users_frame, reply=True)
+            member.outbox.put(self._log, self._users_frame(), reply=True)
         member.notify()
 
     def discard(self, member: Member) -> None:
@@ -268,6 +310,16 @@ class Room:
             self._closed = True
 
     # -- helpers (the lock is held) ---------------------------------------
+
+    def _users_frame(self) -> bytes:
+        """The ``users`` frame, encoded again only after the lists changed."""
+        if self._insecure is None:
+            return self._names.users_frame
+        names, insecure = self._names.names, self._insecure.names
+        cached = self._users
+        if cached is None or cached[0] is not names or cached[1] is not insecure:
+            cached = self._users = (names, insecure, encode(Users(names, insecure)))
+        return cached[2]
 
     def _now(self) -> float:
         # Milliseconds are all anyone shows; the digits beyond them would

@@ -168,11 +168,21 @@ class Welcome(Message):
         _req("users", "names"),
         _req("history_count", "int"),
         _opt("motd", "str"),
+        # Encryption (PROTOCOL.md, "Encryption"): ``secure`` on a TLS
+        # connection; ``tls_available`` in a plaintext welcome from a server
+        # that could do TLS; ``insecure`` (the plaintext members, sorted like
+        # ``users``) whenever the server's mode is not ``off``.
+        _opt("secure", "bool"),
+        _opt("tls_available", "bool"),
+        _opt("insecure", "names"),
     )
     name: str
     users: tuple[str, ...]
     history_count: int = 0
     motd: str | None = None
+    secure: bool = False
+    tls_available: bool = False
+    insecure: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,11 +246,12 @@ class Renamed(Message):
 
 @dataclass(frozen=True, slots=True)
 class Users(Message):
-    """``users`` (server): everyone in the room, sorted."""
+    """``users`` (server): everyone in the room, sorted; ``insecure`` as in ``Welcome``."""
 
     TYPE = "users"
-    FIELDS = (_req("users", "names"),)
+    FIELDS = (_req("users", "names"), _opt("insecure", "names"))
     users: tuple[str, ...]
+    insecure: tuple[str, ...] | None = None  # as in ``Welcome``
 
 
 @dataclass(frozen=True, slots=True)
