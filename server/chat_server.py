@@ -57,16 +57,16 @@ class ChatServer:
     Raises ``OSError`` from the constructor when it cannot listen (port in
     use, no such address, no permission), ``socket.gaierror`` for an
     unknown host name, and ``IdentityError`` when its identity cannot be
-    read or made. ``new_identity``: make a new identity even if there is one.
+    read or made.
     """
 
-    def __init__(self, config: ServerConfig | None = None, *, new_identity: bool = False) -> None:
+    def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config = config or ServerConfig()
         # Before anything is bound or started: a bad identity file is a plain error.
         self.identity: Identity | None = None
         self._tls: ssl.SSLContext | None = None
         if config.tls is not TlsMode.OFF:
-            self.identity = load_identity(config.data_path(), renew=new_identity)
+            self.identity = load_identity(config.data_path())
             try:
                 self._tls = server_context(str(self.identity.path))
             except ssl.SSLError as exc:
