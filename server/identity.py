@@ -103,6 +103,12 @@ def _create(path: Path) -> Identity | None:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
             continue
+        if path.exists():
+            # Another process made it between our look and our O_EXCL: its
+            # temporary file was gone because it had been moved into place.
+            os.close(fd)
+            temporary.unlink()
+            return None
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(pem)
