@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -24,8 +25,10 @@ from server.config import (
     RATE_PER_SECOND,
     RateLimit,
     ServerConfig,
+    TlsMode,
     default_data_dir,
 )
+from server.identity import Identity, IdentityError, load_identity
 from server.protocol import (
     DEFAULT_PORT,
     MAX_SERVER_FRAME,
@@ -40,6 +43,8 @@ from server.protocol import (
     encode,
     parse_message,
 )
+from server.protocol.fingerprint import invite, invite_code, safety_words
+from server.protocol.transport import client_context
 from server.store.bans import BanStoreError
 
 logger = logging.getLogger("server")
@@ -163,6 +168,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the server keeps what outlives it: its identity, bans, history "
         f"(default: {default_data_dir()})",
     )
+    # Encryption (PROTOCOL.md, "Encryption"): the mode and the server's identity.
+    parser.add_argument(
+        "--tls",
+        type=TlsMode,
+        choices=list(TlsMode),
+        default=TlsMode.AUTO,
+        metavar="off|auto|required",
+        help="encryption: off (plaintext only), auto (encrypted for clients that ask, "
+        "plaintext for the others) or required (encrypted only) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fingerprint",
+        action="store_true",
+        help="print the server's fingerprint (sha256:...), making its identity if needed, and exit",
+    )
+    parser.add_argument(
+        "--new-identity",
+        action="store_true",
+        help="replace the server's identity with a new one (the old file is kept as "
+        "identity.pem.old); every client that knew the server then warns that it changed",
+    )
     parser.add_argument(
         "--op-password-file",
         type=Path,
@@ -216,6 +242,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         io_threads=args.io_threads,
         data_dir=args.data_dir,
         op_password=read_password(args.op_password_file, OP_PASSWORD_ENV),
+        tls=args.tls,
     )
 
 
@@ -271,44 +298,117 @@ def announce(server: ChatServer, config: ServerConfig) -> None:
                 f"(see its network settings), port {port}.",
                 flush=True,
             )
+    if server.identity is not None:
+        announce_identity(server.identity, server, config)
+    else:
+        print("Encryption is off (--tls off): everything is sent readable.", flush=True)
     print("Press Ctrl+C to stop.", flush=True)
 
 
+def announce_identity(identity: Identity, server: ChatServer, config: ServerConfig) -> None:
+    """The invites and safety words people check the server by; where the identity is."""
+    if config.tls is TlsMode.REQUIRED:
+        print("Encryption (TLS) is required: plaintext clients are refused.", flush=True)
+    else:
+        print("Encryption (TLS) is on for every client that asks for it.", flush=True)
+    port = server.port
+    hosts = [host for host, _ in server.addresses] if config.host else lan_addresses()
+    if hosts:
+        print("Invites to paste into the client (it then checks it reached this server):")
+        for host in hosts:
+            print(f"    {invite(host, port, identity.fingerprint)}")
+    else:
+        code = invite_code(identity.fingerprint, group=4)
+        print(f"Invite: this computer's address, then :{port}#{code}")
+    print("Safety words, to compare with those a client shows:")
+    print(f"    {' '.join(safety_words(identity.fingerprint))}", flush=True)
+    if identity.created:
+        print(
+            f"Made this server's identity: {identity.path}. Back this file up: without it, "
+            "everyone's client warns that the server has changed.",
+            flush=True,
+        )
+
+
 def smoke_test() -> int:
-    """Serve on 127.0.0.1 port 0, join, say something, hear it back, stop."""
-    server = ChatServer(ServerConfig(host="127.0.0.1", port=0))
-    serving = threading.Thread(target=server.serve_forever, args=(0.05,), name="smoke-serve")
-    serving.start()
-    try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-            decoder = FrameDecoder(MAX_SERVER_FRAME)
-
-            def receive() -> Message:
-                while (payload := decoder.next_payload()) is None:
-                    data = sock.recv(65536)
-                    if not data:
-                        raise ConnectionError("the server closed the connection")
-                    decoder.receive_data(data)
-                return parse_message(payload, SERVER_MESSAGES)
-
-            sock.sendall(encode(Hello("smoke-test")))
-            welcome = receive()
-            sock.sendall(encode(Say("hello from the smoke test")))
-            echo = receive()
-            sock.sendall(encode(Bye()))
-        if not isinstance(welcome, Welcome) or welcome.users != ("smoke-test",):
-            raise AssertionError(f"expected a welcome, got {welcome}")
-        if not isinstance(echo, ChatMessage) or echo.text != "hello from the smoke test":
-            raise AssertionError(f"expected the echo, got {echo}")
-    except (OSError, AssertionError) as exc:
-        print(f"chat-server smoke test failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        server.shutdown()
-        serving.join()
-        server.server_close()
+    """Serve on 127.0.0.1 port 0 in a scratch data folder; join over TLS and in
+    plaintext, say something, hear it back; stop."""
+    with tempfile.TemporaryDirectory(prefix="chat-server-smoke-") as folder:
+        try:
+            config = ServerConfig(host="127.0.0.1", port=0, history=0, data_dir=Path(folder))
+            server = ChatServer(config)
+        except (OSError, IdentityError) as exc:
+            print(f"chat-server smoke test failed: {exc}", file=sys.stderr)
+            return 1
+        serving = threading.Thread(target=server.serve_forever, args=(0.05,), name="smoke-serve")
+        serving.start()
+        try:
+            assert server.identity is not None
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as plain:
+                _smoke_round_trip(plain, "smoke-plain", secure=False)
+            with (
+                socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
+                client_context().wrap_socket(raw) as tls,
+            ):
+                certificate = tls.getpeercert(binary_form=True)
+                if certificate != server.identity.certificate:
+                    raise AssertionError("the TLS handshake showed another certificate")
+                _smoke_round_trip(tls, "smoke-tls", secure=True)
+        except (OSError, AssertionError) as exc:
+            print(f"chat-server smoke test failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            server.shutdown()
+            serving.join()
+            server.server_close()
     print(f"chat-server {server_version()} smoke test passed", flush=True)
     return 0
+
+
+def _smoke_round_trip(sock: socket.socket, name: str, *, secure: bool) -> None:
+    """Join as ``name``, say something and hear it back, leave."""
+    decoder = FrameDecoder(MAX_SERVER_FRAME)
+
+    def receive() -> Message:
+        while (payload := decoder.next_payload()) is None:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            decoder.receive_data(data)
+        return parse_message(payload, SERVER_MESSAGES)
+
+    sock.sendall(encode(Hello(name)))
+    welcome = receive()
+    sock.sendall(encode(Say(f"hello from {name}")))
+    echo = receive()
+    sock.sendall(encode(Bye()))
+    if not isinstance(welcome, Welcome) or welcome.users != (name,):
+        raise AssertionError(f"expected a welcome, got {welcome}")
+    if welcome.secure != secure or welcome.tls_available == secure:
+        raise AssertionError(f"expected a welcome with secure={secure}, got {welcome}")
+    if not isinstance(echo, ChatMessage) or echo.text != f"hello from {name}":
+        raise AssertionError(f"expected the echo, got {echo}")
+
+
+def identity_command(config: ServerConfig, *, renew: bool, show: bool) -> int | None:
+    """``--new-identity`` and ``--fingerprint``: an exit status, or ``None`` to go on serving."""
+    try:
+        identity = load_identity(config.data_path(), renew=renew)
+    except IdentityError as exc:
+        print(f"chat-server: {exc}", file=sys.stderr)
+        return 1
+    if identity.created:
+        # On standard error with --fingerprint, whose output is the fingerprint alone.
+        print(
+            f"Made a new identity for this server: {identity.path} (an old one is kept as "
+            "identity.pem.old). Back this file up.",
+            file=sys.stderr if show else sys.stdout,
+            flush=True,
+        )
+    if show:
+        print(identity.fingerprint, flush=True)
+        return 0
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -325,9 +425,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"chat-server: {exc}", file=sys.stderr)
         return 1
+    if args.fingerprint or args.new_identity:
+        status = identity_command(config, renew=args.new_identity, show=args.fingerprint)
+        if status is not None:
+            return status
     raise_open_file_limit(config.max_clients + 64)
     try:
         server = ChatServer(config)
+    except IdentityError as exc:
+        print(f"chat-server: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"chat-server: {describe_bind_error(exc, config)}", file=sys.stderr)
         return 1

@@ -12,6 +12,11 @@ known), ``serve_forever()`` in some thread, ``shutdown()`` from another (or
 ``stop_soon()`` from a signal handler), ``server_close()``, or use it as a
 context manager. Stopping sends every client ``shutdown``, closes every
 connection and joins every thread.
+
+Encryption: unless ``config.tls`` is ``off``, the constructor reads the
+server's identity from its data folder, making it on the first start
+(``server.identity``), and builds the one TLS context every loop's
+connections share.
 """
 
 from __future__ import annotations
@@ -21,15 +26,18 @@ import ipaddress
 import logging
 import selectors
 import socket
+import ssl
 import sys
 import threading
 import time
 from typing import Any
 
-from server.config import ServerConfig
+from server.config import ServerConfig, TlsMode
+from server.identity import Identity, IdentityError, load_identity
 from server.io_loop import IOLoop, Waker
 from server.passwords import Secret
 from server.protocol import RemoteProtocolError
+from server.protocol.transport import server_context
 from server.room import Room, banned_error
 from server.store.bans import BanStore
 
@@ -50,12 +58,24 @@ class ChatServer:
     """The chat server. See the module docstring for its life cycle.
 
     Raises ``OSError`` from the constructor when it cannot listen (port in
-    use, no such address, no permission) and ``socket.gaierror`` for an
-    unknown host name.
+    use, no such address, no permission), ``socket.gaierror`` for an
+    unknown host name, and ``IdentityError`` when its identity cannot be
+    read or made.
     """
 
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config = config or ServerConfig()
+        # Before anything is bound or started: a bad identity file is a plain error.
+        self.identity: Identity | None = None
+        self._tls: ssl.SSLContext | None = None
+        if config.tls is not TlsMode.OFF:
+            self.identity = load_identity(config.data_path())
+            try:
+                self._tls = server_context(str(self.identity.path))
+            except ssl.SSLError as exc:
+                raise IdentityError(
+                    f"TLS cannot use the server's identity file {self.identity.path}: {exc}."
+                ) from None
         self.room = Room(
             history=config.history,
             motd=config.motd,
@@ -66,6 +86,7 @@ class ChatServer:
             op_secret=None
             if config.op_password is None
             else Secret.from_password(config.op_password),
+            tls=config.tls,
         )
         self._listeners = bind_listeners(config.host, config.port)
         self._loops: list[IOLoop] = []
@@ -195,7 +216,7 @@ class ChatServer:
             self._least_busy_loop().adopt(sock, address, refuse=refuse)
 
     def _new_loop(self) -> IOLoop:
-        return IOLoop(len(self._loops), self.room, self.config, self._release)
+        return IOLoop(len(self._loops), self.room, self.config, self._release, tls=self._tls)
 
     def _least_busy_loop(self) -> IOLoop:
         # A loop whose thread died of a bug would take clients and serve none.

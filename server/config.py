@@ -6,6 +6,8 @@ not by these numbers, so they live here rather than in the protocol.
 
 from __future__ import annotations
 
+import enum
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,14 @@ DEFAULT_MAX_CLIENTS = 10_000
 # against 0.40 CPU-seconds per million) and let 10,000 clients join faster
 # (22 s against 27 s). ``--io-threads`` is there for bigger machines.
 DEFAULT_IO_THREADS = 1
+
+
+class TlsMode(enum.StrEnum):
+    """Which connections the server serves (PROTOCOL.md, "Encryption")."""
+
+    OFF = "off"  # plaintext only: a TLS ClientHello gets tls-unavailable
+    AUTO = "auto"  # both, told apart by the first byte
+    REQUIRED = "required"  # TLS only: a plaintext connection gets tls-required
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +77,8 @@ class ServerConfig:
     # operators extension: the operator password (None: only the console is
     # one); turned into a slow hash and a keyed tag at start, never logged.
     op_password: str | None = field(default=None, repr=False)
+    # Encryption; every mode but OFF needs the identity in the data folder.
+    tls: TlsMode = TlsMode.AUTO
 
     def data_path(self) -> Path:
         """The data folder this configuration names (not created here)."""
@@ -74,5 +86,9 @@ class ServerConfig:
 
 
 def default_data_dir() -> Path:
-    """The user's data folder for the server, as the OS names it."""
+    """The user's data folder for the server, as the OS names it (overridable
+    with LAN_CHAT_DATA_DIR, for tests: a server's every start now writes there)."""
+    folder = os.environ.get("LAN_CHAT_DATA_DIR")
+    if folder:
+        return Path(folder)
     return platformdirs.user_data_path("lan-chat-server", appauthor=False)

@@ -3,7 +3,7 @@
 How this works: a ``Connection`` belongs to one I/O thread (its ``Loop``),
 which calls ``on_readable``, ``on_writable``, ``serve_input``, ``flush`` and
 ``check_timers``; no other thread touches it but through ``notify``. It
-reads and writes only through a ``Transport`` (plain TCP today), whose
+reads and writes only through a ``Transport`` (plain TCP or TLS), whose
 calls answer ``Want.READ`` or ``Want.WRITE`` instead of blocking: a read
 may have to wait for room to write and a write for input (TLS), so the
 connection remembers which of its calls waits for which event, and the
@@ -29,6 +29,15 @@ writes them without blocking; if the peer stops reading and its backlog
 (what the room holds plus what the transport did not take) passes the
 room's bound, it is dropped as ``too-slow`` at once.
 
+A connection starts plaintext and its first read decides (PROTOCOL.md,
+"Encryption"): a first byte of 0x16 starts a TLS handshake, so the socket
+is handed, with what was read, to a ``TlsTransport``, which does the
+handshake inside the reads that follow, never waiting for the peer;
+anything else is the plaintext protocol. A mode that does not serve the
+kind chosen answers one plaintext error (``tls-unavailable``,
+``tls-required``) and closes. The handshake counts toward the session's
+welcome deadline like any other silence before ``hello``.
+
 Closing is graceful where it can be: the last frames (an error, a
 shutdown) are written, our side is shut down, and the peer gets up to
 ``CLOSE_GRACE`` seconds to close its side, so that its unread input does
@@ -40,14 +49,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from server.config import ServerConfig
+from server.config import ServerConfig, TlsMode
 from server.fanout import Outbox
-from server.protocol import MAX_CLIENT_FRAME, FrameDecoder, LeaveReason, RemoteProtocolError
-from server.protocol.transport import Transport, TransportClosed, Want
+from server.protocol import (
+    MAX_CLIENT_FRAME,
+    ErrorCode,
+    FrameDecoder,
+    LeaveReason,
+    RemoteProtocolError,
+)
+from server.protocol.transport import (
+    TLS_RECORD,
+    PlainTransport,
+    TlsTransport,
+    Transport,
+    TransportClosed,
+    Want,
+)
 from server.room import Room
 from server.session import Session, State
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 logger = logging.getLogger("server")
 
@@ -96,6 +121,8 @@ class Connection:
         "_paused",
         "_peer_closed",
         "_read_wants_write",
+        "_sniffing",
+        "_tls",
         "_unsent",
         "_unsent_counted",
         "_waiting_to_write",
@@ -106,17 +133,30 @@ class Connection:
         "name",
         "outbox",
         "room",
+        "secure",
         "session",
         "transport",
     )
 
     def __init__(
-        self, transport: Transport, address: Any, loop: Loop, room: Room, config: ServerConfig
+        self,
+        transport: Transport,
+        address: Any,
+        loop: Loop,
+        room: Room,
+        config: ServerConfig,
+        *,
+        tls: SSLContext | None = None,
     ) -> None:
         self.transport = transport
         self.loop = loop
         self.room = room
         self.name: str | None = None  # set by the room
+        self.secure = False  # set once the first byte chose TLS
+        # A plain socket's first read tells TLS from plaintext; ``tls`` is
+        # the server's context, None where it does not serve TLS.
+        self._sniffing = isinstance(transport, PlainTransport)
+        self._tls = tls
         self.outbox = Outbox()
         self.decoder = FrameDecoder(MAX_CLIENT_FRAME)
         self.session = Session(
@@ -152,8 +192,6 @@ class Connection:
     def notify(self) -> None:
         """Frames for this connection alone are waiting: flush soon. Any thread."""
         self.loop.mark_dirty(self)
-
-    secure = False  # operators extension, until TLS: whether the transport is encrypted
 
     def call_soon(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` on this connection's thread (a kick). Any thread."""
@@ -196,8 +234,43 @@ class Connection:
             return
         if self.session.state is State.CLOSING:
             return  # closing: input is read only so that it is not reset
+        if self._sniffing:
+            self._sniffing = False
+            if not self._is_plaintext(data):
+                return
         self.decoder.receive_data(data)
         self._set_input_waiting(True)
+
+    def _is_plaintext(self, first: bytes) -> bool:
+        """Tell TLS from plaintext by the first bytes read; ``False`` when they
+        are not for the decoder (TLS took them, or the mode refused them)."""
+        config = self.session.config
+        if first[0] != TLS_RECORD:
+            if config.tls is TlsMode.REQUIRED:
+                self.refuse(
+                    RemoteProtocolError(
+                        ErrorCode.TLS_REQUIRED,
+                        "This server accepts only encrypted (TLS) connections.",
+                    )
+                )
+                return False
+            return True
+        if self._tls is None or config.tls is TlsMode.OFF:
+            self.refuse(
+                RemoteProtocolError(
+                    ErrorCode.TLS_UNAVAILABLE,
+                    "This server does not offer encryption (TLS); connect without it.",
+                )
+            )
+            return False
+        assert isinstance(self.transport, PlainTransport)
+        # Same socket, so the selector's registration (by descriptor) holds.
+        self.transport = TlsTransport(
+            self.transport.sock, self._tls, server_side=True, received=first
+        )
+        self.secure = True
+        self._read()  # the ClientHello read: answer it now
+        return False
 
     def serve_input(self) -> None:
         """Handle up to ``FRAMES_PER_PASS`` of the whole frames received.
@@ -303,6 +376,10 @@ class Connection:
             self._watch_writes(True)
         elif self._peer_closed:
             self.session.abort(LeaveReason.DISCONNECTED)  # no input will come to unblock it
+        elif self.session.state is State.CLOSING:
+            # Only a TLS handshake the peer has not finished makes a write wait
+            # for input: its last frames (a timeout) cannot reach it; end it now.
+            self.session.abort(None)
         else:
             self._write_wants_read = True
             self._update_events()

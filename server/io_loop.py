@@ -43,7 +43,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.config import ServerConfig
 from server.connection import Connection
@@ -51,6 +51,9 @@ from server.protocol import ErrorCode, LeaveReason, RemoteProtocolError
 from server.protocol.transport import PlainTransport
 from server.room import Room
 from server.session import State
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 logger = logging.getLogger("server")
 
@@ -106,10 +109,17 @@ class IOLoop:
     """
 
     def __init__(
-        self, index: int, room: Room, config: ServerConfig, on_release: Callable[[], None]
+        self,
+        index: int,
+        room: Room,
+        config: ServerConfig,
+        on_release: Callable[[], None],
+        *,
+        tls: SSLContext | None = None,
     ) -> None:
         self.room = room
         self.config = config
+        self._tls = tls  # the server's TLS context; None: it serves no TLS
         self._on_release = on_release
         self._selector = selectors.DefaultSelector()
         self._waker = Waker(self._selector)
@@ -345,7 +355,10 @@ class IOLoop:
             _safely(conn, conn.flush)
 
     def _open(self, sock: socket.socket, address: Any, refuse: bool | RemoteProtocolError) -> None:
-        conn = Connection(PlainTransport(sock), address, self, self.room, self.config)
+        # Plaintext until its first byte says otherwise (``Connection``).
+        conn = Connection(
+            PlainTransport(sock), address, self, self.room, self.config, tls=self._tls
+        )
         self._connections.add(conn)
         self._selector.register(conn.transport, selectors.EVENT_READ, conn)
         if refuse:

@@ -27,6 +27,11 @@ hands the work to that member's thread. Name bans are checked by
 goes through; the ``ops`` list is kept sorted and encoded, like the users,
 and is left out of ``welcome`` and ``users`` while there are none (absent
 means none, and old peers see the frames they always saw).
+
+Unless the server's TLS mode is ``off``, the room also keeps who is
+connected in plaintext (``Member.secure`` false) as a second ``Roster``,
+sorted like the users, so that ``welcome`` and ``users`` carry
+``insecure`` without re-encoding either list per join.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from server.config import DEFAULT_HISTORY, DEFAULT_MAX_QUEUE
+from server.config import DEFAULT_HISTORY, DEFAULT_MAX_QUEUE, TlsMode
 from server.fanout import Fanout, Outbox
 from server.passwords import GuessCounter, Secret
 from server.protocol import (
@@ -68,7 +73,7 @@ from server.protocol import (
 )
 from server.store import IdSource, NameRegistry, RecentHistory
 from server.store.bans import MAX_REASON, Ban, BanStore, BanStoreError, address_group
-from server.store.memory import MemoryHistory, MemoryIds, MemoryNames
+from server.store.memory import MemoryHistory, MemoryIds, MemoryNames, Roster
 
 # Outbox too: a connection holds one to be a Member.
 __all__ = ["Member", "Outbox", "Room", "Seat"]
@@ -79,6 +84,7 @@ class Member(Protocol):
 
     name: str | None
     outbox: Outbox
+    secure: bool  # connected over TLS (read only when the TLS mode is not off)
 
     def notify(self) -> None:
         """Private frames are waiting: have the owning thread flush them. Any thread."""
@@ -120,6 +126,10 @@ class Room:
     operator password; ``None``: no ``op`` succeeds), ``guesses`` (wrong
     passwords per address). ``by`` ``None`` in the moderation methods is
     the server's console.
+
+    ``tls`` is the server's TLS mode: unless it is ``off``, welcomes and
+    user lists name the plaintext members (``insecure``), and in ``auto``
+    a plaintext welcome says TLS is available.
     """
 
     def __init__(
@@ -136,6 +146,7 @@ class Room:
         bans: BanStore | None = None,
         op_secret: Secret | None = None,
         guesses: GuessCounter | None = None,
+        tls: TlsMode = TlsMode.OFF,
     ) -> None:
         self.motd = motd
         self.max_backlog = max_backlog
@@ -157,7 +168,11 @@ class Room:
         self.guesses = GuessCounter() if guesses is None else guesses
         self._seats: dict[Member, Seat] = {}
         self._ops = NameList((), ())
-        self._users_frame: tuple[NameList, bytes] | None = None  # (names, frame with ops)
+        self._insecure: Roster | None = None if tls is TlsMode.OFF else Roster()
+        self._tls_available = tls is TlsMode.AUTO
+        # The users frame, and the lists it was made of (each list is a new
+        # NameList at each change, so identity says whether it is stale).
+        self._users: tuple[NameList, NameList | None, NameList, bytes] | None = None
 
     # -- queries ---------------------------------------------------------
 
@@ -200,14 +215,29 @@ class Room:
             self._admit_name(identity)
             if not self._names.claim(identity, name, member):
                 raise _name_taken(name)
+            insecure = self._insecure
+            secure = insecure is not None and member.secure
+            if insecure is not None and not secure:
+                insecure.add(identity, name)
             recent = self._history.recent()
             try:
                 welcome = encode(
-                    Welcome(name, self._names.names, len(recent), self.motd, ops=self._ops or None)
+                    Welcome(
+                        name,
+                        self._names.names,
+                        len(recent),
+                        self.motd,
+                        ops=self._ops or None,
+                        secure=secure,
+                        tls_available=self._tls_available and not secure,
+                        insecure=None if insecure is None else insecure.names,
+                    )
                 )
             except LocalProtocolError:
                 # Only a huge room of long names outgrows a frame.
                 self._names.release(identity, member)
+                if insecure is not None and not secure:
+                    insecure.remove(identity, name)
                 raise RemoteProtocolError(
                     ErrorCode.SERVER_FULL, "The room is too big to join; try again later."
                 ) from None
@@ -242,8 +272,13 @@ class Room:
         """
         with self._lock:
             name = member.name
-            if name is None or not self._names.release(name_identity(name), member):
+            if name is None:
                 return None
+            identity = name_identity(name)
+            if not self._names.release(identity, member):
+                return None
+            if self._insecure is not None and not member.secure:
+                self._insecure.remove(identity, name)
             self._fanout.leave(member.outbox)
             seat = self._seats.pop(member, None)
             if seat is not None and seat.op:
@@ -263,10 +298,13 @@ class Room:
         with self._lock:
             old = member.name
             assert old is not None, "only a member can rename"
-            identity = name_identity(name)
+            old_identity, identity = name_identity(old), name_identity(name)
             self._admit_name(identity)
-            if not self._names.rename(name_identity(old), identity, name, member):
+            if not self._names.rename(old_identity, identity, name, member):
                 raise _name_taken(name)
+            if self._insecure is not None and not member.secure:
+                self._insecure.remove(old_identity, old)
+                self._insecure.add(identity, name)
             member.name = name
             seat = self._seats.get(member)
             if seat is not None and seat.op:
@@ -334,12 +372,7 @@ class Room:
     def send_users(self, member: Member) -> None:
         """Answer ``who``: queue the user list for ``member``."""
         with self._lock:
-            names = self._names.names
-            cached = self._users_frame
-            if cached is None or cached[0] is not names:
-                # The roster makes a new NameList at each change: a new key.
-                cached = self._users_frame = (names, encode(Users(names, ops=self._ops or None)))
-            member.outbox.put(self._log, cached[1], reply=True)
+            member.outbox.put(self._log, self._users_frame(), reply=True)
         member.notify()
 
     # -- operators and moderation ------------------------------------------
@@ -495,7 +528,6 @@ class Room:
             [m.name for m, seat in self._seats.items() if seat.op and m.name is not None]
         )
         self._ops = NameList(names, (json_string(n) for n in names))
-        self._users_frame = None
 
     def discard(self, member: Member) -> None:
         """Forget what ``member`` is owed: its connection is gone. Call ``leave`` first."""
@@ -508,6 +540,21 @@ class Room:
             self._closed = True
 
     # -- helpers (the lock is held) ---------------------------------------
+
+    def _users_frame(self) -> bytes:
+        """The ``users`` frame, encoded again only after a list in it changed."""
+        names, ops = self._names.names, self._ops
+        insecure = None if self._insecure is None else self._insecure.names
+        cached = self._users
+        if (
+            cached is None
+            or cached[0] is not names
+            or cached[1] is not insecure
+            or cached[2] is not ops
+        ):
+            frame = encode(Users(names, ops=ops or None, insecure=insecure))
+            cached = self._users = (names, insecure, ops, frame)
+        return cached[3]
 
     def _now(self) -> float:
         # Milliseconds are all anyone shows; the digits beyond them would

@@ -13,6 +13,7 @@ import pytest
 
 from server.chat_server import ChatServer
 from server.config import ServerConfig
+from tests import trust_helpers
 from tests.wire import RawClient
 
 
@@ -54,24 +55,35 @@ def no_desktop_bus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def no_real_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No server a test starts, in this process or a child, makes its identity
+    (or anything else) in the user's real data folder."""
+    monkeypatch.setenv("LAN_CHAT_DATA_DIR", str(tmp_path / "server-data"))
+
+
 @pytest.fixture
-def start_server() -> Iterator[Callable[..., ChatServer]]:
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ChatServer]]:
     """Start a real ChatServer on 127.0.0.1, on a free port; stopped after the test.
 
-    Keyword arguments override ``ServerConfig`` fields.
+    Keyword arguments override ``ServerConfig`` fields; the data folder is
+    a temporary one.
     """
     running: list[tuple[ChatServer, threading.Thread]] = []
 
     def start(**overrides: object) -> ChatServer:
+        overrides.setdefault("data_dir", tmp_path / "data")
         config = ServerConfig(host="127.0.0.1", port=0, **overrides)  # type: ignore[arg-type]
         server = ChatServer(config)
         thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="test-serve")
         thread.start()
         running.append((server, thread))
+        trust_helpers.serving(server)
         return server
 
     yield start
     for server, thread in running:
+        trust_helpers.stopped(server)
         server.shutdown()
         thread.join(5.0)
         server.server_close()

@@ -123,7 +123,7 @@ def test_frozen_client_window_carries_the_icon(built: Path, start_server, tmp_pa
     srv = start_server()
     binary = built / "pyinstaller-dist" / "lan-chat" / "lan-chat"
     env = {**os.environ, "LAN_CHAT_CONFIG_DIR": str(tmp_path)}
-    agree_to_plaintext(tmp_path, srv.port)
+    agree_to_plaintext(tmp_path, srv.port, srv.identity and srv.identity.fingerprint)
     args = ["--connect", "--host", "127.0.0.1", "--port", str(srv.port), "--name", "frozen"]
     with RawClient(srv.port) as watcher:
         watcher.join("watcher")
@@ -157,7 +157,7 @@ def test_frozen_client_notifies_through_the_desktop(
     srv = start_server()
     binary = built / "pyinstaller-dist" / "lan-chat" / "lan-chat"
     env = {**os.environ, "LAN_CHAT_CONFIG_DIR": str(tmp_path)}  # with the test's bus
-    agree_to_plaintext(tmp_path, srv.port)
+    agree_to_plaintext(tmp_path, srv.port, srv.identity and srv.identity.fingerprint)
     args = ["--connect", "--host", "127.0.0.1", "--port", str(srv.port), "--name", "frozen"]
     where = subprocess.run(
         ["xdotool", "getmouselocation", "--shell"], check=True, capture_output=True, text=True

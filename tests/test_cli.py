@@ -228,7 +228,21 @@ def test_startup_text_on_every_interface(run_server) -> None:
     second = server.proc.stdout.readline()
     assert second.startswith("People on your network can connect to "), second
     assert second.rstrip().endswith(f"port {port}."), second
-    assert server.proc.stdout.readline() == "Press Ctrl+C to stop.\n"
+    # Then how to check the server (PROTOCOL.md, "Invite"), then how to stop it.
+    rest = []
+    while len(rest) < 12 and (line := server.proc.stdout.readline()) not in (
+        "",
+        "Press Ctrl+C to stop.\n",
+    ):
+        rest.append(line)
+    assert line == "Press Ctrl+C to stop.\n", rest
+    assert rest[0] == "Encryption (TLS) is on for every client that asks for it.\n", rest
+    assert any(re.search(rf":{port}#[a-z2-7-]{{32}}$", text) for text in rest), rest
+    assert re.fullmatch(
+        r"    (\w+ ){7}\w+\n",
+        rest[rest.index("Safety words, to compare with those a client shows:\n") + 1],
+    ), rest
+    assert "Back this file up" in rest[-1], rest  # its first start: the identity is new
     for host in ("127.0.0.1", "::1"):
         try:
             client = RawClient(port, host=host)

@@ -26,7 +26,7 @@ def test_the_real_app_connects_shows_its_window_and_leaves_on_sigterm(
 ) -> None:
     srv = start_server(motd="Hello from the test server")
     env = {**os.environ, "LAN_CHAT_CONFIG_DIR": str(tmp_path)}
-    agree_to_plaintext(tmp_path, srv.port)
+    agree_to_plaintext(tmp_path, srv.port, srv.identity and srv.identity.fingerprint)
     args = ["--connect", "--host", "127.0.0.1", "--port", str(srv.port), "--name", "alice"]
     with RawClient(srv.port) as bob:
         bob.join("bob")

@@ -45,6 +45,7 @@ from app.network import (
 )
 from app.trust import KnownServers
 from server.chat_server import ChatServer
+from server.config import TlsMode
 from server.protocol import Users
 from server.protocol.fingerprint import fingerprint, invite, parse_invite
 from server.protocol.transport import server_context
@@ -427,9 +428,10 @@ def test_a_plaintext_only_server_is_asked_about_then_works(
     known: KnownServers,
     make_client: Callable[..., ChatClient],
 ) -> None:
-    """The real server of main speaks only plaintext and answers a ClientHello
-    with ``bad-frame``: the person is asked once, and after yes it works."""
-    server = start_server()
+    """A real server started with ``--tls off`` answers a ClientHello in
+    plaintext (``tls-unavailable``): the person is asked once, and after yes
+    it works."""
+    server = start_server(tls=TlsMode.OFF)
     client = make_client(server.port, known=known)
     question = wait_for(client, PlaintextNeeded)[-1]
     assert (question.host, question.port) == (HOST, server.port)
@@ -536,10 +538,27 @@ def test_an_absent_insecure_list_means_nothing_known(
     make_client: Callable[..., ChatClient],
 ) -> None:
     pem, fp = identity
-    server = serve(pem, extra={"insecure": "bob"})  # not a list: ignored
+    server = serve(pem)
     known.pin(fp, HOST, server.port)
     client = make_client(server.port, known=known)
     assert wait_for(client, Welcomed)[-1].insecure is None
+
+
+def test_a_mistyped_insecure_list_is_a_broken_welcome(
+    identity: tuple[Path, str],
+    serve: Callable[..., TrustServer],
+    known: KnownServers,
+    make_client: Callable[..., ChatClient],
+) -> None:
+    # ``insecure`` is a field of the protocol's welcome: not a list of names
+    # is bad-field, as any mistyped field, and the client drops the server.
+    pem, fp = identity
+    server = serve(pem, extra={"insecure": "bob"})
+    known.pin(fp, HOST, server.port)
+    client = make_client(server.port, known=known)
+    events = wait_for(client, (Welcomed, ConnectFailed, ConnectionLost))
+    assert not isinstance(events[-1], Welcomed)
+    assert "does not understand" in events[-1].message
 
 
 @pytest.mark.parametrize(

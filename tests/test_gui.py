@@ -35,6 +35,7 @@ from app.settings import Settings
 from server.chat_server import ChatServer
 from server.config import ServerConfig
 from server.protocol import ChatMessage
+from tests import trust_helpers
 from tests.conftest import reset_root
 from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient, frame
@@ -191,8 +192,10 @@ class ServerThread:
             target=self.server.serve_forever, args=(0.05,), name="test-serve-again"
         )
         self.thread.start()
+        trust_helpers.serving(self.server)
 
     def stop(self) -> None:
+        trust_helpers.stopped(self.server)
         self.server.shutdown()
         self.thread.join(5.0)
         self.server.server_close()

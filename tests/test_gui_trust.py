@@ -28,6 +28,7 @@ from app.trust_dialog import (
     words_text,
 )
 from server.chat_server import ChatServer
+from server.config import TlsMode
 from server.protocol.fingerprint import invite
 from tests.conftest import reset_root
 from tests.test_client_trust import TrustServer, make_identity
@@ -259,7 +260,7 @@ def test_a_changed_identity_has_no_way_on_and_forgetting_is_confirmed(
 def test_a_plaintext_server_is_asked_about_and_the_lock_says_so(
     app: ChatApp, start_server: Callable[..., ChatServer], known: KnownServers
 ) -> None:
-    server = start_server()
+    server = start_server(tls=TlsMode.OFF)
     connect(app, server.port)
     dialog = question(app, PlaintextDialog)
     assert "anyone on this network can read" in dialog.text

@@ -58,6 +58,7 @@ from server.protocol import (
     Welcome,
 )
 from server.protocol.transport import TransportClosed, Want
+from tests import trust_helpers
 from tests.conftest import _open_sockets
 from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient, frame
@@ -213,6 +214,7 @@ class ServerThread:
             target=self.server.serve_forever, args=(0.05,), name="test-serve-net"
         )
         self.thread.start()
+        trust_helpers.serving(self.server)
         self.stopped = False
 
     def stop(self) -> None:
@@ -220,6 +222,7 @@ class ServerThread:
         if self.stopped:
             return
         self.stopped = True
+        trust_helpers.stopped(self.server)
         self.server.shutdown()
         self.thread.join(5.0)
         self.server.server_close()

@@ -169,12 +169,22 @@ class Welcome(Message):
         _req("history_count", "int"),
         _opt("motd", "str"),
         _opt("ops", "names"),  # operators extension
+        # Encryption (PROTOCOL.md, "Encryption"): ``secure`` on a TLS
+        # connection; ``tls_available`` in a plaintext welcome from a server
+        # that could do TLS; ``insecure`` (the plaintext members, sorted like
+        # ``users``) whenever the server's mode is not ``off``.
+        _opt("secure", "bool"),
+        _opt("tls_available", "bool"),
+        _opt("insecure", "names"),
     )
     name: str
     users: tuple[str, ...]
     history_count: int = 0
     motd: str | None = None
     ops: tuple[str, ...] | None = None  # operators extension: the operators, sorted
+    secure: bool = False
+    tls_available: bool = False
+    insecure: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,15 +256,17 @@ class Renamed(Message):
 
 @dataclass(frozen=True, slots=True)
 class Users(Message):
-    """``users`` (server): everyone in the room, sorted."""
+    """``users`` (server): everyone in the room, sorted; ``insecure`` as in ``Welcome``."""
 
     TYPE = "users"
     FIELDS = (
         _req("users", "names"),
         _opt("ops", "names"),  # operators extension
+        _opt("insecure", "names"),  # encryption
     )
     users: tuple[str, ...]
     ops: tuple[str, ...] | None = None  # operators extension: the operators, sorted
+    insecure: tuple[str, ...] | None = None  # as in ``Welcome``
 
 
 @dataclass(frozen=True, slots=True)

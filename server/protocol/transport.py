@@ -41,6 +41,11 @@ from typing import Protocol
 TLS_WRITE_MAX = 64 * 1024
 TLS_READ_SIZE = 64 * 1024
 TLS_RECORD = 0x16  # the first byte of a TLS connection (a handshake record)
+# Plaintext TLS puts in one record. A memory BIO's buffer keeps the largest
+# size it ever held, so ciphertext leaves it a record at a time: otherwise
+# every connection that was once sent a big frame (a welcome in a room of
+# thousands) would keep a TLS_WRITE_MAX buffer for good.
+TLS_RECORD_MAX = 16 * 1024
 
 
 class Want(enum.Enum):
@@ -243,7 +248,12 @@ class TlsTransport:
             # A piece at a time, so that what the socket leaves unsent (and
             # this transport holds) stays about one piece.
             while taken < len(view):
-                taken += self._tls.write(view[taken : taken + TLS_WRITE_MAX])
+                end = min(len(view), taken + TLS_WRITE_MAX)
+                records = []
+                while taken < end:
+                    taken += self._tls.write(view[taken : min(end, taken + TLS_RECORD_MAX)])
+                    records.append(self._outgoing.read())
+                self._unsent += b"".join(records)
                 if self._send_ciphertext() is Want.WRITE:
                     break
         except ssl.SSLWantReadError:

@@ -33,6 +33,14 @@ Workloads (sizes are flags; ``--timeout`` bounds each one, joins included):
   10,000 works: the open-file limit is raised, and the server's default
   ``--max-clients`` is 10,000.
 
+``--tls tls`` makes every benchmark client speak TLS 1.3 (the server in its
+default ``--tls auto``), ``--tls both`` runs each workload plaintext, then
+over TLS, the rows named ``fanout`` and ``fanout+tls``. Each server started
+gets a temporary ``--data-dir``, so its identity is made afresh and the
+user's own is never touched. A TLS client is an ``ssl.SSLObject`` over two
+memory buffers on the same non-blocking socket: it encrypts per write and
+decrypts per read, as the server does.
+
 Every client reads all along and answers the server's ``ping``: a client that
 stopped reading would be dropped as too slow. Before sending, each workload
 waits until every ``joined`` frame has arrived (N(N-1)/2 of them), so that
@@ -54,6 +62,8 @@ Columns of the table:
   deliveries. generator CPU %: the same share for this process.
 - server peak RSS: VmHWM at the end of the workload.
 - joined in s: from the first connect until every client has its welcome.
+- ms/join: in ``conns``, the server's CPU over that stretch, per client (its
+  TLS handshake included, over TLS).
 - kB/conn: growth of the server's RSS from before the first connect to after
   every ``joined`` frame has arrived, per connection.
 - probe ms: from the one message in ``conns`` to the moment the last client
@@ -85,6 +95,7 @@ import selectors
 import shlex
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -115,8 +126,8 @@ STOP_GRACE_S = 5.0
 # From start to accepting; the server needs well under a second.
 READY_WAIT_S = 15.0
 
-CONNECTING, LOGIN, JOINED, CLOSED = range(4)
-STATE_NAMES = ("connecting", "logging in", "joined", "closed")
+CONNECTING, HANDSHAKE, LOGIN, JOINED, CLOSED = range(5)
+STATE_NAMES = ("connecting", "in the TLS handshake", "logging in", "joined", "closed")
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _unpack_length = struct.Struct(">I").unpack_from
 SAY = b'{"type":"say","text":"b%s %d %d %d"}'
@@ -170,6 +181,9 @@ class Client:
         "sid_key",
         "sock",
         "state",
+        "tls",
+        "tls_in",
+        "tls_out",
         "wbuf",
         "writing",
     )
@@ -185,6 +199,8 @@ class Client:
         self.wbuf = bytearray()
         self.writing = False
         self.received = self.sent = 0
+        self.tls: ssl.SSLObject | None = None
+        self.tls_in = self.tls_out = None
 
 
 class Engine:
@@ -194,9 +210,21 @@ class Engine:
     """
 
     def __init__(
-        self, family: int, sockaddr: tuple[Any, ...], gone: Callable[[], str | None]
+        self,
+        family: int,
+        sockaddr: tuple[Any, ...],
+        gone: Callable[[], str | None],
+        *,
+        tls: bool = False,
     ) -> None:
         self.family, self.sockaddr, self.gone = family, sockaddr, gone
+        self.tls_context: ssl.SSLContext | None = None
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.minimum_version = ssl.TLSVersion.TLSv1_3
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE  # the benchmark trusts its own server
+            self.tls_context = context
         token = os.urandom(3).hex()
         self.token = token.encode()
         self.name_prefix = f"u{token}-"
@@ -262,7 +290,7 @@ class Engine:
     def _drop(self, client: Client, why: str) -> None:
         if client.sock is None:
             return
-        if client.state in (CONNECTING, LOGIN):
+        if client.state in (CONNECTING, HANDSHAKE, LOGIN):
             self.logins -= 1
         if not self.stopping:
             self.failures[f"{why} ({STATE_NAMES[client.state]})"] += 1
@@ -327,14 +355,41 @@ class Engine:
             if err:
                 self._drop(client, f"connect failed: {os.strerror(err)}")
                 return
-            client.state = LOGIN
             self.selector.modify(client.sock, READ, client)
             client.writing = False
-            self._queue(client, frame({"type": "hello", "name": client.name, "protocol": 1}))
+            if self.tls_context is None:
+                self._hello(client)
+                return
+            client.state = HANDSHAKE
+            client.tls_in, client.tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            client.tls = self.tls_context.wrap_bio(client.tls_in, client.tls_out)
+            self._handshake(client)
         else:
             self._flush(client)
 
+    def _hello(self, client: Client) -> None:
+        client.state = LOGIN
+        self._queue(client, frame({"type": "hello", "name": client.name, "protocol": 1}))
+
+    def _handshake(self, client: Client) -> None:
+        try:
+            client.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            done = False
+        except ssl.SSLError as exc:
+            self._drop(client, f"TLS handshake failed: {exc.reason or exc}")
+            return
+        else:
+            done = True
+        client.wbuf += client.tls_out.read()
+        self._flush(client)
+        if done and client.sock is not None:
+            self._hello(client)
+
     def _queue(self, client: Client, data: bytes) -> None:
+        if client.tls is not None:
+            client.tls.write(data)
+            data = client.tls_out.read()
         client.wbuf += data
         self._flush(client)
 
@@ -365,6 +420,10 @@ class Engine:
         if not data:
             self._drop(client, "closed by the server")
             return
+        if client.tls is not None:
+            data = self._decrypt(client, data)
+            if not data:
+                return
         now = self.now_ns()
         buf = client.rbuf + data if client.rbuf else data
         try:
@@ -389,6 +448,27 @@ class Engine:
         self._slow(client, buf, end, now)
         if client.sock is not None:
             self._top_up(client)
+
+    def _decrypt(self, client: Client, data: bytes) -> bytes:
+        """What TLS records in ``data`` (and before it) carry; b"" for none yet."""
+        client.tls_in.write(data)
+        if client.state == HANDSHAKE:
+            self._handshake(client)
+            if client.state == HANDSHAKE or client.sock is None:
+                return b""
+        parts = []
+        while True:
+            try:
+                part = client.tls.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLError as exc:
+                self._drop(client, f"TLS failed: {exc.reason or exc}")
+                return b""
+            if not part:
+                break
+            parts.append(part)
+        return b"".join(parts)
 
     def _account(self, client: Client, found: list[tuple[bytes, bytes, bytes]], now: int) -> None:
         expect, successor = client.expect, self.successor
@@ -502,8 +582,10 @@ class Server:
         pid: int,
         process: subprocess.Popen[bytes] | None = None,
         log: BinaryIO | None = None,
+        data_dir: tempfile.TemporaryDirectory[str] | None = None,
     ) -> None:
         self.port, self.pid, self.process, self.log = port, pid, process, log
+        self.data_dir = data_dir
 
     @classmethod
     def start(cls, family: int, host: str, extra: Sequence[str]) -> Server:
@@ -511,12 +593,14 @@ class Server:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.bind((host, 0))
             port = probe.getsockname()[1]
-        command = [*server_command(host, str(port)), *extra]
+        # The server's identity and whatever else it keeps: never the user's.
+        data_dir = tempfile.TemporaryDirectory(prefix="server-bench-")  # stop() removes it
+        command = [*server_command(host, str(port)), "--data-dir", data_dir.name, *extra]
         log = tempfile.TemporaryFile()  # noqa: SIM115 - stop() closes it
         process = subprocess.Popen(
             command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
         )
-        server = cls(port, process.pid, process, log)
+        server = cls(port, process.pid, process, log, data_dir)
         deadline = time.monotonic() + READY_WAIT_S
         while True:
             if process.poll() is not None:
@@ -605,6 +689,9 @@ class Server:
         if self.log is not None:
             self.log.close()
             self.log = None
+        if self.data_dir is not None:
+            self.data_dir.cleanup()
+            self.data_dir = None
         return problems
 
 
@@ -784,6 +871,9 @@ def run_conns(
     if not _join(engine, count, 1, deadline, result):
         result.update(meter.read())
         return result
+    joining = meter.read()["server_cpu_s"]
+    if joining is not None:
+        result["server_cpu_ms_per_join"] = 1000 * joining / count
     result["rss_after_kb"] = after = server.memory_kb("VmRSS")
     before = result["rss_before_kb"]
     if before is not None and after is not None:
@@ -807,11 +897,11 @@ RUNNERS = {"fanout": run_fanout, "paced": run_paced, "conns": run_conns}
 
 
 def run_workload(
-    name: str, args: argparse.Namespace, family: int, sockaddr: tuple[Any, ...]
+    name: str, args: argparse.Namespace, family: int, sockaddr: tuple[Any, ...], *, tls: bool
 ) -> dict[str, Any]:
     """One workload on a fresh server (or the given one at ``args.port``) at
-    ``sockaddr``'s address; its numbers and failures."""
-    result: dict[str, Any] = {"workload": name}
+    ``sockaddr``'s address, its clients over TLS if ``tls``; its numbers and failures."""
+    result: dict[str, Any] = {"workload": name + ("+tls" if tls else ""), "tls": tls}
     failures: list[str] = []
     try:
         if args.port is None:
@@ -823,7 +913,7 @@ def run_workload(
         result["ok"] = False
         return result
     result["server_pid"] = server.pid
-    engine = Engine(family, (sockaddr[0], server.port, *sockaddr[2:]), server.gone)
+    engine = Engine(family, (sockaddr[0], server.port, *sockaddr[2:]), server.gone, tls=tls)
     try:
         result.update(RUNNERS[name](engine, server, args, time.monotonic() + args.timeout))
         result["server_peak_rss_kb"] = server.memory_kb("VmHWM")
@@ -865,6 +955,7 @@ COLUMNS = (
     "generator CPU %",
     "server peak RSS MB",
     "joined in s",
+    "ms/join",
     "kB/conn",
     "probe ms",
     "result",
@@ -896,6 +987,7 @@ def table_row(result: dict[str, Any]) -> list[str]:
         _number(result.get("generator_cpu_pct"), ".0f"),
         _number(None if peak is None else peak / 1024, ".1f"),
         _number(result.get("joined_in_s"), ".2f"),
+        _number(result.get("server_cpu_ms_per_join"), ".3f"),
         _number(result.get("kb_per_conn"), ".1f"),
         _number(result.get("probe_ms"), ".1f"),
         " ".join(status.split()).replace("|", "/"),
@@ -954,6 +1046,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--server-pid", type=int, help="that server's process id (for its CPU and memory)")
     add("--server-arg", action="append", default=[], metavar="ARG",
         help="one more argument for the server, as --server-arg=--io-threads=2")  # fmt: skip
+    add("--tls", choices=("plain", "tls", "both"), default="plain", help="clients in "
+        "plaintext, over TLS, or each workload both ways (default: %(default)s)")  # fmt: skip
     add("--json", type=Path, metavar="FILE", help="also write the raw numbers here")
     return parser
 
@@ -995,7 +1089,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     # Every client is a file descriptor here (and the server raises its own limit).
     raise_open_file_limit(max(args.conns, args.clients) + 256)
-    results = [run_workload(name, args, family, sockaddr) for name in args.workloads]
+    kinds = {"plain": [False], "tls": [True], "both": [False, True]}[args.tls]
+    results = [
+        run_workload(name, args, family, sockaddr, tls=tls)
+        for name in args.workloads
+        for tls in kinds
+    ]
     words = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python3", "-m", "tests.bench.server_bench", *words])
     print(markdown_table(results))
