@@ -12,17 +12,18 @@ from server.protocol.fingerprint import is_fingerprint
 # Ports of the real servers the tests run that speak TLS (``serving``):
 # clients with ``PlaintextAgreed`` reach them over TLS, and every other
 # server (the tests' fake ones) in plaintext.
-_TLS_PORTS: set[int] = set()
+# (By the server's id: a test may close a server before its fixture does.)
+_TLS_PORTS: dict[int, int] = {}
 
 
 def serving(server: ChatServer) -> None:
     """``server`` is serving: clients that are not about trust use TLS with it."""
     if server.config.tls is not TlsMode.OFF:
-        _TLS_PORTS.add(server.port)
+        _TLS_PORTS[id(server)] = server.port
 
 
 def stopped(server: ChatServer) -> None:
-    _TLS_PORTS.discard(server.port)
+    _TLS_PORTS.pop(id(server), None)
 
 
 class PlaintextAgreed(KnownServers):
@@ -41,7 +42,7 @@ class PlaintextAgreed(KnownServers):
         return found
 
     def plaintext_allowed(self, host: str, port: int) -> bool:
-        return port not in _TLS_PORTS and (host, port) not in self._tls_seen
+        return port not in _TLS_PORTS.values() and (host, port) not in self._tls_seen
 
     def forbid_plaintext(self, host: str, port: int) -> None:
         self._tls_seen.add((host, port))

@@ -31,6 +31,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ MAX_INPUT = 64 * 1024  # bytes per input: a few frames' worth
 class _Member:
     """The room's member and the session's link, as a real connection is both."""
 
+    secure = False  # plaintext, as the room sees it
+
     def __init__(self) -> None:
         self.name: str | None = None
         self.outbox = Outbox()
@@ -66,6 +69,9 @@ class _Member:
 
     def notify(self) -> None:
         pass  # the target pulls after every frame
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        callback()  # one thread here: a kick runs at once
 
     def on_closing(self) -> None:
         self.closed = True
