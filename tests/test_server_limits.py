@@ -203,6 +203,10 @@ def test_too_many_connections_at_n_plus_one_freed_after_a_close(start_server, op
     error = refused.expect_error("too-many-connections")
     assert "in_reply_to" not in error
     assert refused.expect_closed() == []
+    refused.close()
+    # Once the server has let go of the refused one, the two are still counted.
+    wait_until(lambda: sum(len(loop) for loop in server._loops) == 2)
+    assert (server.limits.open_count("127.0.0.1"), server.connection_count) == (2, 2)
     first.close()
     wait_until(lambda: server.limits.open_count("127.0.0.1") == 1)
     open_client(server, "again")
