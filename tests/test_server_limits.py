@@ -223,16 +223,16 @@ def test_loopback_is_exempt_by_default(start_server, open_client) -> None:
 def test_throttled_with_retry_after_then_recovers_after_the_window(
     start_server, open_client
 ) -> None:
-    server = limited(start_server, ip_rate=3, ip_rate_window=0.5, ip_block=0.0)
+    server = limited(start_server, ip_rate=3, ip_rate_window=2.0, ip_block=0.0)
     for _ in range(3):
         with RawClient(server.port):
             pass
     refused = open_client(server)
     error = refused.expect_error("throttled")
-    assert error["retry_after"] == 1
+    assert error["retry_after"] in (1, 2)  # the window's 2 s less the time the four took
     refused.expect_closed()
-    deadline = time.monotonic() + 5.0
-    while True:  # within the window's half second, give or take the machine
+    deadline = time.monotonic() + 10.0
+    while True:  # within the window's 2 s, give or take the machine
         client = open_client(server)
         try:
             client.join("back")
