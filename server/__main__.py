@@ -21,6 +21,8 @@ from server.config import (
     DEFAULT_HISTORY,
     DEFAULT_IO_THREADS,
     DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_PER_IP,
+    LOOPBACK,
     RATE_BURST,
     RATE_PER_SECOND,
     RateLimit,
@@ -29,6 +31,7 @@ from server.config import (
     default_data_dir,
 )
 from server.identity import Identity, IdentityError, load_identity
+from server.limits import parse_exempt
 from server.protocol import (
     DEFAULT_PORT,
     MAX_SERVER_FRAME,
@@ -92,6 +95,13 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
 
 
 _non_negative = _number(int, lambda value: value >= 0, "cannot be negative")
+
+
+def _exempt_list(text: str) -> tuple[str, ...]:
+    try:
+        return parse_exempt(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="operator password: the file's first line (also: environment "
         f"{OP_PASSWORD_ENV}); people who send it with /op can remove people and manage bans",
     )
+    # Per-address limits (PROTOCOL.md, "Operators and moderation").
+    parser.add_argument(
+        "--max-per-ip",
+        type=_positive(int),
+        default=DEFAULT_MAX_PER_IP,
+        metavar="N",
+        help="most connections open at once from one address (an IPv6 /64 counts as one); "
+        "more are refused as too-many-connections (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ip-limit-exempt",
+        type=_exempt_list,
+        default=LOOPBACK,
+        metavar="LIST",
+        help="addresses or prefixes, comma-separated, exempt from the per-address limits "
+        "(open connections, new connections over time, wrong passwords); none for no "
+        "exemption (default: loopback)",
+    )
     parser.add_argument(
         "--smoke-test",
         action="store_true",
@@ -243,6 +271,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         data_dir=args.data_dir,
         op_password=read_password(args.op_password_file, OP_PASSWORD_ENV),
         tls=args.tls,
+        # per-address limits
+        max_per_ip=args.max_per_ip,
+        ip_limit_exempt=args.ip_limit_exempt,
     )
 
 

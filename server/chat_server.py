@@ -32,10 +32,11 @@ import threading
 import time
 from typing import Any
 
-from server.config import ServerConfig, TlsMode
+from server.config import ServerConfig, TlsMode, features
 from server.identity import Identity, IdentityError, load_identity
 from server.io_loop import IOLoop, Waker
-from server.passwords import Secret
+from server.limits import AddressLimits
+from server.passwords import GuessCounter, Secret
 from server.protocol import RemoteProtocolError
 from server.protocol.transport import server_context
 from server.room import Room, banned_error
@@ -76,6 +77,8 @@ class ChatServer:
                 raise IdentityError(
                     f"TLS cannot use the server's identity file {self.identity.path}: {exc}."
                 ) from None
+        # Per-address limits, checked at accept; wrong passwords share their exemption.
+        self.limits = AddressLimits.from_config(config, time.monotonic())
         self.room = Room(
             history=config.history,
             motd=config.motd,
@@ -87,6 +90,8 @@ class ChatServer:
             if config.op_password is None
             else Secret.from_password(config.op_password),
             tls=config.tls,
+            guesses=GuessCounter(exempt=self.limits.exempt),
+            features=features(config),
         )
         self._listeners = bind_listeners(config.host, config.port)
         self._loops: list[IOLoop] = []
@@ -203,16 +208,22 @@ class ChatServer:
             except OSError:
                 pass  # the peer may have reset it already; reading will tell
             # operators extension: a banned address is refused before anything
-            # else, in plaintext, whatever it sends (PROTOCOL.md).
-            ban = self.room.bans.match_address(str(address[0]))
+            # else, in plaintext, whatever it sends (PROTOCOL.md); so is one
+            # over its per-address limits.
+            host = str(address[0])
+            ban = self.room.bans.match_address(host)
             refuse: bool | RemoteProtocolError
             if ban is not None:
                 refuse = banned_error(ban, "Your address is banned from this room")
             else:
-                with self._count_lock:
-                    refuse = self._open_count >= self.config.max_clients
-                    if not refuse:
-                        self._open_count += 1
+                refuse = self.limits.admit(host, time.monotonic()) or False
+                if not refuse:
+                    with self._count_lock:
+                        refuse = self._open_count >= self.config.max_clients
+                        if not refuse:
+                            self._open_count += 1
+                    if refuse:
+                        self.limits.release(host)
             self._least_busy_loop().adopt(sock, address, refuse=refuse)
 
     def _new_loop(self) -> IOLoop:
@@ -228,9 +239,10 @@ class ChatServer:
             loop.start()
         return loop
 
-    def _release(self) -> None:
+    def _release(self, address: Any) -> None:
         with self._count_lock:
             self._open_count -= 1
+        self.limits.release(str(address[0]))
 
     def _broadcast_pending(self, urgent: bool) -> None:
         for loop in self._loops:

@@ -32,6 +32,17 @@ DEFAULT_MAX_CLIENTS = 10_000
 # (22 s against 27 s). ``--io-threads`` is there for bigger machines.
 DEFAULT_IO_THREADS = 1
 
+# Per-address limits (PROTOCOL.md, "Operators and moderation"; NOTES-trust.md
+# "Throttling and moderation"): open connections per address, and more than
+# IP_RATE new ones in IP_RATE_WINDOW seconds block it for IP_BLOCK seconds,
+# except in the first IP_RATE_GRACE seconds (a restart's reconnect wave).
+DEFAULT_MAX_PER_IP = 32
+IP_RATE = 20
+IP_RATE_WINDOW = 10.0
+IP_BLOCK = 300.0
+IP_RATE_GRACE = 120.0
+LOOPBACK = ("127.0.0.0/8", "::1")
+
 
 class TlsMode(enum.StrEnum):
     """Which connections the server serves (PROTOCOL.md, "Encryption")."""
@@ -79,10 +90,28 @@ class ServerConfig:
     op_password: str | None = field(default=None, repr=False)
     # Encryption; every mode but OFF needs the identity in the data folder.
     tls: TlsMode = TlsMode.AUTO
+    # Per-address limits (``server.limits``); ``ip_limit_exempt`` holds
+    # addresses or prefixes exempt from them and from the wrong-password count.
+    max_per_ip: int = DEFAULT_MAX_PER_IP
+    ip_rate: int = IP_RATE
+    ip_rate_window: float = IP_RATE_WINDOW
+    ip_block: float = IP_BLOCK
+    ip_rate_grace: float = IP_RATE_GRACE
+    ip_limit_exempt: tuple[str, ...] = LOOPBACK
 
     def data_path(self) -> Path:
         """The data folder this configuration names (not created here)."""
         return self.data_dir if self.data_dir is not None else default_data_dir()
+
+
+def features(config: ServerConfig) -> tuple[str, ...]:
+    """What ``welcome.features`` lists for ``config`` (PROTOCOL.md, "Extensions"):
+    only what this server offers as configured, in the order PROTOCOL.md names them."""
+    offered: list[str] = []
+    if config.tls is not TlsMode.OFF:
+        offered.append("tls")
+    offered.append("operators")  # always: the console is one, and bans apply
+    return tuple(offered)
 
 
 def default_data_dir() -> Path:

@@ -113,7 +113,7 @@ class IOLoop:
         index: int,
         room: Room,
         config: ServerConfig,
-        on_release: Callable[[], None],
+        on_release: Callable[[Any], None],
         *,
         tls: SSLContext | None = None,
     ) -> None:
@@ -124,7 +124,9 @@ class IOLoop:
         self._selector = selectors.DefaultSelector()
         self._waker = Waker(self._selector)
         self._connections: set[Connection] = set()
-        self._refused: set[Connection] = set()
+        # The connections the server counted, with their addresses, for
+        # on_release when they close (refused ones were not counted).
+        self._counted: dict[Connection, Any] = {}
         # Connections whose decoders may hold whole frames, oldest helping
         # first (a dict keeps the order); those that read new input since
         # the last pass are also in _fresh.
@@ -225,10 +227,8 @@ class IOLoop:
         self._input.pop(conn, None)
         if self._selector.get_map().get(conn.transport) is not None:
             self._selector.unregister(conn.transport)
-        if conn in self._refused:
-            self._refused.discard(conn)
-        else:
-            self._on_release()
+        if conn in self._counted:
+            self._on_release(self._counted.pop(conn))
 
     # -- the loop ----------------------------------------------------------
 
@@ -362,13 +362,14 @@ class IOLoop:
         self._connections.add(conn)
         self._selector.register(conn.transport, selectors.EVENT_READ, conn)
         if refuse:
-            self._refused.add(conn)
             if not isinstance(refuse, RemoteProtocolError):
                 refuse = RemoteProtocolError(
                     ErrorCode.SERVER_FULL, "The server is full; try again later."
                 )
             conn.refuse(refuse)
-        elif self._stop_message is not None:  # accepted just as the server stops
+            return
+        self._counted[conn] = address
+        if self._stop_message is not None:  # accepted just as the server stops
             conn.shut_down(self._stop_message)
 
     def _shut_down(self, message: str) -> None:

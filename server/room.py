@@ -130,6 +130,8 @@ class Room:
     ``tls`` is the server's TLS mode: unless it is ``off``, welcomes and
     user lists name the plaintext members (``insecure``), and in ``auto``
     a plaintext welcome says TLS is available.
+
+    ``features`` is what every welcome lists as offered (``config.features``).
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class Room:
         op_secret: Secret | None = None,
         guesses: GuessCounter | None = None,
         tls: TlsMode = TlsMode.OFF,
+        features: tuple[str, ...] = (),
     ) -> None:
         self.motd = motd
         self.max_backlog = max_backlog
@@ -170,6 +173,7 @@ class Room:
         self._ops = NameList((), ())
         self._insecure: Roster | None = None if tls is TlsMode.OFF else Roster()
         self._tls_available = tls is TlsMode.AUTO
+        self._features = features or None  # every welcome's ``features``
         # The users frame, and the lists it was made of (each list is a new
         # NameList at each change, so identity says whether it is stale).
         self._users: tuple[NameList, NameList | None, NameList, bytes] | None = None
@@ -231,6 +235,7 @@ class Room:
                         secure=secure,
                         tls_available=self._tls_available and not secure,
                         insecure=None if insecure is None else insecure.names,
+                        features=self._features,
                     )
                 )
             except LocalProtocolError:

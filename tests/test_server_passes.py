@@ -32,7 +32,7 @@ class Busy:
 
 @pytest.fixture
 def loop() -> Iterator[IOLoop]:
-    loop = IOLoop(0, Room(), ServerConfig(), lambda: None)
+    loop = IOLoop(0, Room(), ServerConfig(), lambda address: None)
     yield loop
     loop.close()
 

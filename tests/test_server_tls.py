@@ -199,12 +199,14 @@ def test_off_answers_a_client_hello_in_plaintext(start_server, open_client, tmp_
     error = client.expect_error("tls-unavailable")
     assert "in_reply_to" not in error
     client.expect_closed()
-    # A plaintext welcome is as it always was: no encryption fields at all.
+    # A plaintext welcome is as it always was: no encryption fields at all
+    # (and no tls among the features offered).
     assert open_client(server).join("bob") == {
         "type": "welcome",
         "name": "bob",
         "users": ["bob"],
         "history_count": 0,
+        "features": ["operators"],
     }
 
 

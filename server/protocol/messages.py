@@ -176,6 +176,7 @@ class Welcome(Message):
         _opt("secure", "bool"),
         _opt("tls_available", "bool"),
         _opt("insecure", "names"),
+        _opt("features", "names"),  # extensions: what the server offers as configured
     )
     name: str
     users: tuple[str, ...]
@@ -185,6 +186,7 @@ class Welcome(Message):
     secure: bool = False
     tls_available: bool = False
     insecure: tuple[str, ...] | None = None
+    features: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
