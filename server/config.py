@@ -79,6 +79,10 @@ class ServerConfig:
     op_password: str | None = field(default=None, repr=False)
     # Encryption; every mode but OFF needs the identity in the data folder.
     tls: TlsMode = TlsMode.AUTO
+    # room password extension: None lets anyone in; otherwise every hello
+    # must carry it, only over TLS (the server then behaves as tls
+    # REQUIRED), and it is kept as a slow hash and a keyed tag, never logged.
+    room_password: str | None = field(default=None, repr=False)
 
     def data_path(self) -> Path:
         """The data folder this configuration names (not created here)."""
