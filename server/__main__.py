@@ -323,6 +323,8 @@ def announce(server: ChatServer, config: ServerConfig) -> None:
         announce_identity(server.identity, server, config)
     else:
         print("Encryption is off (--tls off): everything is sent readable.", flush=True)
+    if config.room_password is not None:  # room password extension
+        print("The room has a password: only people who give it can join.", flush=True)
     print("Press Ctrl+C to stop.", flush=True)
 
 

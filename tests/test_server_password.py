@@ -193,3 +193,15 @@ def test_a_password_with_tls_off_stops_the_start(
     err = capsys.readouterr().err
     assert "--tls off" in err and "password" in err
     assert PASSWORD not in err
+
+
+def test_the_start_says_the_room_has_a_password_and_never_shows_it(
+    room: ChatServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.__main__ import announce  # noqa: PLC0415
+
+    announce(room, room.config)
+    out = capsys.readouterr().out
+    assert "The room has a password" in out
+    assert "plaintext clients are refused" in out  # it behaves as --tls required
+    assert PASSWORD not in out
