@@ -18,6 +18,7 @@ import pytest
 from app.network import (
     ChatClient,
     ConnectFailed,
+    ConnectionLost,
     PasswordNeeded,
     Welcomed,
     tls_transport,
@@ -25,6 +26,7 @@ from app.network import (
 from app.password_dialog import RememberedPasswords
 from server.chat_server import ChatServer
 from server.passwords import GuessCounter
+from tests.test_network import ServerThread
 from tests.trust_helpers import PlaintextAgreed
 
 HOST = "127.0.0.1"
@@ -140,6 +142,38 @@ def test_after_the_third_wrong_one_the_next_goes_on_a_fresh_connection(
     client.give_password(PASSWORD)  # the server closed the other connection
     seen = wait_for(client, (Welcomed, ConnectFailed))
     assert isinstance(seen[-1], Welcomed)
+
+
+@pytest.fixture
+def restartable() -> Iterator[Callable[..., ServerThread]]:
+    """Servers a test stops itself (a restart on the same port); all stopped after it."""
+    running: list[ServerThread] = []
+
+    def start(port: int = 0, **overrides: Any) -> ServerThread:
+        running.append(ServerThread(port, **overrides))
+        return running[-1]
+
+    yield start
+    for server in running:
+        server.stop()
+
+
+def test_a_reconnect_sends_the_password_given_before_and_asks_nothing(
+    restartable: Callable[..., ServerThread],
+    make_client: Callable[..., ChatClient],
+    tmp_path: Path,
+) -> None:
+    first = restartable(room_password=PASSWORD, data_dir=tmp_path)
+    client = make_client(first.port)
+    wait_for(client, PasswordNeeded)
+    client.give_password(PASSWORD)
+    wait_for(client, Welcomed)
+    first.stop()
+    wait_for(client, ConnectionLost)
+    again = restartable(first.port, room_password=PASSWORD, data_dir=tmp_path)  # the same identity
+    seen = wait_for(client, (Welcomed, PasswordNeeded, ConnectFailed))
+    assert isinstance(seen[-1], Welcomed) and seen[-1].reconnected
+    assert again.server.room.users() == ("alice",)
 
 
 def test_too_many_attempts_stops_without_reconnecting(
