@@ -170,3 +170,16 @@ def test_cancel_leaves_the_connect_dialog_with_nothing_lost(
     assert [v.get() for v in fields] == [HOST, str(room.port), "carol"]
     wait_until(app.root, lambda: "password" in str(connect_dialog.status_label.cget("text")))
     assert room.room.users() == ()
+
+
+def test_a_remembered_password_that_is_wrong_is_forgotten_and_asked_for(
+    make_app: Callable[[], ChatApp], room: ChatServer, passwords_file: Path
+) -> None:
+    RememberedPasswords(passwords_file).remember(HOST, room.port, "the old one")
+    app = make_app()
+    connect(app, room.port)
+    dialog = asked(app, wrong=True)  # the remembered one was sent first
+    assert RememberedPasswords(passwords_file).get(HOST, room.port) is None
+    type_in(dialog, PASSWORD)
+    press(dialog, "Return")
+    wait_until(app.root, joined(app), what="alice to join")
