@@ -35,6 +35,7 @@ from app.network import (
     Event,
     IdentityChanged,
     NameRefused,
+    PasswordNeeded,
     PlaintextNeeded,
     Received,
     ServerShutdown,
@@ -43,6 +44,7 @@ from app.network import (
     Unsent,
     Welcomed,
 )
+from app.password_dialog import PasswordDialog, RememberedPasswords, passwords_path
 from app.settings import Settings, fit_geometry
 from app.trust import KnownServers, Pin, known_path
 from app.trust_dialog import IdentityChangedDialog, LockDialog, PlaintextDialog, TrustDialog
@@ -116,6 +118,7 @@ class ChatApp:
         client_factory: Callable[..., ChatClient] = ChatClient,
         known: KnownServers | None = None,
         on_exit: Callable[[], None] | None = None,
+        passwords: RememberedPasswords | None = None,
     ) -> None:
         self.root = root
         self.on_exit = on_exit or root.destroy
@@ -124,6 +127,13 @@ class ChatApp:
         self.client_factory = client_factory
         # The servers trusted on this computer, beside the settings.
         self.known = known if known is not None else KnownServers(known_path())
+        # Room passwords: remembered ones beside the settings; one asked for and
+        # to be remembered is saved once the server has let us in with it.
+        self.passwords = (
+            passwords if passwords is not None else RememberedPasswords(passwords_path())
+        )
+        self.password_dialog: PasswordDialog | None = None
+        self._to_remember: tuple[str, int, str] | None = None
         self._invite: Invite | None = None  # pasted for the current target
         self._pin: Pin | None = None  # the identity the current connection proved
         self.trust_dialog: TrustDialog | PlaintextDialog | None = None
@@ -311,7 +321,14 @@ class ChatApp:
             self._invite = invite
         self.target = (host, port)
         self._update_settings(host=host, port=port, name=name)
-        self.client = self.client_factory(host, port, name, known=self.known, invite=self._invite)
+        self.client = self.client_factory(
+            host,
+            port,
+            name,
+            known=self.known,
+            invite=self._invite,
+            password=self.passwords.get(host, port),
+        )
         self.client.start()
 
     def choose_name(self, name: str) -> None:
@@ -372,6 +389,7 @@ class ChatApp:
     def _drop_client(self) -> None:
         self._cancel_name_retry()
         self._close_trust_dialog()
+        self._close_password_dialog()
         self._pin = None
         self.view.set_lock(None)
         self.view.show_insecure(())
@@ -427,6 +445,8 @@ class ChatApp:
                 self._ask(PlaintextDialog(self._dialog_parent, host, port, on_answer=self._trust))
             case IdentityChanged():
                 self._hard_stop(event)
+            case PasswordNeeded(host=host, port=port, wrong=wrong):
+                self._ask_password(host, port, wrong)
             case NameRefused(message=message):
                 self._name_refused(message)
             case ConnectFailed(message=message):
@@ -456,6 +476,9 @@ class ChatApp:
 
     def _welcomed(self, event: Welcomed) -> None:
         welcome = event.welcome
+        if self._to_remember is not None:  # it let us in: it is the password
+            self.passwords.remember(*self._to_remember)
+            self._to_remember = None
         self._cancel_name_retry()
         # A reconnection must not take away a dialog the user is typing in.
         if not event.reconnected or (self.dialog is not None and self.dialog.attempting):
@@ -540,6 +563,32 @@ class ChatApp:
         self.trust_dialog = None
         if self.client is not None:
             self.client.trust(accept)
+
+    def _ask_password(self, host: str, port: int, wrong: bool) -> None:
+        if wrong:  # a remembered one is out of date (it was sent first)
+            self.passwords.forget(host, port)
+        self._close_password_dialog()
+
+        def answer(password: str | None, remember: bool) -> None:
+            self.password_dialog = None
+            self._to_remember = (host, port, password) if remember and password else None
+            if self.client is not None:
+                self.client.give_password(password)
+
+        self.password_dialog = PasswordDialog(
+            self._dialog_parent,
+            host,
+            port,
+            wrong=wrong,
+            kept_in=self.passwords.path,
+            on_answer=answer,
+        )
+        self.password_dialog.lift()
+
+    def _close_password_dialog(self) -> None:
+        dialog, self.password_dialog = self.password_dialog, None
+        if dialog is not None and dialog.winfo_exists():
+            dialog.destroy()
 
     def _close_trust_dialog(self) -> None:
         dialog, self.trust_dialog = self.trust_dialog, None

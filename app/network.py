@@ -29,6 +29,14 @@ on (a server gives up on a silent one in 10 seconds) and the next one, at
 once, applies it. A plaintext welcome with ``tls_available`` (or a
 ``tls-required``) ends the plaintext agreement and tries TLS.
 
+A room password (``password``, and whatever the person gives later) goes
+in every hello, so reconnecting needs no question. A ``password-required``
+or ``password-wrong`` is a ``PasswordNeeded`` question, answered through
+``give_password``: the next hello goes on the same connection while the
+server still waits for one (it gives up 10 seconds after the connection
+opened, and closes after the third wrong password), on a fresh one
+otherwise; no answer or Cancel ends the attempt for good.
+
 The UI talks to it with plain method calls (any thread) and hears back
 through ``events``, an ``EventQueue`` of the small frozen dataclasses
 below, which the Tk thread drains with ``after()``. Nothing here touches
@@ -177,6 +185,10 @@ TRUST_TIMEOUT = 600.0
 # this server? talk without encryption?) the next one applies the answer,
 # fresh, as the server gives up on a silent connection after 10 seconds.
 DECISIONS = 3
+# A password given later than this after the connection opened goes on a
+# fresh one: the server gives up on a connection without a welcome at 10 s.
+SAME_CONNECTION_FOR = 7.0
+PASSWORD_TRIES = 3  # wrong passwords after which the server closes the connection
 
 NAME_ERRORS = frozenset({ErrorCode.NAME_TAKEN, ErrorCode.NAME_INVALID, ErrorCode.BAD_FIELD})
 # What the selector watches for a transport that answered ``Want``.
@@ -241,6 +253,16 @@ class IdentityChanged:
     fingerprint: str | None
     pin: Pin | None
     invite: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordNeeded:
+    """The server wants the room's password (``wrong``: the one sent was not
+    it): answer with ``ChatClient.give_password``; the attempt waits for it."""
+
+    host: str
+    port: int
+    wrong: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +332,7 @@ Event = (
     | TrustNeeded
     | PlaintextNeeded
     | IdentityChanged
+    | PasswordNeeded
     | NameRefused
     | ConnectFailed
     | ConnectionLost
@@ -623,6 +646,7 @@ class ChatClient:
         transport_factory: Callable[[socket.socket], Transport] = tls_transport,
         plain_factory: Callable[[socket.socket], Transport] = PlainTransport,
         trust_timeout: float = TRUST_TIMEOUT,
+        password: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -634,6 +658,12 @@ class ChatClient:
         self._trust_timeout = trust_timeout
         self._answer: bool | None = None  # the person's answer to the open question
         self._pin: Pin | None = None  # on this connection: the identity it proved
+        # The room password, sent in every hello; the person's answer to the
+        # open password question (a 1-tuple: None inside is Cancel).
+        self._password = password
+        self._password_answer: tuple[str | None] | None = None
+        self._opened_at = 0.0  # when this connection opened
+        self._wrong_passwords = 0  # on this connection
         self.events = events if events is not None else EventQueue()
         self._wanted_name = name
         self._connect_timeout = connect_timeout
@@ -704,12 +734,20 @@ class ChatClient:
         this one is gone)."""
         self._wanted_name = name
         if self._greeting:
-            self._send(Hello(name), joined_only=False)
+            self._send(self._hello(), joined_only=False)
 
     def trust(self, accept: bool) -> None:
         """Answer ``TrustNeeded`` or ``PlaintextNeeded``: go on (``True``) or stop."""
         self._answer = accept
         self._wake()
+
+    def give_password(self, password: str | None) -> None:
+        """Answer ``PasswordNeeded``: the room's password, or ``None`` to stop."""
+        self._password_answer = (password,)
+        self._wake()
+
+    def _hello(self) -> Hello:
+        return Hello(self._wanted_name, password=self._password)
 
     def reconnect_now(self) -> None:
         """Skip the rest of a backoff pause."""
@@ -839,6 +877,8 @@ class ChatClient:
         """One connection, from connect to its end (raises ``_Dropped``, ``_Stop``
         or ``_Again``). Over TLS, nothing is sent before the server is trusted."""
         self._welcomed_at = None
+        self._opened_at = time.monotonic()
+        self._wrong_passwords = 0
         self._shutdown_said = self._refused_ping = False
         self._whos = 0
         self._pin = None
@@ -1064,7 +1104,7 @@ class ChatClient:
             kept = [item for item in self._outgoing if not isinstance(item[0], Hello)]
             self._outgoing.clear()
             self._outgoing.extend(kept)
-        out += encode(Hello(self._wanted_name))
+        out += encode(self._hello())
         self._greeting = True
         last_heard = time.monotonic()  # when the last whole frame arrived
         pinged = False
@@ -1192,7 +1232,7 @@ class ChatClient:
             self._welcomed_at = time.monotonic()
             self._post(Welcomed(message, reconnecting, self._pin, insecure))
         elif isinstance(message, Error):
-            self._on_error(message)
+            return self._on_error(message)
         elif isinstance(message, Shutdown):
             self._shutdown_said = True
             self._post(ServerShutdown(message.message))
@@ -1232,11 +1272,14 @@ class ChatClient:
                 logger.warning("not answering a ping from the server: %s", exc.message)
             return None
 
-    def _on_error(self, error: Error) -> None:
+    def _on_error(self, error: Error) -> bytes | None:
+        """Act on an error from the server; return the frame to answer with."""
         if not self._joined and error.in_reply_to == Hello.TYPE:
             if error.code in NAME_ERRORS:
                 self._post(NameRefused(error.code, error.message))
-                return
+                return None
+            if error.code in (ErrorCode.PASSWORD_REQUIRED, ErrorCode.PASSWORD_WRONG):
+                return self._password_asked(error.code == ErrorCode.PASSWORD_WRONG)
             if error.code == ErrorCode.PROTOCOL_VERSION:
                 raise _Dropped(
                     "This server speaks another version of the chat protocol; "
@@ -1256,10 +1299,32 @@ class ChatClient:
             raise _Dropped("The server stopped waiting for a name. Connect again.")
         if error.in_reply_to == Say.TYPE and (say := self._answered(Say)) is not None:
             self._post(Unsent((say,), error.message))
-            return
+            return None
         if error.in_reply_to == Rename.TYPE:
             self._answered(Rename)  # the error says why; the name stays as it was
         self._post(Received(error))
+        return None
+
+    def _password_asked(self, wrong: bool) -> bytes:
+        """Ask the person for the room's password (bounded); returns the hello
+        that carries it, or raises ``_Again`` to send it on a fresh connection."""
+        self._wrong_passwords += wrong
+        self._password_answer = None
+        self._post(PasswordNeeded(self.host, self.port, wrong))
+        deadline = time.monotonic() + self._trust_timeout
+        while self._password_answer is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wait(remaining)
+        password = None if self._password_answer is None else self._password_answer[0]
+        if password is None:
+            raise _Dropped("Not connected: the room's password was not given.", final=True)
+        self._password = password
+        late = time.monotonic() - self._opened_at >= SAME_CONNECTION_FOR
+        if late or self._wrong_passwords >= PASSWORD_TRIES:
+            raise _Again  # the server is closing this connection
+        return encode(self._hello(), MAX_CLIENT_FRAME)
 
     def _leave_room(self, reason: str) -> bool:
         """We are out of the room: give back every say and rename not answered.
@@ -1284,6 +1349,7 @@ __all__ = [
     "EventQueue",
     "IdentityChanged",
     "NameRefused",
+    "PasswordNeeded",
     "PlaintextNeeded",
     "Received",
     "ServerShutdown",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
@@ -53,6 +54,7 @@ from server.store.bans import BanStoreError
 logger = logging.getLogger("server")
 
 OP_PASSWORD_ENV = "LAN_CHAT_OP_PASSWORD"
+PASSWORD_ENV = "LAN_CHAT_PASSWORD"  # room password extension
 
 
 def server_version() -> str:
@@ -225,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(open connections, new connections over time, wrong passwords); none for no "
         "exemption (default: loopback)",
     )
+    # Room password (PROTOCOL.md, "Room password").
+    parser.add_argument(
+        "--password-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"room password: the file's first line (also: environment {PASSWORD_ENV}); "
+        "only people who give it can join, and encryption is then required",
+    )
     parser.add_argument(
         "--smoke-test",
         action="store_true",
@@ -260,7 +271,7 @@ def read_password(path: Path | None, env: str) -> str | None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(
+    config = ServerConfig(
         host=args.host,
         port=args.port,
         max_clients=args.max_clients,
@@ -275,6 +286,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_per_ip=args.max_per_ip,
         ip_limit_exempt=args.ip_limit_exempt,
     )
+    # room password extension: it travels only inside TLS.
+    room_password = read_password(args.password_file, PASSWORD_ENV)
+    if room_password is not None:
+        if config.tls is TlsMode.OFF:
+            raise ValueError(
+                "A room password needs encryption, and --tls off turns it off: "
+                "drop --tls off (a password makes the server --tls required)."
+            )
+        config = dataclasses.replace(config, room_password=room_password, tls=TlsMode.REQUIRED)
+    return config
 
 
 def describe_bind_error(exc: OSError, config: ServerConfig) -> str:
@@ -333,6 +354,8 @@ def announce(server: ChatServer, config: ServerConfig) -> None:
         announce_identity(server.identity, server, config)
     else:
         print("Encryption is off (--tls off): everything is sent readable.", flush=True)
+    if config.room_password is not None:  # room password extension
+        print("The room has a password: only people who give it can join.", flush=True)
     print("Press Ctrl+C to stop.", flush=True)
 
 

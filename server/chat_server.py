@@ -21,6 +21,7 @@ connections share.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -66,6 +67,11 @@ class ChatServer:
 
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config = config or ServerConfig()
+        # room password extension: the password travels only inside TLS.
+        if config.room_password is not None:
+            if config.tls is TlsMode.OFF:
+                raise ValueError("A room password needs encryption: not with tls off.")
+            self.config = config = dataclasses.replace(config, tls=TlsMode.REQUIRED)
         # Before anything is bound or started: a bad identity file is a plain error.
         self.identity: Identity | None = None
         self._tls: ssl.SSLContext | None = None
@@ -92,6 +98,10 @@ class ChatServer:
             tls=config.tls,
             guesses=GuessCounter(exempt=self.limits.exempt),
             features=features(config),
+            # room password extension: hashed once, here
+            room_secret=None
+            if config.room_password is None
+            else Secret.from_password(config.room_password),
         )
         self._listeners = bind_listeners(config.host, config.port)
         self._loops: list[IOLoop] = []

@@ -98,6 +98,10 @@ class ServerConfig:
     ip_block: float = IP_BLOCK
     ip_rate_grace: float = IP_RATE_GRACE
     ip_limit_exempt: tuple[str, ...] = LOOPBACK
+    # room password extension: None lets anyone in; otherwise every hello
+    # must carry it, only over TLS (the server then behaves as tls
+    # REQUIRED), and it is kept as a slow hash and a keyed tag, never logged.
+    room_password: str | None = field(default=None, repr=False)
 
     def data_path(self) -> Path:
         """The data folder this configuration names (not created here)."""
@@ -110,6 +114,8 @@ def features(config: ServerConfig) -> tuple[str, ...]:
     offered: list[str] = []
     if config.tls is not TlsMode.OFF:
         offered.append("tls")
+    if config.room_password is not None:
+        offered.append("password")
     offered.append("operators")  # always: the console is one, and bans apply
     return tuple(offered)
 

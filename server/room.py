@@ -150,6 +150,7 @@ class Room:
         guesses: GuessCounter | None = None,
         tls: TlsMode = TlsMode.OFF,
         features: tuple[str, ...] = (),
+        room_secret: Secret | None = None,
     ) -> None:
         self.motd = motd
         self.max_backlog = max_backlog
@@ -169,6 +170,7 @@ class Room:
         self.bans = BanStore() if bans is None else bans
         self.op_secret = op_secret  # None: nobody can become an operator but by the console
         self.guesses = GuessCounter() if guesses is None else guesses
+        self.room_secret = room_secret  # room password extension; None: no password
         self._seats: dict[Member, Seat] = {}
         self._ops = NameList((), ())
         self._insecure: Roster | None = None if tls is TlsMode.OFF else Roster()

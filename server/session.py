@@ -32,6 +32,15 @@ toward its address's guesses (``passwords.GuessCounter``). The operator
 frames call the room's moderation methods, as the console does, and a
 kick reaches its target through the target's ``Seat``, which hands it to
 the target's own thread (``Link.call_soon``).
+
+Room password (PROTOCOL.md, "Room password"): a ``hello`` is checked in the
+protocol's order (version, field types, password, bans, name rules, name
+taken) so that nobody without the password learns who is in the room. A
+missing password is answered at once and the connection stays; a wrong
+one takes the operator password's path (answered about a second later,
+frames held meanwhile, the third closes, each counts toward the address's
+guesses); a right one is remembered for the connection, so a hello after
+``name-taken`` needs none.
 """
 
 from __future__ import annotations
@@ -106,7 +115,18 @@ _OPERATOR_TYPES = frozenset(
 _UNPROMPTED = frozenset({ErrorCode.KICKED, ErrorCode.BANNED})
 OP_WRONG_DELAY = 1.0  # seconds before a wrong operator password is answered
 OP_TRIES = 3  # wrong operator passwords that close a connection
+PASSWORD_TRIES = 3  # wrong room passwords that close a connection
 HELD_FRAMES = 64  # frames kept while a wrong password's answer waits; more are dropped
+
+
+def _check_protocol(protocol: object) -> None:
+    """Refuse a hello's version other than ours (a version of the wrong type is bad-field)."""
+    if type(protocol) is int and protocol != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            ErrorCode.PROTOCOL_VERSION,
+            f"This server speaks protocol version {PROTOCOL_VERSION}, not "
+            f"{protocol if abs(protocol) < 10**6 else 'that one'}.",
+        )
 
 
 class State(enum.Enum):
@@ -170,10 +190,13 @@ class Session:
         "_last_heard",
         "_now",
         "_opened",
+        "_password_ok",
         "_paused_since",
         "_ping_due",
         "_release_at",
+        "_wrong_code",
         "_wrong_ops",
+        "_wrong_passwords",
         "config",
         "link",
         "member",
@@ -210,6 +233,10 @@ class Session:
         self._dropped = 0  # frames that found _held full
         self._release_at = 0.0
         self._wrong_ops = 0
+        self._wrong_code = ErrorCode.OP_PASSWORD_WRONG  # what the held answer will be
+        # room password extension
+        self._password_ok = False  # this connection has given the right one
+        self._wrong_passwords = 0
 
     @property
     def who(self) -> str:
@@ -262,6 +289,8 @@ class Session:
                 raise RemoteProtocolError(
                     ErrorCode.RATE_LIMITED, "You are sending too fast; slow down."
                 )
+            if kind == Hello.TYPE:
+                _check_protocol(payload.get("protocol"))  # before the fields' types
             message = parse_message(payload, CLIENT_MESSAGES)
             self._HANDLERS[type(message)](self, message)
         except (RemoteProtocolError, RuleViolation) as exc:
@@ -379,12 +408,8 @@ class Session:
     # -- frames from the peer ----------------------------------------------
 
     def _on_hello(self, hello: Hello) -> None:
-        if hello.protocol != PROTOCOL_VERSION:
-            raise RemoteProtocolError(
-                ErrorCode.PROTOCOL_VERSION,
-                f"This server speaks protocol version {PROTOCOL_VERSION}, not "
-                f"{hello.protocol if abs(hello.protocol) < 10**6 else 'that one'}.",
-            )
+        if not self._password_ok and not self._room_password_given(hello.password):
+            return
         online = self.room.join(self.member, normalize_name(hello.name), self._seat())
         self.state = State.JOINED
         logger.info("%s joined, %d online", self.who, online)
@@ -443,16 +468,8 @@ class Session:
         return name
 
     def _on_op(self, op: Op) -> None:
-        room = self.room
-        now = self._now
-        retry = room.guesses.retry_after(self.host, now)
-        if retry is not None:
-            raise RemoteProtocolError(
-                ErrorCode.TOO_MANY_ATTEMPTS,
-                "Too many wrong passwords from your address; try again later.",
-                details={"retry_after": math.ceil(retry)},
-            )
-        secret = room.op_secret
+        self._check_guesses(Op.TYPE)
+        secret = self.room.op_secret
         if secret is not None and secret.check(op.password):
             name = self.member.name
             assert name is not None  # op is no greeting frame
@@ -461,22 +478,66 @@ class Session:
             return
         # Never the password itself in a log line: only where it came from.
         logger.warning("op-password-wrong from %s", self.host)
-        room.guesses.charge(self.host, now)
         self._wrong_ops += 1
+        self._answer_wrong_later(ErrorCode.OP_PASSWORD_WRONG)
+
+    def _room_password_given(self, password: str | None) -> bool:
+        """Whether the hello may go on: no room password, or the right one.
+
+        Raises password-required or too-many-attempts; a wrong one is
+        answered later (``_release``) and returns False.
+        """
+        secret = self.room.room_secret
+        if secret is None:
+            return True
+        if password is None:
+            raise RemoteProtocolError(
+                ErrorCode.PASSWORD_REQUIRED, "This room needs a password.", Hello.TYPE
+            )
+        self._check_guesses(Hello.TYPE)
+        if secret.check(password):
+            self._password_ok = True
+            return True
+        # Never the password itself in a log line: only where it came from.
+        logger.warning("password-wrong from %s", self.host)
+        self._wrong_passwords += 1
+        self._answer_wrong_later(ErrorCode.PASSWORD_WRONG)
+        return False
+
+    def _check_guesses(self, kind: str) -> None:
+        """Raise too-many-attempts if this address has guessed too often."""
+        retry = self.room.guesses.retry_after(self.host, self._now)
+        if retry is not None:
+            raise RemoteProtocolError(
+                ErrorCode.TOO_MANY_ATTEMPTS,
+                "Too many wrong passwords from your address; try again later.",
+                kind,
+                details={"retry_after": math.ceil(retry)},
+            )
+
+    def _answer_wrong_later(self, code: ErrorCode) -> None:
+        """Count a wrong guess and hold this connection's frames until it is answered."""
+        self.room.guesses.charge(self.host, self._now)
+        self._wrong_code = code
         self._held = deque()
-        self._release_at = now + OP_WRONG_DELAY
+        self._release_at = self._now + OP_WRONG_DELAY
 
     def _release(self, now: float) -> None:
-        """Answer the wrong operator password, then the frames that waited for it."""
+        """Answer the wrong password, then the frames that waited for it."""
         pending, self._held = self._held or deque(), None
-        self.fail(
-            RemoteProtocolError(
+        if self._wrong_code is ErrorCode.PASSWORD_WRONG:
+            error = RemoteProtocolError(
+                ErrorCode.PASSWORD_WRONG, "That is not the room's password.", Hello.TYPE
+            )
+            wrong, tries, what = self._wrong_passwords, PASSWORD_TRIES, "room"
+        else:
+            error = RemoteProtocolError(
                 ErrorCode.OP_PASSWORD_WRONG, "That is not the operator password.", Op.TYPE
-            ),
-            None,
-        )
-        if self._wrong_ops >= OP_TRIES:
-            logger.warning("%s: %d wrong operator passwords; closing", self.who, self._wrong_ops)
+            )
+            wrong, tries, what = self._wrong_ops, OP_TRIES, "operator"
+        self.fail(error, None)
+        if wrong >= tries:
+            logger.warning("%s: %d wrong %s passwords; closing", self.who, wrong, what)
             self.close(LeaveReason.ERROR)
             return
         while pending and self._held is None:

@@ -538,6 +538,11 @@ def step(session: Session, sent: dict[str, Any]) -> bool:
             check_error(reply, sent, {"already-joined"} | (set() if typed else {"bad-field"}))
             return True
         if not isinstance(name, str) or not is_int(protocol):
+            # PROTOCOL.md, "Room password": the version is checked before the types.
+            if is_int(protocol) and protocol != 1:
+                check_error(reply, sent, {"protocol-version"})
+                assert session.closed(), "the connection stayed open after protocol-version"
+                return False
             check_error(reply, sent, {"bad-field"})
             return True
         if reply is not None and reply["type"] == "welcome" and protocol == 1:

@@ -310,6 +310,11 @@ def test_features_per_configuration(tls, expected) -> None:
     assert list(features(ServerConfig(tls=TlsMode.OFF))) == ["operators"]
 
 
+def test_a_room_password_is_a_feature() -> None:
+    config = ServerConfig(tls=TlsMode.REQUIRED, room_password="open sesame")
+    assert list(features(config)) == ["tls", "password", "operators"]
+
+
 @pytest.mark.parametrize("tls", [TlsMode.OFF, TlsMode.AUTO])
 def test_the_welcome_lists_the_features(start_server, open_client, tls) -> None:
     server = start_server(tls=tls)

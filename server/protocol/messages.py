@@ -119,9 +119,11 @@ class Hello(Message):
     """``hello`` (client): ask to join as ``name`` speaking ``protocol``."""
 
     TYPE = "hello"
-    FIELDS = (_req("name", "str"), _req("protocol", "int"))
+    FIELDS = (_req("name", "str"), _req("protocol", "int"), _opt("password", "str"))
     name: str
     protocol: int = PROTOCOL_VERSION
+    # room password extension: never in a log line or a traceback
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
