@@ -9,11 +9,13 @@ import argparse
 import logging
 import logging.handlers
 import signal
+import socket
+import ssl
 import sys
 import time
 import tkinter
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +30,13 @@ from app.paths import asset
 from app.settings import Settings
 from app.trust_dialog import TrustDialog
 from server.protocol import DEFAULT_PORT, ChatMessage
+from server.protocol.fingerprint import fingerprint
+from server.protocol.transport import (
+    TlsTransport,
+    TransportClosed,
+    client_context,
+    server_context,
+)
 
 logger = logging.getLogger("app")
 
@@ -199,6 +208,62 @@ def set_window_icon(root: ttk.App) -> list[ImageTk.PhotoImage]:
     return icons
 
 
+SMOKE_TLS_S = 10.0  # the self-test's TLS round trip gives up after this
+
+
+def tls_round_trip() -> str | None:
+    """A TLS 1.3 handshake and a message each way between two transports in
+    this process, the client checking the certificate it pinned: what every
+    connection of the app needs of the bundled OpenSSL. ``None``: it worked;
+    otherwise what went wrong."""
+    identity = asset("smoke-tls.pem")
+    pem = identity.read_text(encoding="ascii")
+    certificate = pem[pem.index("-----BEGIN CERTIFICATE-----") :]
+    expected = fingerprint(ssl.PEM_cert_to_DER_cert(certificate))
+    deadline = time.monotonic() + SMOKE_TLS_S
+
+    def until(done: Callable[[], bool], step: Callable[[], object]) -> bool:
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            step()
+            time.sleep(0.001)
+        return True
+
+    ends = socket.socketpair()
+    try:
+        for end in ends:
+            end.setblocking(False)
+        server = TlsTransport(ends[0], server_context(str(identity)), server_side=True)
+        client = TlsTransport(ends[1], client_context(), server_side=False)
+        heard = {"server": bytearray(), "client": bytearray()}
+
+        def step() -> None:
+            for name, end in (("server", server), ("client", client)):
+                if name == "client" and client.handshake() is not None:
+                    continue  # the client drives its handshake; the server's reads do its own
+                data = end.recv(64)
+                if isinstance(data, bytes):
+                    heard[name] += data
+
+        if not until(lambda: client.handshake() is None, step):
+            return "the TLS handshake did not finish"
+        if fingerprint(client.peer_certificate() or b"") != expected:
+            return "the server's certificate is not the one pinned"
+        client.send(b"ping")
+        if not until(lambda: heard["server"] == b"ping", step):
+            return "the server did not hear the client"
+        server.send(b"pong")
+        if not until(lambda: heard["client"] == b"pong", step):
+            return "the client did not hear the server"
+    except (OSError, TransportClosed) as exc:  # ssl.SSLError is an OSError
+        return f"TLS failed: {exc}"
+    finally:
+        for end in ends:
+            end.close()
+    return None
+
+
 def smoke_test(root: ttk.App, settings: Settings) -> int:
     """Build every part of the UI and draw it in both themes, offline; settings untouched."""
     chat = ChatApp(root, settings, save_settings=lambda _settings: None)
@@ -229,6 +294,10 @@ def smoke_test(root: ttk.App, settings: Settings) -> int:
     chat.quit()
     if not all(message.text.split()[0] in shown for message in samples):
         print("chat-client smoke test failed: the transcript is incomplete", file=sys.stderr)
+        return 1
+    failed = tls_round_trip()
+    if failed is not None:
+        print(f"chat-client smoke test failed: {failed}", file=sys.stderr)
         return 1
     print(f"chat-client {app_version()} smoke test passed", flush=True)
     return 0

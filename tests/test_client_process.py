@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import ImageGrab
 
+import app.__main__ as client_main
 from app.chat_app import ChatApp
 from app.settings import Settings
 from tests.trust_helpers import PlaintextAgreed, agree_to_plaintext
@@ -104,3 +106,18 @@ def test_client_smoke_test_builds_the_ui_offline(tmp_path) -> None:
     assert result.stdout.endswith("smoke test passed\n")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "config").exists()  # the smoke test saves no settings
+
+
+def test_the_smoke_tests_tls_round_trip_works_and_can_fail(monkeypatch) -> None:
+    assert client_main.tls_round_trip() is None
+
+    def tls_12_only() -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    monkeypatch.setattr(client_main, "client_context", tls_12_only)
+    failed = client_main.tls_round_trip()
+    assert failed is not None and failed.startswith("TLS failed")
