@@ -11,7 +11,6 @@ server is the real ``ChatServer`` of main (it answers a ClientHello with
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import queue
@@ -26,10 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from app import trust
 from app.network import (
@@ -46,8 +41,9 @@ from app.network import (
 from app.trust import KnownServers
 from server.chat_server import ChatServer
 from server.config import TlsMode
+from server.identity import load_identity
 from server.protocol import Users
-from server.protocol.fingerprint import fingerprint, invite, parse_invite
+from server.protocol.fingerprint import invite, parse_invite
 from server.protocol.transport import server_context
 
 HOST = "127.0.0.1"
@@ -55,31 +51,9 @@ WAIT = 5.0
 
 
 def make_identity(folder: Path) -> tuple[Path, str]:
-    """A self-signed P-256 certificate and key in one PEM file, and its fingerprint."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "identity.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )
-    return path, fingerprint(cert.public_bytes(serialization.Encoding.DER))
+    """A server identity (the server's own code makes it) and its fingerprint."""
+    identity = load_identity(folder)
+    return identity.path, identity.fingerprint
 
 
 def framed(payload: dict[str, Any]) -> bytes:
