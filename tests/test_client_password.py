@@ -4,7 +4,6 @@ real server over TLS; no display."""
 from __future__ import annotations
 
 import json
-import queue
 import socket
 import stat
 import sys
@@ -26,6 +25,7 @@ from app.network import (
 from app.password_dialog import RememberedPasswords
 from server.chat_server import ChatServer
 from server.passwords import GuessCounter
+from tests.test_client_trust import wait_for as trust_wait_for
 from tests.test_network import ServerThread
 from tests.trust_helpers import PlaintextAgreed
 
@@ -56,18 +56,8 @@ def make_client() -> Iterator[Callable[..., ChatClient]]:
 
 
 def wait_for(client: ChatClient, wanted: type | tuple[type, ...]) -> list[Any]:
-    """Events until one of ``wanted``, which comes last; fails after WAIT."""
-    deadline = time.monotonic() + WAIT
-    seen: list[Any] = []
-    while (remaining := deadline - time.monotonic()) > 0:
-        try:
-            event = client.events.get(timeout=remaining)
-        except queue.Empty:
-            break
-        seen.append(event)
-        if isinstance(event, wanted):
-            return seen
-    raise AssertionError(f"no {wanted} within {WAIT} s; saw {seen}")
+    """Events until one of ``wanted``; a password's round trips take longer than WAIT there."""
+    return trust_wait_for(client, wanted, WAIT)
 
 
 def counting(opened: list[socket.socket]) -> Callable[[socket.socket], Any]:

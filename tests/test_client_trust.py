@@ -231,9 +231,9 @@ def make_client() -> Iterator[Callable[..., ChatClient]]:
         assert not client.running
 
 
-def wait_for(client: ChatClient, wanted: type | tuple[type, ...]) -> list[Any]:
-    """Events until one of ``wanted``, which comes last; fails after WAIT."""
-    deadline = time.monotonic() + WAIT
+def wait_for(client: ChatClient, wanted: type | tuple[type, ...], limit: float = WAIT) -> list[Any]:
+    """Events until one of ``wanted``, which comes last; fails after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
     seen: list[Any] = []
     while (remaining := deadline - time.monotonic()) > 0:
         try:
@@ -243,7 +243,7 @@ def wait_for(client: ChatClient, wanted: type | tuple[type, ...]) -> list[Any]:
         seen.append(event)
         if isinstance(event, wanted):
             return seen
-    raise AssertionError(f"no {wanted} within {WAIT} s; saw {seen}")
+    raise AssertionError(f"no {wanted} within {limit} s; saw {seen}")
 
 
 def kinds(events: list[Any]) -> list[str]:

@@ -8,25 +8,22 @@ Screenshots of the dialog, light and dark, go to ``LAN_CHAT_SHOTS`` (default
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import ImageGrab
 
 from app.chat_app import ChatApp
 from app.password_dialog import PasswordDialog, RememberedPasswords
 from app.settings import Settings
 from server.chat_server import ChatServer
 from tests.conftest import reset_root
-from tests.test_gui import HOST, fill, settle, wait_until
+from tests.test_gui import HOST, fill, wait_until
 from tests.test_gui_defects import pointer_back, xdotool  # noqa: F401 - pointer_back is autouse
-from tests.test_gui_trust import click, press
+from tests.test_gui_trust import click, press, shoot
 from tests.trust_helpers import PlaintextAgreed
 
-SHOTS = Path(os.environ.get("LAN_CHAT_SHOTS") or Path(__file__).resolve().parent / "screenshots")
 PASSWORD = "open sesame"
 
 
@@ -97,22 +94,6 @@ def joined(app: ChatApp) -> Callable[[], bool]:
     return predicate
 
 
-def shoot(app: ChatApp, window: Any, name: str) -> None:
-    for mode in ("light", "dark"):
-        if app.settings.dark != (mode == "dark"):
-            app.toggle_theme()
-        wait_until(window, window.winfo_viewable, what=f"{name} shown")
-        settle(window, 0.4)
-        x, y = window.winfo_rootx(), window.winfo_rooty()
-        image = ImageGrab.grab(bbox=(x, y, x + window.winfo_width(), y + window.winfo_height()))
-        colors = image.getcolors(maxcolors=1 << 16)
-        assert colors is None or len(colors) > 20, f"{name} looks blank"
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        image.save(SHOTS / f"password-{name}-{mode}.png")
-    if app.settings.dark:
-        app.toggle_theme()
-
-
 def test_the_question_is_masked_a_wrong_one_asks_again_and_enter_joins(
     make_app: Callable[[], ChatApp], room: ChatServer, passwords_file: Path
 ) -> None:
@@ -123,12 +104,12 @@ def test_the_question_is_masked_a_wrong_one_asks_again_and_enter_joins(
     assert str(passwords_file) in dialog.text  # where "remember" keeps it, plainly
     assert dialog.entry.cget("show") == "•"
     type_in(dialog, "guess")
-    shoot(app, dialog, "asked")
+    shoot(app, dialog, "asked", prefix="password")
     click(dialog.show_box)
     wait_until(app.root, lambda: dialog.entry.cget("show") == "", what="the password shown")
     press(dialog, "Return")
     dialog = asked(app, wrong=True)
-    shoot(app, dialog, "wrong")
+    shoot(app, dialog, "wrong", prefix="password")
     type_in(dialog, PASSWORD)
     press(dialog, "Return")
     wait_until(app.root, joined(app), what="alice to join")

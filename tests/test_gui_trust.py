@@ -117,8 +117,8 @@ def press(window: tkinter.Misc, key: str) -> None:
     xdotool("key", key)
 
 
-def shoot(app: ChatApp, window: tkinter.Misc, name: str) -> None:
-    """``window`` as on the screen, light then dark, as trust-NAME-light/dark.png."""
+def shoot(app: ChatApp, window: tkinter.Misc, name: str, *, prefix: str = "trust") -> None:
+    """``window`` as on the screen, light then dark, as PREFIX-NAME-light/dark.png."""
     for mode in ("light", "dark"):
         if app.settings.dark != (mode == "dark"):
             app.toggle_theme()
@@ -129,7 +129,7 @@ def shoot(app: ChatApp, window: tkinter.Misc, name: str) -> None:
         colors = image.getcolors(maxcolors=1 << 16)
         assert colors is None or len(colors) > 20, f"{name} looks blank"
         SHOTS.mkdir(parents=True, exist_ok=True)
-        image.save(SHOTS / f"trust-{name}-{mode}.png")
+        image.save(SHOTS / f"{prefix}-{name}-{mode}.png")
     if app.settings.dark:
         app.toggle_theme()
 
