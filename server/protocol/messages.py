@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, NamedTuple, Self
 
 from server.protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -481,6 +481,88 @@ class Notice(Message):
     by: str | None = None
 
 
+# -- history pages and search (PROTOCOL.md, "History pages and search") -----
+
+DEFAULT_PAGE = 50
+"""How many messages a ``history`` or ``search`` asks for when it gives no ``limit``."""
+MAX_PAGE = 200
+"""The most a ``history`` or ``search`` may ask for."""
+
+
+@dataclass(frozen=True, slots=True)
+class History(Message):
+    """``history`` (client): up to ``limit`` public messages with an id below
+    ``before`` (absent: the newest of all)."""
+
+    TYPE = "history"
+    FIELDS = (_opt("before", "int"), _opt("limit", "int"))
+    before: int | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Search(Message):
+    """``search`` (client): up to ``limit`` public messages holding every word of
+    ``query``, newest first; ``before`` (an id) continues a search further back."""
+
+    TYPE = "search"
+    FIELDS = (_req("query", "str"), _opt("limit", "int"), _opt("before", "int"))
+    query: str
+    limit: int | None = None
+    before: int | None = None
+
+
+def _messages_from_wire(type_: str, obj: Mapping[str, Any]) -> tuple[ChatMessage, ...]:
+    items = obj.get("messages")
+    if type(items) is not list or not all(type(item) is dict for item in items):
+        raise _bad_field(type_, "`messages` must be a list of objects.")
+    return tuple(ChatMessage.from_wire(item) for item in items)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage(Message):
+    """``history-page`` (server): ``messages`` (marked ``history``, oldest first)
+    answering a ``history`` with this ``before``; ``more``: older ones remain."""
+
+    TYPE = "history-page"
+    FIELDS = (_opt("before", "int"), _req("more", "bool"))
+    before: int | None = None
+    messages: tuple[ChatMessage, ...] = ()
+    more: bool = False
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Self:
+        head = super(HistoryPage, cls).from_wire(obj)
+        return replace(head, messages=_messages_from_wire(cls.TYPE, obj))
+
+    def to_wire(self) -> dict[str, Any]:
+        obj = Message.to_wire(self)
+        obj["messages"] = [message.to_wire() for message in self.messages]
+        return obj
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResults(Message):
+    """``search-results`` (server): ``messages`` holding every word of ``query``,
+    newest first; ``more``: older ones match too."""
+
+    TYPE = "search-results"
+    FIELDS = (_req("query", "str"), _req("more", "bool"))
+    query: str = ""
+    messages: tuple[ChatMessage, ...] = ()
+    more: bool = False
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Self:
+        head = super(SearchResults, cls).from_wire(obj)
+        return replace(head, messages=_messages_from_wire(cls.TYPE, obj))
+
+    def to_wire(self) -> dict[str, Any]:
+        obj = Message.to_wire(self)
+        obj["messages"] = [message.to_wire() for message in self.messages]
+        return obj
+
+
 @dataclass(frozen=True, slots=True)
 class Unknown(Message):
     """A payload whose ``type`` the receiver does not know; ``fields`` is all of it."""
@@ -512,6 +594,9 @@ CLIENT_MESSAGES = _table(
     Bans,
     Whois,
     SendNotice,
+    # history pages and search
+    History,
+    Search,
 )
 """The types a client sends, by wire ``type``."""
 
@@ -531,6 +616,9 @@ SERVER_MESSAGES = _table(
     BanList,
     WhoisResult,
     Notice,
+    # history pages and search
+    HistoryPage,
+    SearchResults,
 )
 """The types the server sends, by wire ``type``."""
 
@@ -599,6 +687,32 @@ def encode(message: Message, max_frame: int = MAX_SERVER_FRAME) -> bytes:
             f"A {message.TYPE} frame of {len(payload)} bytes exceeds {max_frame}.",
         )
     return HEADER.pack(len(payload)) + payload
+
+
+def encode_page(page: HistoryPage | SearchResults, max_frame: int = MAX_SERVER_FRAME) -> bytes:
+    """The frame carrying ``page``, without its oldest messages if all would not fit.
+
+    A page that loses messages says ``more``, since older ones then remain.
+    Raises ``LocalProtocolError`` only if not even an empty page fits.
+    """
+    try:
+        return encode(page, max_frame)
+    except LocalProtocolError as exc:
+        if exc.code != "frame-too-large":
+            raise
+    newest_first = page.messages[::-1] if isinstance(page, HistoryPage) else page.messages
+    # Each message costs its own JSON and a comma; a frame's 4 header bytes are not payload.
+    room = max_frame - (len(encode(replace(page, messages=(), more=True), max_frame)) - 4)
+    kept = 0
+    for message in newest_first:
+        room -= len(encode(message, max_frame)) - 4 + 1
+        if room < 0:
+            break
+        kept += 1
+    chosen = newest_first[:kept]
+    if isinstance(page, HistoryPage):
+        chosen = chosen[::-1]
+    return encode(replace(page, messages=chosen, more=True), max_frame)
 
 
 def _splice(text: str, ready: list[tuple[str, str]]) -> str:
