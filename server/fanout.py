@@ -40,12 +40,23 @@ class BroadcastLog:
     oldest position still held.
     """
 
-    __slots__ = ("_base", "_buffer", "_last_read")
+    __slots__ = ("_base", "_buffer", "_held_from", "_last_read")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._base = 0
         self._last_read: tuple[int, int, bytes] = (0, 0, b"")
+        self._held_from: int | None = None
+
+    @property
+    def visible(self) -> int:
+        """Where what may be read ends: ``end``, unless a hold keeps the tail back."""
+        held = self._held_from
+        return self._base + len(self._buffer) if held is None else held
+
+    def hold(self, position: int | None) -> None:
+        """Keep everything from ``position`` on from being read (``None``: nothing)."""
+        self._held_from = position
 
     @property
     def base(self) -> int:
@@ -120,11 +131,15 @@ class Outbox:
         return self.cursor is not None and self._until is None
 
     def _log_end(self, log: BroadcastLog) -> int:
-        return log.end if self._until is None else self._until
+        """Where what it may read of the log now ends (a hold keeps the tail back)."""
+        visible = log.visible
+        until = self._until
+        return visible if until is None or until > visible else until
 
     def backlog(self, log: BroadcastLog) -> int:
         """Bytes queued for this member."""
-        unread = 0 if self.cursor is None else self._log_end(log) - self.cursor
+        end = log.end if self._until is None else self._until
+        unread = 0 if self.cursor is None else end - self.cursor
         return unread + self._counted + self.replies
 
     def overrun(self, log: BroadcastLog, max_backlog: int) -> bool:
@@ -166,20 +181,18 @@ class Outbox:
             if self._until is None:
                 self.cursor = stop
             else:
-                self._advance(stop, end)
+                self._advance(stop)
             return log.read(start, stop)
+        # A direct frame follows the log bytes before its position, and
+        # waits while a hold keeps those back (it was queued after them).
+        visible = log.visible
         parts: list[bytes] = []
         size = 0
         while size < max_bytes:
             budget = max_bytes - size
             cursor = self.cursor
-            if cursor is not None and cursor < end and (not direct or direct[0][0] > cursor):
-                stop = min(end, cursor + budget)
-                if direct:
-                    stop = min(stop, direct[0][0])
-                piece = log.read(cursor, stop)
-                self._advance(stop, end)
-            elif direct:
+            first = direct[0][0] if direct else None
+            if first is not None and first <= visible and (cursor is None or first <= cursor):
                 position, frame, reply = direct[0]
                 if len(frame) > budget:
                     piece = frame[:budget]
@@ -191,6 +204,12 @@ class Outbox:
                     self.replies -= len(piece)
                 else:
                     self._counted -= len(piece)
+            elif cursor is not None and cursor < end:
+                stop = min(end, cursor + budget)
+                if first is not None:
+                    stop = min(stop, first)
+                piece = log.read(cursor, stop)
+                self._advance(stop)
             else:
                 break
             if piece:
@@ -198,8 +217,8 @@ class Outbox:
                 size += len(piece)
         return b"".join(parts)
 
-    def _advance(self, stop: int, end: int) -> None:
-        if stop >= end and self._until is not None:
+    def _advance(self, stop: int) -> None:
+        if self._until is not None and stop >= self._until:
             # A leaver has read all the log owed it: it no longer holds the log.
             self.cursor = self._until = None
         else:
@@ -225,14 +244,15 @@ class Outbox:
             self.clear()
             return
         cursor, end = self.cursor, self._until
+        # Each piece keeps the position it ends at, so that a hold still keeps it back.
         direct: deque[tuple[int, bytes, bool]] = deque()
         for position, frame, reply in self._direct:
             if cursor < min(position, end):
-                direct.append((0, log.read(cursor, min(position, end)), False))
+                direct.append((min(position, end), log.read(cursor, min(position, end)), False))
                 cursor = min(position, end)
-            direct.append((0, frame, reply))
+            direct.append((position, frame, reply))
         if cursor < end:
-            direct.append((0, log.read(cursor, end), False))
+            direct.append((end, log.read(cursor, end), False))
         self._counted += end - self.cursor
         self._direct = direct
         self.cursor = self._until = None

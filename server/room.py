@@ -28,6 +28,14 @@ goes through; the ``ops`` list is kept sorted and encoded, like the users,
 and is left out of ``welcome`` and ``users`` while there are none (absent
 means none, and old peers see the frames they always saw).
 
+What is seen is kept: when the history store says a public message is on
+its way to disk (``RecentHistory.append``), the room holds the broadcast
+log from that message's frame on (``BroadcastLog.hold``), so that nobody,
+its sender included, receives it, or anything the room said after it,
+until the store's thread says it is kept (``_saved``). The store commits
+in batches, so the wait is about one commit, shared by everyone who spoke
+meanwhile.
+
 Unless the server's TLS mode is ``off``, the room also keeps who is
 connected in plaintext (``Member.secure`` false) as a second ``Roster``,
 sorted like the users, so that ``welcome`` and ``users`` carry
@@ -39,6 +47,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -165,6 +174,9 @@ class Room:
         self._history: RecentHistory = (
             MemoryHistory(history) if history_store is None else history_store
         )
+        # Public messages on their way to disk: (id, where its frame starts in the log).
+        self._unsaved: deque[tuple[int, int]] = deque()
+        self._history.watch_durable(self._saved)
         self._closed = False
         # operators extension
         self.bans = BanStore() if bans is None else bans
@@ -348,16 +360,23 @@ class Room:
                 action,
                 None if recipient is None else recipient.name,
             )
+            held = False
             if recipient is None:
+                start = self._log.end
                 self._broadcast(message, urgent=True)
-                self._history.append(message)
+                if self._history.append(message):
+                    if not self._unsaved:
+                        self._log.hold(start)
+                    self._unsaved.append((message.id, start))
+                    held = True
             else:
                 frame = encode(message)
                 member.outbox.put(self._log, frame, reply=True)  # the sender's echo
                 if recipient is not member:
                     recipient.outbox.put(self._log, frame)
         if recipient is None:
-            self._on_broadcast(True)
+            if not held:  # a held one is flushed when it is saved (_saved)
+                self._on_broadcast(True)
         else:
             member.notify()
             if recipient is not member:
@@ -374,6 +393,15 @@ class Room:
         frame = encode(message)
         with self._lock:
             member.outbox.put(self._log, frame, reply=reply)
+        member.notify()
+
+    def send_frame(self, member: Member, frame: bytes) -> None:
+        """Queue an encoded reply for ``member`` (a history page, search results).
+
+        Only ``member``'s own thread may queue it, as for ``send``'s replies.
+        """
+        with self._lock:
+            member.outbox.put(self._log, frame, reply=True)
         member.notify()
 
     def send_users(self, member: Member) -> None:
@@ -570,7 +598,28 @@ class Room:
 
     def _broadcast(self, message: Message, *, urgent: bool = False) -> bool:
         """Log ``message`` for everyone; whether to flush it at once (``Fanout.broadcast``)."""
-        return self._fanout.broadcast(encode(message), urgent=urgent)
+        urgent = self._fanout.broadcast(encode(message), urgent=urgent)
+        log = self._log
+        if self._unsaved and log.end - log.visible > self.max_backlog // 2:
+            # The disk has stalled for as long as a slow reader may lag: show
+            # what waits rather than drop everyone as too slow. The store
+            # still keeps it (and its thread says that its disk is slow);
+            # only its promise to keep a message before it is seen is broken.
+            self._unsaved.clear()
+            log.hold(None)
+            urgent = True
+        return urgent
+
+    def _saved(self, last_id: int) -> None:
+        """The store's thread: every message up to ``last_id`` is kept; show them."""
+        with self._lock:
+            unsaved = self._unsaved
+            if not unsaved or unsaved[0][0] > last_id:
+                return
+            while unsaved and unsaved[0][0] <= last_id:
+                unsaved.popleft()
+            self._log.hold(unsaved[0][1] if unsaved else None)
+        self._on_broadcast(True)
 
 
 def banned_error(ban: Ban, what: str) -> RemoteProtocolError:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -351,9 +351,12 @@ class WatchedHistory:
         assert self.room is not None
         return self.room._lock.locked()
 
-    def append(self, message: ChatMessage) -> None:
+    def append(self, message: ChatMessage) -> bool:
         self.calls.append(("append", self._held()))
-        self.inner.append(message)
+        return self.inner.append(message)
+
+    def watch_durable(self, callback: Callable[[int], None]) -> None:
+        self.calls.append(("watch_durable", False))
 
     def recent(self) -> Sequence[HistoryEntry]:
         self.calls.append(("recent", self._held()))
@@ -395,6 +398,7 @@ def test_the_room_calls_its_history_only_under_its_lock() -> None:
     room.rename(bob, "robert")
     room.users()
     assert watched.calls == [
+        ("watch_durable", False),  # once, as the room is made
         ("recent", True),
         ("append", True),
         ("recent", True),

@@ -11,7 +11,10 @@ The contract is about the room's lock. The room calls ``claim``,
 ``rename``, ``release``, ``owner_of``, ``next_id``, ``append`` and
 ``recent`` while it holds its lock, so none of them may block: a disk
 store hands its writes to a thread of its own and keeps the recent window
-in memory. ``HistoryStore.page`` and ``search`` may block (they may read
+in memory. Its ``append`` says that the message is on its way to disk, and
+the room holds that message's broadcast (its echo included) until the
+store's thread says it is kept (``watch_durable``): what anyone has seen
+then survives the server being killed. ``HistoryStore.page`` and ``search`` may block (they may read
 a disk); the room cannot call them, since it holds its history as a
 ``RecentHistory``, and whoever does runs them off the selector loops (a
 worker thread hands the answer back with ``call_soon``).
@@ -26,7 +29,7 @@ declares its own keeps to them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from server.protocol import ChatMessage, NameList, encode
@@ -119,8 +122,21 @@ class RecentHistory(Protocol):
 
     __slots__ = ()
 
-    def append(self, message: ChatMessage) -> None:
-        """Keep a public message, newer than every one kept so far."""
+    def append(self, message: ChatMessage) -> bool:
+        """Keep a public message, newer than every one kept so far.
+
+        Returns whether it is still on its way to disk: the store then calls
+        the ``watch_durable`` callback with its id, or a later one, once it
+        is kept (or once the store has given up keeping it: the room must not
+        wait for ever). A memory store returns ``False``.
+        """
+        ...
+
+    def watch_durable(self, callback: Callable[[int], None]) -> None:
+        """Have ``callback(last_id)`` called, from the store's own thread and
+        without any lock of the caller's held, once every message up to
+        ``last_id`` that ``append`` said was on its way is kept. Called once,
+        before the first ``append``."""
         ...
 
     def recent(self) -> Sequence[HistoryEntry]:

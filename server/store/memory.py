@@ -18,7 +18,7 @@ references per message, amortised.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from server.protocol import ChatMessage, NameList, Users, encode, json_string
 from server.store import HistoryEntry, HistoryStore, IdSource, NameRegistry, Owner
@@ -167,13 +167,17 @@ class MemoryHistory(HistoryStore):
         self._slack = max(size // 4, 64)
         self._entries: list[_Entry] = []
 
-    def append(self, message: ChatMessage) -> None:
+    def append(self, message: ChatMessage) -> bool:
         if self._size == 0:
-            return
+            return False
         entries = self._entries
         entries.append(_Entry(message))
         if len(entries) > self._size + self._slack:
             self._entries = entries[-self._size :]
+        return False
+
+    def watch_durable(self, callback: Callable[[int], None]) -> None:
+        """Nothing to watch: nothing here is ever on its way to disk."""
 
     def recent(self) -> Sequence[HistoryEntry]:
         entries, start, end = self._window()
