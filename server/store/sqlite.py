@@ -90,6 +90,8 @@ DELETE_CHUNK = 2_000  # rows deleted per transaction by retention
 RETRY_EVERY_S = 30.0  # after a failed write
 MAX_UNSAVED = 10_000  # messages kept in memory while the disk fails
 SLOW_COMMIT_S = 1.0
+MERGE_PAGES = 16  # FTS5 merge work per step between commits
+CHECKPOINT_EVERY_S = 1.0
 SLOW_WARN_EVERY_S = 60.0
 _FTS = "fts5"
 _WORDS = "words"
@@ -135,8 +137,11 @@ class SqliteHistory(HistoryStore, IdSource):
     __slots__ = (
         "_bump_at",
         "_bump_wanted",
+        "_checkpointer",
         "_clock",
         "_closed",
+        "_closing",
+        "_commits",
         "_connection",
         "_done",
         "_done_id",
@@ -204,12 +209,18 @@ class SqliteHistory(HistoryStore, IdSource):
         self._bump_wanted = False
         self._stopping = False
         self._closed = False
+        self._closing = threading.Event()  # the writer is done: the checkpointer's last round
         self._slow_warned = -SLOW_WARN_EVERY_S
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._connection = self._open(fts)
+        self._commits = 0  # transactions the writer has committed
         self._writer = threading.Thread(target=self._run, name="history-writer", daemon=True)
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint, name="history-checkpoint", daemon=True
+        )
         self._writer.start()
+        self._checkpointer.start()
 
     # -- opening -----------------------------------------------------------
 
@@ -234,6 +245,7 @@ class SqliteHistory(HistoryStore, IdSource):
                     f"(journal mode {mode}); put the data folder on a local disk."
                 )
             connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's work
             connection.execute("BEGIN IMMEDIATE")
             self._fts = self._make_schema(connection, fts)
             last = connection.execute("SELECT max(id) FROM messages").fetchone()[0] or 0
@@ -298,6 +310,10 @@ class SqliteHistory(HistoryStore, IdSource):
                 self._index(connection, [_message(row) for row in rows])
                 after = rows[-1][0]
             _set_meta(connection, "index", wanted)
+        if wanted == _FTS:  # merged by the writer between commits instead (_merge)
+            connection.execute(
+                "INSERT INTO message_fts (message_fts, rank) VALUES ('automerge', 0)"
+            )
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return wanted == _FTS
 
@@ -482,6 +498,8 @@ class SqliteHistory(HistoryStore, IdSource):
             self._stopping = True
             self._work.notify()
         self._writer.join()
+        self._closing.set()
+        self._checkpointer.join()
         with self._lock:
             self._closed = True
             readers, self._readers = self._readers, []
@@ -495,12 +513,13 @@ class SqliteHistory(HistoryStore, IdSource):
         next_round = time.monotonic() if retention else float("inf")
         next_retry = float("inf")
         cutoff: tuple[int, float] | None = None  # this retention round's (id, ts)
+        merging = False  # the search index has merge work to do
         while True:
             with self._lock:
                 while not (self._stopping or self._queue or self._bump_wanted):
                     now = time.monotonic()
                     if self._saving:
-                        wake = now if cutoff is not None else next_round
+                        wake = now if cutoff is not None or merging else next_round
                     else:
                         wake = next_retry
                     if wake <= now:
@@ -524,6 +543,9 @@ class SqliteHistory(HistoryStore, IdSource):
                 continue
             if batch or bump:
                 self._commit(batch)
+                merging = self._merge()  # one step between batches, however busy
+            elif merging:
+                merging = self._merge()
             elif stopping:
                 return
             elif cutoff is None:
@@ -547,6 +569,7 @@ class SqliteHistory(HistoryStore, IdSource):
             _rollback(connection)
             self._fail(batch, error)
             return
+        self._commits += 1
         elapsed = time.monotonic() - started
         if elapsed > SLOW_COMMIT_S and started - self._slow_warned > SLOW_WARN_EVERY_S:
             self._slow_warned = started
@@ -557,6 +580,57 @@ class SqliteHistory(HistoryStore, IdSource):
             )
         if batch:
             self._release(batch[-1].id)
+
+    def _merge(self) -> bool:
+        """One bounded step of FTS5's segment merging; whether it found work.
+
+        FTS5 merges its segments within the commit that adds one, by
+        default, and a merge of large segments stalls that commit for tens
+        of milliseconds: every message waiting on it waits that long. So
+        the index is made with automerge off and merged here, a few pages
+        at a time (``MERGE_PAGES``), between commits.
+        """
+        if not (self._fts and self._saving):
+            return False
+        connection = self._connection
+        changes = connection.total_changes
+        try:
+            connection.execute(
+                "INSERT INTO message_fts (message_fts, rank) VALUES ('merge', ?)", (MERGE_PAGES,)
+            )
+        except sqlite3.Error as error:
+            self._fail([], error)
+            return False
+        self._commits += 1
+        return connection.total_changes - changes >= 2  # FTS5's sign that it merged
+
+    def _checkpoint(self) -> None:
+        """The checkpointer thread: copy the WAL into the database, beside the writer.
+
+        A checkpoint syncs the disk twice; run by the writer (SQLite's
+        automatic checkpoint), it would hold up the commit that triggers it.
+        A passive checkpoint on a connection of its own never waits for the
+        writer, nor the writer for it. Every ``CHECKPOINT_EVERY_S`` if
+        anything was committed, and once more at the end.
+        """
+        try:
+            connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return  # the writer reports what fails; the WAL then grows until close
+        try:
+            done = -1
+            while True:
+                stopping = self._closing.wait(CHECKPOINT_EVERY_S)
+                if self._commits != done:
+                    done = self._commits
+                    try:
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error:
+                        pass  # the writer reports a failing disk; try again later
+                if stopping:
+                    return
+        finally:
+            connection.close()
 
     def _insert(self, connection: sqlite3.Connection, batch: list[ChatMessage]) -> None:
         connection.executemany(
