@@ -276,7 +276,7 @@ def histories(draw: st.DrawFn) -> tuple[list[ChatMessage], list[tuple[object, ..
         next_id += draw(st.integers(0, 2))  # ids private messages took
         messages.append(ChatMessage(next_id, "alice", text, 1_000.0 + n, n % 3 == 0))
         next_id += 1
-    befores = st.none() | st.integers(-1, next_id + 1)
+    befores = st.none() | st.integers(-1, next_id + 1) | st.just(2**70)
     requests = st.lists(
         st.tuples(st.just("page"), befores, st.integers(1, 12))
         | st.tuples(
@@ -596,8 +596,7 @@ def test_a_full_disk_keeps_the_room_in_memory_then_saves_again(
     big = "x" * 5_000
     first = ChatMessage(store.next_id(), "alice", f"lost {big}", 1.0)
     assert store.append(first)  # on its way: the writer has not failed yet
-    wait_for(lambda: statuses)
-    assert durable[-1] == first.id  # the room does not wait for it
+    wait_for(lambda: statuses and durable[-1] == first.id)  # the room does not wait
     sentence, saving = statuses[0]
     assert not saving
     assert f"Cannot save history to {tmp_path / 'history.sqlite3'}" in sentence
@@ -637,3 +636,32 @@ def test_memory_keeps_only_the_newest_while_the_disk_fails_and_says_how_many_wen
     wait_for(lambda: len(statuses) == 2)
     assert "3 older messages could not be kept" in statuses[1][0]
     assert store.page(None, 10) == (said[-4:], False)
+
+
+def test_a_writer_that_fails_for_another_reason_fails_over_too(
+    open_store: Callable[..., SqliteHistory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statuses: list[tuple[str, bool]] = []
+    store = open_store(on_status=lambda sentence, ok: statuses.append((sentence, ok)))
+    durable: list[int] = []
+    store.watch_durable(durable.append)
+    saved = say(store, "saved")
+    assert store.flush(10.0)
+
+    def broken(text: str) -> frozenset[str]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sqlite_module, "words", broken)
+    doomed = say(store, "never written")
+    wait_for(lambda: statuses and durable[-1] == doomed.id)  # the room does not wait
+    assert statuses == [
+        (
+            f"History is no longer saved to {store._path} (a bug); new messages are kept "
+            "in memory only until the server restarts.",
+            False,
+        )
+    ]
+    later = ChatMessage(store.next_id(), "bob", "later", 2.0)
+    assert not store.append(later)
+    assert not store.flush(1.0)
+    assert store.page(None, 10) == ([saved, doomed, later], False)

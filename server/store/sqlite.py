@@ -118,10 +118,6 @@ def _ignore_status(sentence: str, saving: bool) -> None:
     """No one to tell."""
 
 
-class _Entry(HistoryEntry):
-    __slots__ = ()
-
-
 class SqliteHistory(HistoryStore, IdSource):
     """The room's history and ids in the SQLite database ``path``.
 
@@ -149,6 +145,7 @@ class SqliteHistory(HistoryStore, IdSource):
         "_durable",
         "_entries",
         "_fts",
+        "_in_flight",
         "_keep_days",
         "_keep_messages",
         "_last",
@@ -201,6 +198,7 @@ class SqliteHistory(HistoryStore, IdSource):
         self._work = threading.Condition(self._lock)  # the writer waits on it
         self._done = threading.Condition(self._lock)  # flush waits on it
         self._queue: list[ChatMessage] = []
+        self._in_flight: list[ChatMessage] = []  # the writer's batch, until kept
         self._queued_id = 0  # the highest id queued
         self._done_id = 0  # the highest id committed, or given up on
         self._unsaved: deque[ChatMessage] = deque()  # while saving fails
@@ -242,7 +240,8 @@ class SqliteHistory(HistoryStore, IdSource):
             if mode != "wal":
                 raise StoreError(
                     f"The history database {path} cannot use a write-ahead log "
-                    f"(journal mode {mode}); put the data folder on a local disk."
+                    f"(journal mode {mode}); check that the file and its folder are "
+                    "writable, on a local disk."
                 )
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's work
@@ -262,7 +261,7 @@ class SqliteHistory(HistoryStore, IdSource):
         except BaseException:
             connection.close()
             raise
-        self._entries = [_Entry(_message(row)) for row in reversed(rows)]
+        self._entries = [HistoryEntry(_message(row)) for row in reversed(rows)]
         return connection
 
     def _make_schema(self, connection: sqlite3.Connection, fts: bool | None) -> bool:
@@ -342,7 +341,7 @@ class SqliteHistory(HistoryStore, IdSource):
     def append(self, message: ChatMessage) -> bool:
         if self._recent:
             entries = self._entries
-            entries.append(_Entry(message))
+            entries.append(HistoryEntry(message))
             if len(entries) > self._recent + self._slack:
                 self._entries = entries[-self._recent :]
         with self._lock:
@@ -365,13 +364,13 @@ class SqliteHistory(HistoryStore, IdSource):
 
     def page(self, before: int | None, limit: int) -> tuple[list[ChatMessage], bool]:
         _check_limit(limit)
-        below = _NO_ID if before is None else before
+        below = _NO_ID if before is None else min(before, _NO_ID)
         newest = self._unsaved_below(below)[-(limit + 1) :][::-1]
         rows = self._read(
             f"SELECT {_COLUMNS} FROM messages m WHERE m.id < ? ORDER BY m.id DESC LIMIT ?",
             (below, limit + 1),
         )
-        found, _ = _merge(newest, rows, limit + 1)
+        found, _ = _combine(newest, rows, limit + 1)
         return found[:limit][::-1], len(found) > limit
 
     def search(
@@ -381,7 +380,7 @@ class SqliteHistory(HistoryStore, IdSource):
         wanted = query_words(query)
         if len(wanted) > MAX_QUERY_WORDS:
             raise ValueError(f"a search holds at most {MAX_QUERY_WORDS} words, not {len(wanted)}")
-        below = _NO_ID if before is None else before
+        below = _NO_ID if before is None else min(before, _NO_ID)
         newest = [m for m in reversed(self._unsaved_below(below)) if wanted <= words(m.text)]
         if self._fts:
             match = " ".join(f'"{word}"' for word in sorted(wanted))
@@ -393,7 +392,7 @@ class SqliteHistory(HistoryStore, IdSource):
             )
         else:
             rows = self._search_words(wanted, below, limit + 1)
-        found, cut = _merge(newest, rows, limit + 1)
+        found, cut = _combine(newest, rows, limit + 1)
         return found[:limit], cut or len(found) > limit
 
     def _search_words(self, wanted: frozenset[str], below: int, limit: int) -> _Rows:
@@ -509,6 +508,26 @@ class SqliteHistory(HistoryStore, IdSource):
     # -- the writer thread ---------------------------------------------------
 
     def _run(self) -> None:
+        """The writer thread; a failure that is no disk's fails over like one."""
+        try:
+            self._write()
+        except Exception as error:
+            logger.exception("the history's writer failed")
+            with self._lock:
+                self._saving = False
+                pending = self._in_flight + self._queue
+                self._in_flight = self._queue = []
+                for message in pending:
+                    self._keep_unsaved(message)
+            if pending:
+                self._release(pending[-1].id)  # the room first: it holds them back
+            self._status(
+                f"History is no longer saved to {self._path} ({error}); new messages "
+                "are kept in memory only until the server restarts.",
+                False,
+            )
+
+    def _write(self) -> None:
         retention = self._keep_days is not None or self._keep_messages is not None
         next_round = time.monotonic() if retention else float("inf")
         next_retry = float("inf")
@@ -525,29 +544,28 @@ class SqliteHistory(HistoryStore, IdSource):
                     if wake <= now:
                         break
                     self._work.wait(min(wake - now, 3600.0))
-                batch, self._queue = self._queue, []
+                batch = self._in_flight = self._queue
+                self._queue = []
                 bump, self._bump_wanted = self._bump_wanted, False
                 saving = self._saving  # while it fails, append queues nothing
-                stopping = self._stopping and not batch
+                stopping = self._stopping and not (batch or bump)
                 if stopping:
                     self._saving = False  # closed: what comes later stays in memory
             now = time.monotonic()
+            if stopping:
+                if not saving:
+                    self._retry(resume=False)  # a last try
+                return
             if not saving:
-                if stopping or now >= next_retry:
-                    self._retry()
+                if now >= next_retry:
+                    self._retry(resume=True)
                     next_retry = now + RETRY_EVERY_S
-                if stopping:
-                    with self._lock:
-                        self._saving = False
-                    return
                 continue
             if batch or bump:
                 self._commit(batch)
                 merging = self._merge()  # one step between batches, however busy
             elif merging:
                 merging = self._merge()
-            elif stopping:
-                return
             elif cutoff is None:
                 cutoff = self._cutoff()
                 next_round = now + RETENTION_EVERY_S
@@ -655,6 +673,7 @@ class SqliteHistory(HistoryStore, IdSource):
         """Every message up to ``last_id`` is kept (or given up on): tell flush and the room."""
         with self._lock:
             self._done_id = max(self._done_id, last_id)
+            self._in_flight = []
             self._done.notify_all()
         try:
             self._durable(last_id)
@@ -668,13 +687,13 @@ class SqliteHistory(HistoryStore, IdSource):
             self._queue = []
             for message in pending:
                 self._keep_unsaved(message)
+        if pending:
+            self._release(pending[-1].id)  # the room first: it holds them back
         self._status(
             f"Cannot save history to {self._path} ({error}); new messages are kept in "
             f"memory only (the last {MAX_UNSAVED:,}) until it can.",
             False,
         )
-        if pending:
-            self._release(pending[-1].id)
 
     def _keep_unsaved(self, message: ChatMessage) -> None:
         """Under the lock: keep ``message`` in memory, dropping the oldest past the bound."""
@@ -683,8 +702,8 @@ class SqliteHistory(HistoryStore, IdSource):
             self._unsaved.popleft()
             self._dropped += 1
 
-    def _retry(self) -> None:
-        """Save the unsaved messages; once none are left, save as before."""
+    def _retry(self, *, resume: bool) -> None:
+        """Save the unsaved messages; once none are left, save as before if ``resume``."""
         connection = self._connection
         while True:
             with self._lock:
@@ -702,7 +721,7 @@ class SqliteHistory(HistoryStore, IdSource):
                     self._unsaved.popleft()
                 if self._unsaved:
                     continue  # said while this was saved: save them too
-                self._saving = True
+                self._saving = resume
                 dropped, self._dropped = self._dropped, 0
             lost = f"; {dropped:,} older messages could not be kept" if dropped else ""
             self._status(f"History is being saved again to {self._path}{lost}.", True)
@@ -767,7 +786,7 @@ class _Rows(list[_Row]):
     cut = False
 
 
-def _merge(
+def _combine(
     newest: list[ChatMessage], rows: Iterable[_Row], limit: int
 ) -> tuple[list[ChatMessage], bool]:
     """Memory's newest messages, then the database's (both newest first), without
