@@ -263,9 +263,26 @@ def test_what_was_durable_before_a_kill_is_found_after_it_and_ids_go_on(
 
 # -- pages and searches, against MemoryHistory ----------------------------------
 
-# Case, accents, ligatures, sharp s, and fullwidth "fFull" and "2".
-LETTERS = "aAbBeEéÉèçÇœŒﬁﬂ ßẞ 13 -_.!?" + "\uff46\uff26\uff55\uff4c\uff4c\uff12"
-texts = st.text(alphabet=st.sampled_from(LETTERS), max_size=30)
+# Spellings of a few words that search must take as one: case, accents,
+# ligatures (U+FB01 fi), sharp s, fullwidth letters and digits (U+FF..).
+SPELLINGS = [
+    "cafe", "Café", "CAFÉ", "cafè",
+    "creme", "Crème", "CRÈME",
+    "fish", "\ufb01sh", "FISH",
+    "strasse", "Straße", "STRA\u1e9eE",
+    "full", "\uff46\uff55\uff4c\uff4c", "Full",
+    "2", "\uff12", "42",
+    "oeuvre", "œuvre",
+]  # fmt: skip
+JUNK = "aAeEéÉœﬁ ß 13 -_.!?"
+texts = st.lists(st.sampled_from(SPELLINGS), max_size=6).flatmap(
+    lambda tokens: st.lists(
+        st.sampled_from([" ", "-", ", ", "!", "_", "'"]), min_size=len(tokens), max_size=len(tokens)
+    ).map(lambda gaps: "".join(t + g for t, g in zip(tokens, gaps, strict=True)))
+) | st.text(alphabet=st.sampled_from(JUNK), max_size=20)
+queries = (
+    st.lists(st.sampled_from(SPELLINGS), min_size=1, max_size=3).map(" ".join) | texts | st.just("")
+)
 
 
 @st.composite
@@ -281,7 +298,7 @@ def histories(draw: st.DrawFn) -> tuple[list[ChatMessage], list[tuple[object, ..
         st.tuples(st.just("page"), befores, st.integers(1, 12))
         | st.tuples(
             st.just("search"),
-            st.sampled_from([*said, "e", "ﬁ", "Full", "x"]) | texts,
+            queries,
             st.integers(1, 12),
             befores,
         ),
