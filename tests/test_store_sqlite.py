@@ -682,3 +682,17 @@ def test_a_writer_that_fails_for_another_reason_fails_over_too(
     assert not store.append(later)
     assert not store.flush(1.0)
     assert store.page(None, 10) == ([saved, doomed, later], False)
+
+
+def test_a_slow_commit_is_said_once_a_while_and_saving_goes_on(
+    open_store: Callable[..., SqliteHistory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "SLOW_COMMIT_S", -1.0)  # every commit is slow
+    statuses: list[tuple[str, bool]] = []
+    store = open_store(on_status=lambda sentence, ok: statuses.append((sentence, ok)))
+    for n in range(3):
+        say(store, f"slow {n}")
+        assert store.flush(10.0)
+    assert len(statuses) == 1
+    sentence, saving = statuses[0]
+    assert saving and "the disk is slow" in sentence and str(store._path) in sentence

@@ -14,7 +14,11 @@ batches grow with the load and an idle room waits for one commit only.
 Durability: WAL with ``synchronous=NORMAL``, so a commit survives the
 process being killed (``kill -9``), which is the promise made for a
 message's echo; a power cut may lose the last commits before the next
-checkpoint.
+checkpoint. Nothing slow runs inside a commit: a second thread
+checkpoints the WAL (passively, on its own connection, every
+``CHECKPOINT_EVERY_S``), and FTS5's segment merging, which it would
+otherwise do inside whichever commit fills a level, is done by the writer
+a few pages at a time between commits (``_merge``).
 
 Ids: private messages take ids too but are never stored, so the highest
 id stored cannot say where to go on. The ``meta`` table keeps a
