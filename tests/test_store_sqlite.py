@@ -81,8 +81,8 @@ def say(store: SqliteHistory, text: str, ts: float = 1_000.0, sender: str = "ali
 
 
 def files_open(path: Path) -> list[str]:
-    """This process's open files that are ``path`` or its -wal / -shm."""
-    found = []
+    """This process's open files that are ``path`` or its -wal / -shm (Linux)."""
+    found: list[str] = []
     for fd in Path("/proc/self/fd").iterdir():
         try:
             target = os.readlink(fd)
@@ -127,7 +127,7 @@ def test_a_second_process_is_refused_the_folder_with_a_sentence_naming_the_holde
         assert "--data-dir" in message
         assert isinstance(refused.value, StoreError)
     finally:
-        holder.send_signal(signal.SIGKILL)  # the OS frees a killed holder's lock
+        holder.kill()  # the OS frees a killed holder's lock
         holder.wait(10)
         assert holder.stdout is not None
         holder.stdout.close()
@@ -215,7 +215,7 @@ KILLED = textwrap.dedent(
         handed = store.next_id()
         store.append(ChatMessage(handed, "bob", f"late {n}", 2.0))
     os.write(1, f"handed {handed}\\n".encode())
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows: terminated
     """
 )
 
@@ -234,7 +234,8 @@ def test_what_was_durable_before_a_kill_is_found_after_it_and_ids_go_on(
         timeout=60,
         check=False,
     )
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    killed = -signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM
+    assert child.returncode == killed, child.stderr
     durable, said, handed = 0, [], 0
     for line in child.stdout.splitlines():
         word, number = line.split()
@@ -475,9 +476,12 @@ def test_close_closes_every_threads_connection(
         thread.start()
     for thread in readers:
         thread.join(10.0)
-    assert len(files_open(path)) >= 4  # the writer's and each reader's
+    linux = Path("/proc/self/fd").is_dir()  # elsewhere, only the closed store is checked
+    if linux:
+        assert len(files_open(path)) >= 4  # the writer's and each reader's
     store.close()
-    assert files_open(path) == []
+    if linux:
+        assert files_open(path) == []
     with pytest.raises(StoreError, match="closed"):
         store.page(None, 5)
 
@@ -500,7 +504,8 @@ def test_retention_by_days_deletes_the_old_messages_and_their_index_rows(
 ) -> None:
     day = 86_400.0
     store = open_store(fts=fts)
-    old = [say(store, f"old news {n}", ts=n) for n in range(5_000)]  # more than a chunk
+    for n in range(5_000):  # more than a chunk
+        say(store, f"old news {n}", ts=n)
     new = [say(store, f"fresh news {n}", ts=10 * day + n) for n in range(10)]
     store.close()
     store = open_store(fts=fts, keep_days=2, clock=lambda: 11 * day)
@@ -508,7 +513,6 @@ def test_retention_by_days_deletes_the_old_messages_and_their_index_rows(
     assert store.search("news", 200) == (new[::-1], False)
     assert store.search("old", 5) == ([], False)
     assert index_rows(tmp_path / "history.sqlite3", fts) == (10 if fts else 30)
-    assert old  # they were said, and are gone
 
 
 @search_index
@@ -552,6 +556,8 @@ def test_a_newer_schema_is_a_sentence(tmp_path: Path) -> None:
 @pytest.fixture
 def read_only_folder(tmp_path: Path) -> Iterator[Path]:
     """A folder nobody may write in: mode 0555, and immutable (chattr +i) for root."""
+    if sys.platform == "win32":
+        pytest.skip("Windows has no read-only folders (its read-only attribute is for files)")
     folder = tmp_path / "read-only"
     folder.mkdir()
     folder.chmod(0o555)

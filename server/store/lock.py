@@ -85,7 +85,7 @@ def lock_data_folder(folder: Path) -> FolderLock:
                 "stop it, or give this one another --data-dir."
             )
         os.lseek(fd, 1, os.SEEK_SET)
-        os.truncate(fd, 1)
+        os.ftruncate(fd, 1)
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, b"\n")
