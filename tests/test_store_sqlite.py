@@ -702,3 +702,35 @@ def test_a_slow_commit_is_said_once_a_while_and_saving_goes_on(
     assert len(statuses) == 1
     sentence, saving = statuses[0]
     assert saving and "the disk is slow" in sentence and str(store._path) in sentence
+
+
+# -- with the room ----------------------------------------------------------------
+
+
+def test_the_room_shows_a_message_once_the_store_has_kept_it_and_also_when_it_cannot(
+    open_store: Callable[..., SqliteHistory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_room import Harness, chat, inbox  # noqa: PLC0415 - the room's own fakes
+
+    store = open_store()
+    harness = Harness(ids=store, history_store=store)
+    alice, bob = harness.join("alice"), harness.join("bob")
+    said_id = harness.room.say(alice, "kept before it is seen")
+    heard: list[ChatMessage] = []
+
+    def bob_heard() -> bool:
+        heard.extend(chat(inbox(harness.room, bob)))
+        return bool(heard)
+
+    wait_for(bob_heard)  # held until the writer's commit, then shown
+    assert [m.id for m in heard] == [said_id]
+    assert store.page(None, 5)[0][-1].id == said_id  # committed before it was seen
+    assert [m.id for m in chat(inbox(harness.room, alice))] == [said_id]  # her echo
+
+    fill_disk(store, True)
+    heard.clear()
+    lost_id = harness.room.say(alice, "x" * 5_000)
+    wait_for(bob_heard)  # the room is not kept waiting by a full disk
+    assert [m.id for m in heard] == [lost_id]
+    harness.room.say(alice, "said in memory")  # append says no: shown at once
+    assert [m.text for m in chat(inbox(harness.room, bob))] == ["said in memory"]
