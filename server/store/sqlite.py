@@ -27,7 +27,9 @@ start the counter goes on from the reservation (or the last message, if
 higher) and reserves ``ID_BLOCK`` more at once; the writer moves the
 reservation another block ahead, in its next transaction, whenever the
 counter passes half of it. Ids so stay strictly increasing across
-restarts, ``kill -9`` included, skipping at most a block at each.
+restarts, ``kill -9`` included, skipping at most a block after a kill;
+``close`` sets the reservation to the last id given, so that after a clean
+stop they go on from the next one (the room hands out no id after it).
 
 Schema (``PRAGMA user_version`` 1): ``messages(id, ts, sender, text,
 action)``, the ``meta`` key-value table, and one search index over each
@@ -559,6 +561,7 @@ class SqliteHistory(HistoryStore, IdSource):
             if stopping:
                 if not saving:
                     self._retry(resume=False)  # a last try
+                self._settle()
                 return
             if not saving:
                 if now >= next_retry:
@@ -776,6 +779,17 @@ class SqliteHistory(HistoryStore, IdSource):
             self._fail([], error)
             return False
         return len(doomed) == DELETE_CHUNK
+
+    def _settle(self) -> None:
+        """At close: reserve no id beyond the last one given, so that a clean
+        restart goes on from the next one instead of skipping a block."""
+        connection = self._connection
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            _set_meta(connection, "reserved", self._last)
+            connection.execute("COMMIT")
+        except sqlite3.Error:
+            _rollback(connection)  # the block reserved stays: ids skip it, as after a kill
 
     def _status(self, sentence: str, saving: bool) -> None:
         try:
