@@ -396,7 +396,8 @@ class Connection:
             return
         if self._watching_writes:
             self._watch_writes(False)
-        if self.session.state is State.CLOSING:
+        # What a hold keeps back is still owed: it is flushed once shown.
+        if self.session.state is State.CLOSING and not self.room.owes(self):
             self._finish_close()
 
     def _wait_to_write(self, want: Want) -> None:

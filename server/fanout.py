@@ -187,7 +187,8 @@ class Outbox:
                 self._advance(stop)
             return log.read(start, stop)
         # A direct frame follows the log bytes before its position, and
-        # waits while a hold keeps those back (it was queued after them).
+        # waits while a hold keeps those back (it was queued after them);
+        # one for a member that follows no log (not yet joined) never waits.
         visible = log.visible
         parts: list[bytes] = []
         size = 0
@@ -195,7 +196,7 @@ class Outbox:
             budget = max_bytes - size
             cursor = self.cursor
             first = direct[0][0] if direct else None
-            if first is not None and first <= visible and (cursor is None or first <= cursor):
+            if first is not None and (cursor is None or (first <= visible and first <= cursor)):
                 position, frame, reply = direct[0]
                 if len(frame) > budget:
                     piece = frame[:budget]

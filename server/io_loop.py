@@ -321,7 +321,12 @@ class IOLoop:
             took = 0.0
             # Picking the members out costs about 50 ns each; calling flush
             # without _safely's extra frame saves more than that.
-            members = [conn for conn in self._connections if conn.outbox.subscribed]
+            # Leavers still reading the log too: a hold may have kept their tail back.
+            members = [
+                conn
+                for conn in self._connections
+                if conn.outbox.subscribed or conn.outbox.holds_log
+            ]
             for start in range(0, len(members), FLUSH_SLICE):
                 started = time.monotonic()
                 for conn in members[start : start + FLUSH_SLICE]:

@@ -210,6 +210,11 @@ class Room:
                 return None
             return outbox.take(self._log, max_bytes)
 
+    def owes(self, member: Member) -> bool:
+        """Whether anything is still queued for ``member``, held back or not."""
+        with self._lock:
+            return member.outbox.backlog(self._log) > 0
+
     def overrun(self, member: Member, unsent: int) -> bool:
         """Whether ``member`` is more than ``max_backlog`` behind.
 

@@ -220,7 +220,10 @@ class SqliteHistory(HistoryStore, IdSource):
         self._commits = 0  # transactions the writer has committed
         self._writer = threading.Thread(target=self._run, name="history-writer", daemon=True)
         self._checkpointer = threading.Thread(
-            target=self._checkpoint, name="history-checkpoint", daemon=True
+            target=self._checkpoint,
+            args=(self._checkpoint_connection(),),
+            name="history-checkpoint",
+            daemon=True,
         )
         self._writer.start()
         self._checkpointer.start()
@@ -626,7 +629,21 @@ class SqliteHistory(HistoryStore, IdSource):
         self._commits += 1
         return connection.total_changes - changes >= 2  # FTS5's sign that it merged
 
-    def _checkpoint(self) -> None:
+    def _checkpoint_connection(self) -> sqlite3.Connection | None:
+        """The checkpointer's connection, opened (its WAL too) before the store is
+        in use, so that every file the store holds is open once it is made."""
+        try:
+            connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return None  # the writer reports what fails; the WAL then grows until close
+        try:
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            connection.close()
+            return None
+        return connection
+
+    def _checkpoint(self, connection: sqlite3.Connection | None) -> None:
         """The checkpointer thread: copy the WAL into the database, beside the writer.
 
         A checkpoint syncs the disk twice; run by the writer (SQLite's
@@ -635,10 +652,8 @@ class SqliteHistory(HistoryStore, IdSource):
         writer, nor the writer for it. Every ``CHECKPOINT_EVERY_S`` if
         anything was committed, and once more at the end.
         """
-        try:
-            connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error:
-            return  # the writer reports what fails; the WAL then grows until close
+        if connection is None:
+            return
         try:
             done = -1
             while True:

@@ -8,8 +8,9 @@ Run from the project root::
 
 Each scenario gets a fresh ``python -m server --host 127.0.0.1 --port <free>
 --log-level warning`` started in ``--server-cwd`` (default: this checkout), so
-with the server's default settings: the rate limit is on. It is stopped with
-SIGINT afterwards.
+with the server's default settings: the rate limit is on, the history is on
+disk, in a temporary data folder of its own. It is stopped with SIGINT
+afterwards.
 
 Scenarios:
 
@@ -133,14 +134,16 @@ def start_server(cwd: Path, extra: Sequence[str] = ()) -> BenchServer:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = tempfile.TemporaryFile()  # noqa: SIM115 - Server.stop() closes it
+    # Its own data folder (history, identity), never the user's: stop() removes it.
+    data_dir = tempfile.TemporaryDirectory(prefix="hostile-bench-")
     process = subprocess.Popen(
-        server_command(port, extra),
+        [*server_command(port, extra), "--data-dir", data_dir.name],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=log,
     )
-    server = BenchServer(port, process.pid, process, log)
+    server = BenchServer(port, process.pid, process, log, data_dir)
     deadline = time.monotonic() + READY_WAIT_S
     while True:
         if process.poll() is not None:
