@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from server.config import ServerConfig, TlsMode, features
+from server.history import HistoryService
 from server.identity import Identity, IdentityError, load_identity
 from server.io_loop import IOLoop, Waker
 from server.limits import AddressLimits
@@ -42,6 +43,7 @@ from server.protocol import RemoteProtocolError
 from server.protocol.transport import server_context
 from server.room import Room, banned_error
 from server.store.bans import BanStore
+from server.store.memory import MemoryHistory
 
 logger = logging.getLogger("server")
 
@@ -85,8 +87,9 @@ class ChatServer:
                 ) from None
         # Per-address limits, checked at accept; wrong passwords share their exemption.
         self.limits = AddressLimits.from_config(config, time.monotonic())
+        self.history = MemoryHistory(config.history)
         self.room = Room(
-            history=config.history,
+            history_store=self.history,
             motd=config.motd,
             max_backlog=config.max_queue,
             on_broadcast=self._broadcast_pending,
@@ -104,6 +107,7 @@ class ChatServer:
             else Secret.from_password(config.room_password),
         )
         self._listeners = bind_listeners(config.host, config.port)
+        self._answers: HistoryService | None = None
         self._loops: list[IOLoop] = []
         self._open_count = 0
         self._count_lock = threading.Lock()
@@ -112,6 +116,7 @@ class ChatServer:
             self._waker = Waker(self._selector)
             for listener in self._listeners:
                 self._selector.register(listener, selectors.EVENT_READ, listener)
+            self._answers = HistoryService(self.history)
             for _ in range(max(1, config.io_threads)):
                 self._loops.append(self._new_loop())
         except BaseException:  # out of file descriptors, most likely
@@ -198,6 +203,8 @@ class ChatServer:
             waker.close()
         for loop in self._loops:
             loop.close()
+        if self._answers is not None:
+            self._answers.close()
 
     # -- internals ---------------------------------------------------------
 
@@ -237,7 +244,14 @@ class ChatServer:
             self._least_busy_loop().adopt(sock, address, refuse=refuse)
 
     def _new_loop(self) -> IOLoop:
-        return IOLoop(len(self._loops), self.room, self.config, self._release, tls=self._tls)
+        return IOLoop(
+            len(self._loops),
+            self.room,
+            self.config,
+            self._release,
+            tls=self._tls,
+            history=self._answers,
+        )
 
     def _least_busy_loop(self) -> IOLoop:
         # A loop whose thread died of a bug would take clients and serve none.

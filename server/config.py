@@ -117,6 +117,7 @@ def features(config: ServerConfig) -> tuple[str, ...]:
     if config.room_password is not None:
         offered.append("password")
     offered.append("operators")  # always: the console is one, and bans apply
+    offered += ["history-pages", "search"]  # always: over the disk, or what memory holds
     return tuple(offered)
 
 

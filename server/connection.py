@@ -74,6 +74,8 @@ from server.session import Session, State
 if TYPE_CHECKING:
     from ssl import SSLContext
 
+    from server.history import HistoryService
+
 logger = logging.getLogger("server")
 
 RECV_SIZE = 256 * 1024  # bytes read per pass at most
@@ -147,6 +149,7 @@ class Connection:
         config: ServerConfig,
         *,
         tls: SSLContext | None = None,
+        history: HistoryService | None = None,
     ) -> None:
         self.transport = transport
         self.loop = loop
@@ -160,7 +163,13 @@ class Connection:
         self.outbox = Outbox()
         self.decoder = FrameDecoder(MAX_CLIENT_FRAME)
         self.session = Session(
-            room, config, self, self, peer=format_address(address), now=time.monotonic()
+            room,
+            config,
+            self,
+            self,
+            peer=format_address(address),
+            now=time.monotonic(),
+            history=history,
         )
         self._unsent = memoryview(b"")
         self._unsent_counted = 0  # of _unsent, bytes that count towards the room's bound
@@ -197,6 +206,15 @@ class Connection:
         """Run ``callback`` on this connection's thread (a kick). Any thread."""
         self.loop.call_soon(callback)
 
+    def resume_input(self) -> None:
+        """The session's question is answered: serve what waits, then read again."""
+        if self.session.state is not State.JOINED:
+            return
+        if not self._paused:  # otherwise flush serves it once the replies drain
+            self.session.resume(time.monotonic())
+            self._set_input_waiting(True)
+        self._update_events()
+
     # -- events from the loop ----------------------------------------------
 
     def on_readable(self) -> None:
@@ -215,7 +233,8 @@ class Connection:
 
     def _read(self) -> None:
         """One read, unless what the last one brought is still to be handled."""
-        if self._input_waiting or self._paused or self.session.state is State.CLOSED:
+        session = self.session
+        if self._input_waiting or self._paused or session.waiting or session.state is State.CLOSED:
             return
         try:
             data = self.transport.recv(RECV_SIZE)
@@ -280,6 +299,10 @@ class Connection:
         session = self.session
         if session.state is not State.GREETING and session.state is not State.JOINED:
             return  # closed by what the loop served before it in this pass
+        if session.waiting:  # replies drained, but its question is still out
+            self._set_input_waiting(False)
+            self._update_events()
+            return
         now = time.monotonic()
         for _ in range(FRAMES_PER_PASS):
             try:
@@ -296,6 +319,13 @@ class Connection:
             session.receive(payload, now)
             if session.state is not State.GREETING and session.state is not State.JOINED:
                 return  # closing stopped serving input
+            if session.waiting:
+                # One question at a time: the rest waits in the decoder (at
+                # most one read) and the socket is not read until it is answered.
+                session.pause(now)
+                self._set_input_waiting(False)
+                self._update_events()
+                return
             if self.outbox.replies > self._pause_at:
                 self._paused = True
                 session.pause(now)
@@ -399,7 +429,7 @@ class Connection:
         if self.session.state is State.CLOSED:
             return
         read = self._write_wants_read or not (
-            self._peer_closed or self._paused or self._input_waiting
+            self._peer_closed or self._paused or self._input_waiting or self.session.waiting
         )
         self.loop.watch(self, read=read, write=self._watching_writes or self._read_wants_write)
 

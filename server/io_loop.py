@@ -55,6 +55,8 @@ from server.session import State
 if TYPE_CHECKING:
     from ssl import SSLContext
 
+    from server.history import HistoryService
+
 logger = logging.getLogger("server")
 
 TIMER_TICK = 0.25  # seconds between checks of handshake, keep-alive and close deadlines
@@ -116,8 +118,10 @@ class IOLoop:
         on_release: Callable[[Any], None],
         *,
         tls: SSLContext | None = None,
+        history: HistoryService | None = None,
     ) -> None:
         self.room = room
+        self._history = history  # answers its sessions' history and search
         self.config = config
         self._tls = tls  # the server's TLS context; None: it serves no TLS
         self._on_release = on_release
@@ -357,7 +361,13 @@ class IOLoop:
     def _open(self, sock: socket.socket, address: Any, refuse: bool | RemoteProtocolError) -> None:
         # Plaintext until its first byte says otherwise (``Connection``).
         conn = Connection(
-            PlainTransport(sock), address, self, self.room, self.config, tls=self._tls
+            PlainTransport(sock),
+            address,
+            self,
+            self.room,
+            self.config,
+            tls=self._tls,
+            history=self._history,
         )
         self._connections.add(conn)
         self._selector.register(conn.transport, selectors.EVENT_READ, conn)

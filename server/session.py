@@ -41,6 +41,14 @@ one takes the operator password's path (answered about a second later,
 frames held meanwhile, the third closes, each counts toward the address's
 guesses); a right one is remembered for the connection, so a hello after
 ``name-taken`` needs none.
+
+History pages and search (PROTOCOL.md): ``history`` and ``search`` take
+no rate-limit token; their fields are checked here, and the question goes
+to the ``HistoryService``, whose workers may read a disk. Until the answer
+comes back (on this session's thread, through ``Link.call_soon``) the
+session is ``waiting``: its adapter serves no more of its input, so that
+a connection has one question out at a time and what it sent after the
+question is handled after the answer, in order.
 """
 
 from __future__ import annotations
@@ -50,12 +58,15 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from server.config import RateLimit, ServerConfig
 from server.protocol import (
     CLIENT_MESSAGES,
+    DEFAULT_PAGE,
     MAX_ECHOED_TYPE,
+    MAX_PAGE,
+    MAX_TEXT_LENGTH,
     PROTOCOL_VERSION,
     Ban,
     BanList,
@@ -64,6 +75,7 @@ from server.protocol import (
     Error,
     ErrorCode,
     Hello,
+    History,
     Kick,
     LeaveReason,
     LocalProtocolError,
@@ -76,6 +88,7 @@ from server.protocol import (
     Rename,
     RuleViolation,
     Say,
+    Search,
     SendNotice,
     Shutdown,
     Unban,
@@ -87,6 +100,10 @@ from server.protocol import (
     show_wire,
 )
 from server.room import Member, Room, Seat
+from server.store.words import query_words
+
+if TYPE_CHECKING:
+    from server.history import Answer, HistoryService
 
 logger = logging.getLogger("server")
 
@@ -148,6 +165,9 @@ class Link(Protocol):
     def call_soon(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` on the connection's own thread. Any thread."""
 
+    def resume_input(self) -> None:
+        """Serve input again: the question the session waited on is answered."""
+
     @property
     def secure(self) -> bool:
         """Whether the connection is encrypted (TLS)."""
@@ -194,10 +214,12 @@ class Session:
         "_paused_since",
         "_ping_due",
         "_release_at",
+        "_waiting",
         "_wrong_code",
         "_wrong_ops",
         "_wrong_passwords",
         "config",
+        "history",
         "link",
         "member",
         "peer",
@@ -214,8 +236,10 @@ class Session:
         *,
         peer: str,
         now: float,
+        history: HistoryService | None = None,
     ) -> None:
         self.room = room
+        self.history = history  # None: it answers no history or search
         self.config = config
         self.member = member
         self.link = link
@@ -237,6 +261,14 @@ class Session:
         # room password extension
         self._password_ok = False  # this connection has given the right one
         self._wrong_passwords = 0
+        # history pages and search: a question is out; input waits for its answer
+        self._waiting = False
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a question (a history page, a search) waits for its answer:
+        the adapter serves no more input until ``Link.resume_input``."""
+        return self._waiting
 
     @property
     def who(self) -> str:
@@ -433,6 +465,52 @@ class Session:
     def _on_bye(self, _bye: Bye) -> None:
         self.close(LeaveReason.QUIT)
 
+    # -- history pages and search (PROTOCOL.md) ---------------------------------
+
+    def _on_history(self, history: History) -> None:
+        limit = _page_limit(history.limit)
+        before = _page_before(history.before)
+        service = self._history_service(History.TYPE)
+        self._waiting = True
+        service.page(before, limit, self._answer_soon)
+
+    def _on_search(self, search: Search) -> None:
+        limit = _page_limit(search.limit)
+        before = _page_before(search.before)
+        query = search.query
+        if len(query) > MAX_TEXT_LENGTH:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_FIELD, f"`query` is longer than {MAX_TEXT_LENGTH} characters."
+            )
+        try:
+            query_words(query)  # bounded by the length checked above
+        except ValueError as exc:
+            raise RemoteProtocolError(ErrorCode.BAD_FIELD, f"`query`: {exc}.") from None
+        service = self._history_service(Search.TYPE)
+        self._waiting = True
+        service.search(query, limit, before, self._answer_soon)
+
+    def _history_service(self, kind: str) -> HistoryService:
+        if self.history is None:
+            raise RemoteProtocolError(
+                ErrorCode.UNKNOWN_TYPE, f"This server does not answer {kind} frames."
+            )
+        return self.history
+
+    def _answer_soon(self, answer: Answer) -> None:
+        """A worker thread: hand the answer to this session's own thread."""
+        self.link.call_soon(lambda: self._answered(answer))
+
+    def _answered(self, answer: Answer) -> None:
+        self._waiting = False
+        if self.state is not State.JOINED:
+            return  # it left meanwhile: nobody to answer, no input to serve
+        if isinstance(answer, bytes):
+            self.room.send_frame(self.member, answer)
+        else:
+            self.fail(answer, LeaveReason.ERROR)
+        self.link.resume_input()
+
     # -- operators (PROTOCOL.md, "Operators and moderation") ------------------
 
     @property
@@ -604,4 +682,26 @@ class Session:
         Bans: _on_bans,
         Whois: _on_whois,
         SendNotice: _on_notice,
+        # history pages and search
+        History: _on_history,
+        Search: _on_search,
     }
+
+
+_MAX_ID = 2**63 - 1  # SQLite's largest integer: no id is ever above it
+
+
+def _page_limit(limit: int | None) -> int:
+    if limit is None:
+        return DEFAULT_PAGE
+    if not 1 <= limit <= MAX_PAGE:
+        raise RemoteProtocolError(ErrorCode.BAD_FIELD, f"`limit` must be from 1 to {MAX_PAGE}.")
+    return limit
+
+
+def _page_before(before: int | None) -> int | None:
+    if before is not None and not 1 <= before <= _MAX_ID:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FIELD, "`before` must be a message id (a positive integer)."
+        )
+    return before

@@ -36,6 +36,8 @@ from server.protocol import (
     Error,
     FrameDecoder,
     Hello,
+    History,
+    HistoryPage,
     Joined,
     Kick,
     LeaveReason,
@@ -52,6 +54,8 @@ from server.protocol import (
     Renamed,
     RuleViolation,
     Say,
+    Search,
+    SearchResults,
     SendNotice,
     Shutdown,
     Unban,
@@ -64,6 +68,7 @@ from server.protocol import (
     clean_text,
     decode_payload,
     encode,
+    encode_page,
     name_identity,
     normalize_name,
     parse_message,
@@ -369,6 +374,14 @@ CLIENT_EXAMPLES = [
     ({"type": "bans"}, Bans()),
     ({"type": "whois", "name": "bob"}, Whois("bob")),
     ({"type": "notice", "text": "Back in 5"}, SendNotice("Back in 5")),
+    # history pages and search
+    ({"type": "history"}, History()),
+    ({"type": "history", "before": 40, "limit": 50}, History(40, 50)),
+    ({"type": "search", "query": "pizza friday"}, Search("pizza friday")),
+    (
+        {"type": "search", "query": "pizza", "limit": 5, "before": 9},
+        Search("pizza", 5, 9),
+    ),
 ]
 
 SERVER_EXAMPLES = [
@@ -481,6 +494,23 @@ SERVER_EXAMPLES = [
     ),
     ({"type": "notice", "text": "hi", "by": "a", "ts": 1}, Notice("hi", 1, by="a")),
     ({"type": "notice", "text": "hi", "ts": 1}, Notice("hi", 1)),
+    # history pages and search
+    (
+        {
+            "type": "history-page",
+            "before": 40,
+            "messages": [
+                {"type": "message", "id": 7, "from": "a", "text": "t", "ts": 2, "history": True}
+            ],
+            "more": True,
+        },
+        HistoryPage(40, (ChatMessage(7, "a", "t", 2, history=True),), True),
+    ),
+    ({"type": "history-page", "messages": [], "more": False}, HistoryPage()),
+    (
+        {"type": "search-results", "query": "t", "messages": [], "more": False},
+        SearchResults("t"),
+    ),
 ]
 
 
@@ -532,6 +562,9 @@ def test_table_membership():
         "bans",
         "whois",
         "notice",
+        # history pages and search
+        "history",
+        "search",
     }
     assert set(SERVER_MESSAGES) == {
         "welcome",
@@ -549,6 +582,9 @@ def test_table_membership():
         "ban-list",
         "whois-result",
         "notice",
+        # history pages and search
+        "history-page",
+        "search-results",
     }
 
 
@@ -1619,3 +1655,37 @@ def test_property_clean_text(raw):
         assert not 0x202A <= ord(char) <= 0x202E
         assert not 0x2066 <= ord(char) <= 0x2069
     assert clean_text(text) == text
+
+
+# --------------------------------------------------------------------------
+# encode_page: a history page or search results within one frame
+
+
+def _long_messages(count: int) -> tuple[ChatMessage, ...]:
+    return tuple(ChatMessage(n, "a", f"{n} " + "é" * 3990, 1.5, history=True) for n in range(count))
+
+
+def test_a_page_that_fits_is_encoded_as_it_is():
+    page = HistoryPage(9, _long_messages(3), False)
+    assert encode_page(page) == encode(page)
+
+
+@pytest.mark.parametrize("kind", ["history", "search"])
+def test_a_page_too_big_for_a_frame_keeps_its_newest_messages_and_says_more(kind):
+    messages = _long_messages(200)  # about 1.6 MB of text
+    if kind == "history":
+        page = encode_page(HistoryPage(None, messages, False))  # oldest first
+    else:
+        page = encode_page(SearchResults("q", messages[::-1], False))  # newest first
+    assert len(page) - 4 <= MAX_SERVER_FRAME
+    wire = decode_one(page)
+    ids = [m["id"] for m in wire["messages"]]
+    assert wire["more"] is True
+    newest_first = ids[::-1] if kind == "history" else ids
+    assert newest_first == list(range(199, 199 - len(ids), -1))  # the newest, none skipped
+    # As many as fit: one more would not.
+    one_more = len(ids) + 1
+    kept = messages[-one_more:]
+    bigger = HistoryPage(None, kept, True) if kind == "history" else SearchResults("q", kept, True)
+    with pytest.raises(LocalProtocolError):
+        encode(bigger)

@@ -303,16 +303,19 @@ def test_the_guess_counter_shares_the_exemption(start_server) -> None:
 
 @pytest.mark.parametrize(
     ("tls", "expected"),
-    [(TlsMode.AUTO, ["tls", "operators"]), (TlsMode.REQUIRED, ["tls", "operators"])],
+    [
+        (TlsMode.AUTO, ["tls", "operators", "history-pages", "search"]),
+        (TlsMode.REQUIRED, ["tls", "operators", "history-pages", "search"]),
+    ],
 )
 def test_features_per_configuration(tls, expected) -> None:
     assert list(features(ServerConfig(tls=tls))) == expected
-    assert list(features(ServerConfig(tls=TlsMode.OFF))) == ["operators"]
+    assert list(features(ServerConfig(tls=TlsMode.OFF))) == ["operators", "history-pages", "search"]
 
 
 def test_a_room_password_is_a_feature() -> None:
     config = ServerConfig(tls=TlsMode.REQUIRED, room_password="open sesame")
-    assert list(features(config)) == ["tls", "password", "operators"]
+    assert list(features(config)) == ["tls", "password", "operators", "history-pages", "search"]
 
 
 @pytest.mark.parametrize("tls", [TlsMode.OFF, TlsMode.AUTO])

@@ -30,12 +30,19 @@ def words(text: str) -> frozenset[str]:
     return frozenset(_WORD.findall(bare))
 
 
+MAX_QUERY_WORDS = 16
+"""The most words a search may ask for: each is one more index lookup per candidate."""
+
+
 def query_words(query: str) -> frozenset[str]:
     """The words a message must all hold to match ``query``.
 
-    Raises ``ValueError`` if ``query`` holds no word (it may be empty).
+    Raises ``ValueError`` if ``query`` holds no word (it may be empty), or
+    more than ``MAX_QUERY_WORDS`` different ones.
     """
     found = words(query)
     if not found:
         raise ValueError("the query holds no word (letters or numbers)")
+    if len(found) > MAX_QUERY_WORDS:
+        raise ValueError(f"a query holds at most {MAX_QUERY_WORDS} different words")
     return found
