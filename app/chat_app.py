@@ -766,12 +766,13 @@ class ChatApp:
             self.room.walked = 0
             self.view.start_room(self.room.since)
         self.room.replay_left = welcome.history_count
-        self.view.set_paging("history-pages" in self.room.features)
+        self.view.set_paging(False)  # until the replay is in: pages go above it
         if not self.room.replay_left:
             self._replay_finished()
 
     def _replay_finished(self) -> None:
         self.view.replay_done()
+        self.view.set_paging("history-pages" in self.room.features)
         self.room.walking = True
         self._walk()
 

@@ -373,7 +373,7 @@ class ChatView(ttk.Frame):
             self.input.see("insert")
             return "break"
         if event.keysym in SCROLL_KEYS:
-            self._person_scrolled()
+            self._person_scrolled(event)
         return None  # Ctrl+C and the like keep working in the transcript
 
     def _paste_in_transcript(self, _event: tkinter.Event) -> str:
@@ -381,8 +381,12 @@ class ChatView(ttk.Frame):
         self.input.event_generate("<<Paste>>")
         return "break"
 
-    def _person_scrolled(self, _event: tkinter.Event | None = None) -> None:
-        """After the person scrolled (the widget's own binding moves the view first)."""
+    def _person_scrolled(self, event: tkinter.Event | None = None) -> None:
+        """The person scrolls (the Text's own binding moves the view next). Up,
+        they leave the end at once: the pump's next batch, which may come
+        before the view has moved, must not take them back down."""
+        if event is not None and _upward(event):
+            self._following = False
         self.after_idle(self._update_following)
 
     def _scroll_by_bar(self, *args: str) -> None:
@@ -788,7 +792,10 @@ class ChatView(ttk.Frame):
             self._edit(change)
             text.see("end")
             return
-        text.mark_set(ANCHOR, "@0,0")
+        top = text.index("@0,0")
+        if text.compare(top, "<", ROOM_TOP) and text.dlineinfo(ROOM_TOP) is not None:
+            top = ROOM_TOP  # the lines above the room's (a join notice) make way
+        text.mark_set(ANCHOR, top)  # of right gravity: the page goes in before it
         before = text.dlineinfo(ANCHOR)
         self._edit(change)
         if before is not None:
@@ -1279,6 +1286,14 @@ class _Tip:
         if self._window is None or self.label is None or self._window.state() == "withdrawn":
             return ""
         return str(self.label.cget("text"))
+
+
+def _upward(event: tkinter.Event) -> bool:
+    """Whether a wheel turn or a key scrolls towards older lines."""
+    if event.keysym in ("Prior", "Up", "Home"):
+        return True
+    wheel = event.type == tkinter.EventType.MouseWheel
+    return event.num == 4 or (wheel and event.delta > 0)
 
 
 def _fitting(page: list[ChatMessage], lines: int) -> tuple[list[ChatMessage], bool]:
