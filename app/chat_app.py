@@ -298,6 +298,11 @@ class ChatApp:
         )
 
     def _focused(self, _event: object) -> None:
+        """The window has the focus: with the newest line in view, all is read
+        (scrolled up, say at "New since you left", the rest is not yet; nor
+        while the room's history is still coming in on a return)."""
+        if not self.view.at_end or self.room.replay_left or self.room.walking:
+            return
         self._mark_read()
         if self.unread:
             self.unread = 0

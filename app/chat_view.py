@@ -415,6 +415,11 @@ class ChatView(ttk.Frame):
         if float(first) <= 0.0:
             self._at_top()
 
+    @property
+    def at_end(self) -> bool:
+        """Whether the person reads the end (the newest line is in view)."""
+        return self._following
+
     def scroll_to_end(self) -> None:
         """The new-messages button: back to the newest line, following again."""
         self._following = True

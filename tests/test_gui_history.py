@@ -221,3 +221,238 @@ def test_scrolling_to_the_top_loads_older_pages_in_place_until_the_beginning(
     first, second, third = view.transcript_text().splitlines()[:3]
     assert "You joined" in first and second == BEGINNING_TEXT and third.endswith("message 1")
     assert errors == []
+
+
+# -- search -------------------------------------------------------------------------
+
+
+def search_room() -> list[dict[str, Any]]:
+    """A room where some messages, old and new, speak of crème brûlée."""
+    texts = {
+        5: "Who brings the CRÈME BRÛLÉE on friday?",
+        40: "creme brulee again, with extra creme",
+        90: "nothing about dessert",
+        130: "Crème brûlée at the party tonight!",
+        149: "the last one",
+    }
+    return [message(n, texts.get(n)) for n in range(1, 150)]
+
+
+def hit_words(box: tkinter.Text) -> list[str]:
+    """The highlighted words of a text box, in order."""
+    ranges = box.tag_ranges("hit")
+    return [box.get(ranges[i], ranges[i + 1]) for i in range(0, len(ranges), 2)]
+
+
+def test_ctrl_f_searches_highlights_and_shows_a_result_in_its_context(
+    make_app: Callable[..., ChatApp],
+    rooms: Callable[..., FakeRoom],
+    errors: list[BaseException],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chat_app, "SEARCH_LIMIT", 2)  # so that "More results" shows
+    room = rooms(search_room(), replay=20)
+    app = make_app()
+    shown_on_screen(app)
+    enter(app, room.port)
+    view = app.view
+    transcript_before = view.transcript_text()
+    xdotool("mousemove", *on_screen(view.transcript, 200, 100))
+    xdotool("click", 1)
+    settle(app.root, 0.1)
+    xdotool("key", "ctrl+f")
+    wait_until(app.root, lambda: view.search_open, WAIT, "the search pane")
+    panel = view.search_panel
+    assert panel is not None
+    wait_until(app.root, lambda: app.root.focus_get() is panel.query_entry, WAIT, "focus")
+    xdotool("type", "--delay", 20, "creme BRULEE")
+    xdotool("key", "Return")
+    wait_until(app.root, lambda: "2+ messages" in panel.status_text(), WAIT, "results")
+    assert room.requests[-1] == {"type": "search", "query": "creme BRULEE", "limit": 2}
+    lines = panel.results_text().splitlines()
+    assert lines[0].startswith("bob  ") and lines[1] == "Crème brûlée at the party tonight!"
+    assert lines[3] == "creme brulee again, with extra creme"
+    assert hit_words(panel.results) == ["Crème", "brûlée", "creme", "brulee", "creme"]
+    assert panel.more_button.winfo_ismapped()
+    screenshot(app.root, "search-light")
+
+    # More results: further back, from the oldest result shown.
+    bx, by = on_screen(panel.more_button, 20, 8)
+    xdotool("mousemove", bx, by)
+    xdotool("click", 1)
+    wait_until(app.root, lambda: "3 messages" in panel.status_text(), WAIT, "more results")
+    assert room.requests[-1] == {"type": "search", "query": "creme BRULEE", "limit": 2, "before": 40}
+    assert "Who brings the CRÈME BRÛLÉE on friday?" in panel.results_text()
+    assert not panel.more_button.winfo_ismapped()
+
+    # A click on a result: its conversation, in the pane; the transcript as it was.
+    found = panel.results.search("extra creme", "1.0", "end")
+    panel.results.see(found)
+    settle(app.root, 0.2)
+    box = panel.results.bbox(found)
+    assert box is not None
+    xdotool("mousemove", *on_screen(panel.results, box[0] + 4, box[1] + box[3] // 2))
+    xdotool("click", 1)
+    wait_until(app.root, lambda: panel.showing_context, WAIT, "the context")
+    assert room.requests[-1] == {"type": "history", "before": 51, "limit": 21}
+    context = panel.context_text()
+    assert "message 30" in context and "message 50" in context and "message 29" not in context
+    chosen = panel.context.tag_ranges("chosen-message")
+    assert "extra creme" in panel.context.get(chosen[0], chosen[1])
+    assert view.transcript_text() == transcript_before
+    screenshot(app.root, "search-context-light")
+    app.toggle_theme()
+    screenshot(app.root, "search-context-dark")
+    panel.back_button.invoke()
+    assert not panel.showing_context and "extra creme" in panel.results_text()
+    screenshot(app.root, "search-dark")
+    app.toggle_theme()
+
+    # Escape closes the pane, and the input box has the keys again.
+    panel.query_entry.focus_force()
+    settle(app.root, 0.1)
+    xdotool("key", "Escape")
+    wait_until(app.root, lambda: not view.search_open, WAIT, "the pane closed")
+    assert errors == []
+
+
+def test_search_errors_show_in_the_pane(
+    make_app: Callable[..., ChatApp],
+    rooms: Callable[..., FakeRoom],
+    errors: list[BaseException],
+) -> None:
+    def refuse(obj: dict[str, Any]) -> dict[str, Any] | None:
+        if "boom" in obj.get("query", ""):
+            return {"type": "error", "code": "bad-field", "message": "Too many words.",
+                    "in_reply_to": "search"}
+        return None
+
+    room = rooms(search_room(), replay=20, answer=refuse)
+    app = make_app()
+    shown_on_screen(app)
+    enter(app, room.port)
+    panel = app.view.open_search()
+    settle(app.root, 0.2)
+    panel.query_var.set("?!  ...")
+    panel.query_entry.event_generate("<Return>")
+    assert "Type a word" in panel.status_text()
+    assert [r for r in room.requests if r["type"] == "search"] == []  # no word: not asked
+    panel.query_var.set("boom")
+    panel.query_entry.event_generate("<Return>")
+    wait_until(app.root, lambda: panel.status_text() == "Too many words.", WAIT, "the error")
+    assert "Too many words." not in app.view.transcript_text()
+    assert errors == []
+
+
+def test_a_server_without_search_or_pages_says_so_and_asks_nothing(
+    make_app: Callable[..., ChatApp],
+    rooms: Callable[..., FakeRoom],
+    errors: list[BaseException],
+) -> None:
+    room = rooms(numbered(30), replay=5, features=())
+    app = make_app()
+    shown_on_screen(app)
+    enter(app, room.port)
+    view = app.view
+    assert view.transcript.yview()[0] == 0.0  # at the top: nothing to load from
+    settle(app.root, 0.3)
+    xdotool("mousemove", *on_screen(view.transcript, 200, 100))
+    settle(app.root, 0.1)
+    xdotool("click", "--repeat", 5, 4)
+    xdotool("key", "ctrl+f")
+    wait_until(app.root, lambda: view.search_open, WAIT, "the search pane")
+    settle(app.root, 0.2)
+    assert view.search_panel is not None
+    assert view.search_panel.status_text() == "This server cannot search its history."
+    view.search_panel.query_var.set("message")
+    view.search_panel.query_entry.event_generate("<Return>")
+    assert view.search_panel.status_text() == "This server cannot search its history."
+    settle(app.root, 0.3)
+    assert room.requests == []
+    assert BEGINNING_TEXT not in view.transcript_text()
+    assert errors == []
+
+
+# -- new since you left -----------------------------------------------------------
+
+
+def test_new_since_you_left_divides_and_counts_and_is_saved_on_close(
+    make_app: Callable[..., ChatApp],
+    rooms: Callable[..., FakeRoom],
+    config_dir: Path,
+    errors: list[BaseException],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mine = {437, 445}  # said by alice, from another computer: not unread
+    room = rooms(
+        [message(n, sender="alice" if n in mine else "bob") for n in range(1, 451)], replay=100
+    )
+    seen = LastSeen(config_dir / "last_seen.json")
+    seen.saw(f"127.0.0.1:{room.port}", 420)
+    seen.save()
+    app = make_app(LastSeen(config_dir / "last_seen.json"))
+    focused = [False]
+    monkeypatch.setattr(app, "_has_focus", lambda: focused[0])
+    shown_on_screen(app)
+    enter(app, room.port)
+    view, text = app.view, app.view.transcript
+    lines = view.transcript_text().splitlines()
+    divider = [n for n, line in enumerate(lines) if DIVIDER_TEXT in line]
+    assert len(divider) == 1
+    assert lines[divider[0] - 1].endswith("message 420")
+    assert lines[divider[0] + 1].endswith("message 421")
+    assert app.root.title().startswith("(28) LAN Chat")  # 421..450, not alice's two
+    assert room.requests == []  # the replay reaches back to it
+    # Shown at the top of the view, where reading begins.
+    found = text.search(DIVIDER_TEXT, "1.0", "end")
+    box = text.dlineinfo(found)
+    assert box is not None and box[1] < 40
+    screenshot(app.root, "new-since-light")
+    app.toggle_theme()
+    screenshot(app.root, "new-since-dark")
+    app.toggle_theme()
+
+    # Read to the end with the window focused: the count goes, the id is kept.
+    focused[0] = True
+    view.scroll_to_end()
+    wait_until(app.root, lambda: app.root.title().startswith("LAN Chat"), WAIT, "no count")
+    app.close()
+    saved = json.loads((config_dir / "last_seen.json").read_text())
+    assert saved["servers"] == {f"127.0.0.1:{room.port}": 450}
+    assert not [p for p in config_dir.iterdir() if p.name.startswith(".last-seen-")]
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("since", "pages", "first_shown"),
+    [(700, 2, 701), (620, 3, 601), (200, chat_app.WALK_PAGES, 601)],
+)
+def test_new_since_you_left_before_the_replay_loads_pages_back_to_it_boundedly(
+    make_app: Callable[..., ChatApp],
+    rooms: Callable[..., FakeRoom],
+    config_dir: Path,
+    errors: list[BaseException],
+    monkeypatch: pytest.MonkeyPatch,
+    since: int,
+    pages: int,
+    first_shown: int,
+) -> None:
+    room = rooms(numbered(1000), replay=100)
+    seen = LastSeen(config_dir / "last_seen.json")
+    seen.saw(f"127.0.0.1:{room.port}", since)
+    seen.save()
+    app = make_app(LastSeen(config_dir / "last_seen.json"))
+    monkeypatch.setattr(app, "_has_focus", lambda: False)
+    shown_on_screen(app)
+    enter(app, room.port)
+    wait_until(app.root, lambda: not app.room.walking, WAIT, "the walk back")
+    settle(app.root, 0.3)
+    assert len(room.requests) == pages
+    assert shown_numbers(app) == list(range(first_shown, 1001))
+    lines = app.view.transcript_text().splitlines()
+    divider = [n for n, line in enumerate(lines) if DIVIDER_TEXT in line]
+    assert len(divider) == 1  # moved up with each page, never twice
+    start = max(since + 1, first_shown)  # beyond the pages loaded: at their top
+    assert lines[divider[0] + 1].endswith(f"message {start}")
+    assert app.root.title().startswith(f"({1000 - start + 1}) LAN Chat")
+    assert errors == []
