@@ -750,10 +750,11 @@ class ChatClient:
         self._greeting = False  # connected, not yet welcomed: a hello may be retried
         self._pending: deque[Say | Rename] = deque()  # sent, not yet answered
         self._whos = 0  # on this connection: who sent, not yet answered by users
-        # On this connection: history and search requests sent, not yet answered.
-        # A page nobody asked for is dropped here, so that the queue of events
-        # holds at most one page (up to a frame's worth) per request.
-        self._asked = {History.TYPE: 0, Search.TYPE: 0}
+        # On this connection: history and search requests sent, not yet answered,
+        # oldest first. A page that answers none (its ``before`` or ``query``) is
+        # dropped here, so that the queue of events holds at most one page (up
+        # to a frame's worth) per request.
+        self._asked: deque[History | Search] = deque()
         self._welcomed_at: float | None = None  # on this connection
         self._shutdown_said = False  # on this connection
         self._refused_ping = False  # on this connection: a ping too large to answer
@@ -959,7 +960,7 @@ class ChatClient:
         self._wrong_passwords = 0
         self._shutdown_said = self._refused_ping = False
         self._whos = 0
-        self._asked = dict.fromkeys(self._asked, 0)
+        self._asked.clear()
         self._pin = None
         plain = self._plaintext_agreed()
         sniffers: list[_FirstByte] = []
@@ -1204,7 +1205,7 @@ class ChatClient:
                 elif isinstance(message, Who):
                     self._whos += 1
                 elif isinstance(message, History | Search):
-                    self._asked[message.TYPE] += 1
+                    self._asked.append(message)
                 out += frame
             if out:
                 write_waits = self._transmit(transport, out)
@@ -1338,11 +1339,21 @@ class ChatClient:
     def _answer_page(self, page: HistoryPage | SearchResults) -> None:
         """Hand the UI a page that answers one of our requests; one that breaks
         the rules goes as refused, empty; one nobody asked for not at all."""
-        kind = History.TYPE if isinstance(page, HistoryPage) else Search.TYPE
-        if not self._asked[kind]:
+        for request in self._asked:
+            if (
+                isinstance(request, History)
+                and isinstance(page, HistoryPage)
+                and request.before == page.before
+            ) or (
+                isinstance(request, Search)
+                and isinstance(page, SearchResults)
+                and _safe_text(request.query, one_line=True) == page.query
+            ):
+                self._asked.remove(request)
+                break
+        else:
             logger.warning("dropped a %s nobody asked for", page.TYPE)
             return
-        self._asked[kind] -= 1
         refused = not _page_fits(page)
         if refused:
             logger.warning("dropped a %s that breaks the protocol's rules", page.TYPE)
@@ -1402,9 +1413,10 @@ class ChatClient:
             return None
         if error.in_reply_to == Rename.TYPE:
             self._answered(Rename)  # the error says why; the name stays as it was
-        kind = error.in_reply_to or ""
-        if self._asked.get(kind):
-            self._asked[kind] -= 1  # answered, by this error
+        for request in self._asked:
+            if error.in_reply_to == request.TYPE:  # answered, by this error
+                self._asked.remove(request)
+                break
         self._post(Received(error))
         return None
 

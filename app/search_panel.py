@@ -36,6 +36,7 @@ from server.protocol import ChatMessage
 MAX_QUERY = 200  # characters of a query: a search is a few words
 EXCERPT = 400  # characters of a result's text shown at most, around the first hit
 EXCERPT_BEFORE = 80  # of them, before the first hit
+CONTEXT_ABOVE = 4  # lines shown above the chosen result in its conversation
 # A run of letters and numbers, not the underscore \w adds to them.
 _WORD = re.compile(r"[^\W_]+")
 # In the shown text: letters and numbers with the combining marks between them
@@ -334,8 +335,10 @@ class SearchPanel(ttk.Frame):
         self.back_button.grid(row=3, column=0, sticky="w", pady=(4, 0))
         self.context.grid(row=2, column=0, sticky="nsew")
         found = self.context.tag_ranges("chosen-message")
-        if found:
-            self.context.see(found[0])
+        if found:  # a few lines of what came before it above it
+            self.context.update_idletasks()
+            self.context.yview(found[0])
+            self.context.yview_scroll(-CONTEXT_ABOVE, "units")
         self.status_label.configure(text="The result in its conversation", bootstyle="secondary")
 
     @property

@@ -220,6 +220,11 @@ def test_scrolling_to_the_top_loads_older_pages_in_place_until_the_beginning(
     assert len(room.requests) == asked  # nothing more to ask for
     first, second, third = view.transcript_text().splitlines()[:3]
     assert "You joined" in first and second == BEGINNING_TEXT and third.endswith("message 1")
+    text.yview_moveto(0.0)
+    screenshot(app.root, "beginning-light")
+    app.toggle_theme()
+    screenshot(app.root, "beginning-dark")
+    app.toggle_theme()
     assert errors == []
 
 
@@ -455,4 +460,80 @@ def test_new_since_you_left_before_the_replay_loads_pages_back_to_it_boundedly(
     start = max(since + 1, first_shown)  # beyond the pages loaded: at their top
     assert lines[divider[0] + 1].endswith(f"message {start}")
     assert app.root.title().startswith(f"({1000 - start + 1}) LAN Chat")
+    assert errors == []
+
+
+# -- a hostile server ---------------------------------------------------------------
+
+
+def hostile_page(kind: str, before: int) -> dict[str, Any]:
+    """A ``history-page`` for ``before`` that breaks the protocol's rules as ``kind`` says."""
+    below = list(range(before - 50, before))
+    ids = {
+        "wrong order": below[::-1],
+        "not below before": list(range(before, before + 50)),
+        "duplicate ids": [*below[:25], *below[24:49]],
+        "ten thousand": list(range(1, 10_001)),
+        "a private one": below,
+    }[kind]
+    messages = [{**message(n, text="x"), "history": True} for n in ids]
+    if kind == "a private one":
+        messages[10]["to"] = "alice"
+    return {"type": "history-page", "before": before, "messages": messages, "more": True}
+
+
+@pytest.mark.parametrize(
+    "kind", ["wrong order", "not below before", "duplicate ids", "ten thousand", "a private one"]
+)
+def test_a_hostile_page_is_dropped_quietly_and_paging_stops(
+    make_app: Callable[..., ChatApp],
+    rooms: Callable[..., FakeRoom],
+    errors: list[BaseException],
+    kind: str,
+) -> None:
+    room = rooms(
+        numbered(300, first=20_000),
+        replay=100,
+        answer=lambda obj: hostile_page(kind, obj["before"]),
+    )
+    app = make_app()
+    shown_on_screen(app)
+    enter(app, room.port)
+    before = app.view.transcript_text()
+    x, y = on_screen(app.view.transcript, 200, 120)
+    wheel_up_until(app, room, 1, x, y)
+    wait_until(app.root, lambda: app.view.paging == "off", WAIT, "paging to stop")
+    settle(app.root, 0.3)
+    for _ in range(3):
+        xdotool("click", "--repeat", 5, 4)
+        settle(app.root, 0.1)
+    assert len(room.requests) == 1  # quietly stopped: not asked again and again
+    assert app.view.transcript_text() == before  # nothing of it shown, nothing said
+    assert app.client is not None and app.client.joined
+    assert errors == []
+
+
+def test_a_page_of_huge_texts_is_shown_cut_and_pages_nobody_asked_for_are_not(
+    make_app: Callable[..., ChatApp],
+    rooms: Callable[..., FakeRoom],
+    errors: list[BaseException],
+) -> None:
+    huge = "y" * 8000  # twice what a message may hold; the page just fits a frame
+    room = rooms([*numbered(100, text=huge), *numbered(100, first=101)], replay=100)
+    app = make_app()
+    shown_on_screen(app)
+    enter(app, room.port)
+    x, y = on_screen(app.view.transcript, 200, 120)
+    room.hold.clear()
+    wheel_up_until(app, room, 1, x, y)
+    stray = {"type": "history-page", "before": 5, "messages": [message(1)], "more": True}
+    room.answer = lambda obj: frame(stray) * 50 + frame(room.page(obj))  # 50 not asked for
+    room.hold.set()
+    wait_until(app.root, lambda: BEGINNING_TEXT in app.view.transcript_text(), WAIT, "the page")
+    lines = app.view.transcript_text().splitlines()
+    cut = [line for line in lines if "yyyy" in line]
+    assert len(cut) == 100
+    assert all(len(line) < MAX_TEXT_LENGTH + 40 and line.endswith("y\u2026") for line in cut)
+    assert shown_numbers(app) == list(range(101, 201))  # the stray pages: nowhere
+    assert len(lines) <= MAX_LINES
     assert errors == []
