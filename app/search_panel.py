@@ -76,7 +76,7 @@ def excerpt(text: str, words: frozenset[str]) -> str:
     text = fmt.shown(text)
     if len(text) <= EXCERPT:
         return text
-    spans = hits(text[: 4 * EXCERPT], words)
+    spans = hits(text, words)
     start = max(0, spans[0][0] - EXCERPT_BEFORE) if spans else 0
     cut = text[start : start + EXCERPT - 2]
     return ("\u2026" if start else "") + cut + "\u2026"
@@ -210,8 +210,9 @@ class SearchPanel(ttk.Frame):
 
     def _row_at(self, index: str) -> int | None:
         for tag in self.results.tag_names(index):
-            if tag.startswith("result-"):
-                return int(tag.removeprefix("result-"))
+            row = tag.removeprefix("result-")
+            if row != tag and row.isdigit():
+                return int(row)
         return None
 
     def _move(self, step: int) -> str:
@@ -285,7 +286,7 @@ class SearchPanel(ttk.Frame):
             chunks += [self._shown(shown[at:start]), tags, self._shown(shown[start:end])]
             chunks.append((*tags, "hit"))
             at = end
-        chunks += [self._shown(shown[at:]) + "\n", (*tags, "result-end")]
+        chunks += [self._shown(shown[at:]) + "\n", (*tags, "gap")]
         return chunks
 
     def _shown(self, text: str) -> str:
@@ -386,7 +387,7 @@ class SearchPanel(ttk.Frame):
             for key, value in colors.items():
                 if key.startswith("name-"):
                     box.tag_configure(key, foreground=value)
-        self.results.tag_configure("result-end", spacing3=8)
+        self.results.tag_configure("gap", spacing3=8)
         self.results.tag_configure("chosen", background=colors["chosen"])
         self.context.tag_configure("chosen-message", background=colors["chosen"])
         self.context.tag_raise("hit")

@@ -297,6 +297,7 @@ def test_ctrl_f_searches_highlights_and_shows_a_result_in_its_context(
     box = panel.results.bbox(found)
     assert box is not None
     xdotool("mousemove", *on_screen(panel.results, box[0] + 4, box[1] + box[3] // 2))
+    settle(app.root, 0.1)  # Tk knows what is under the pointer
     xdotool("click", 1)
     wait_until(app.root, lambda: panel.showing_context, WAIT, "the context")
     assert room.requests[-1] == {"type": "history", "before": 51, "limit": 21}
@@ -536,4 +537,58 @@ def test_a_page_of_huge_texts_is_shown_cut_and_pages_nobody_asked_for_are_not(
     assert all(len(line) < MAX_TEXT_LENGTH + 40 and line.endswith("y\u2026") for line in cut)
     assert shown_numbers(app) == list(range(101, 201))  # the stray pages: nowhere
     assert len(lines) <= MAX_LINES
+    assert errors == []
+
+
+# -- end to end, with the real server -----------------------------------------------------
+
+
+def test_paging_and_search_against_the_real_server(
+    make_app: Callable[..., ChatApp],
+    start_server: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+    errors: list[BaseException],
+) -> None:
+    server = start_server(rate_limit=None, history=60)
+    bob = open_client(server, "bob")
+    for number in range(1, 81):
+        text = f"Pizza friday {number}?" if number in (25, 70) else f"message {number}"
+        bob.send({"type": "say", "text": text})
+        bob.skip_until("message")
+    app = make_app()
+    shown_on_screen(app)
+    enter(app, server.port)
+    view = app.view
+    first_replayed = shown_numbers(app)[0]
+    x, y = on_screen(view.transcript, 200, 120)
+    xdotool("mousemove", x, y)
+    settle(app.root, 0.1)
+    deadline = time.monotonic() + WAIT
+    while BEGINNING_TEXT not in view.transcript_text():
+        assert time.monotonic() < deadline, "never reached the beginning"
+        xdotool("click", "--repeat", 5, "--delay", 10, 4)
+        settle(app.root, 0.1)
+    numbers = shown_numbers(app)
+    assert numbers == sorted(set(numbers)) and numbers[0] <= first_replayed
+
+    xdotool("key", "ctrl+f")
+    wait_until(app.root, lambda: view.search_open, WAIT, "the search pane")
+    panel = view.search_panel
+    assert panel is not None
+    panel.query_var.set("PIZZA")
+    panel.query_entry.event_generate("<Return>")
+    wait_until(app.root, lambda: "messages, newest first" in panel.status_text(), WAIT, "results")
+    results = panel.results_text()
+    assert "Pizza friday 70?" in results
+    assert hit_words(panel.results)[0] == "Pizza"
+    found = panel.results.search("friday 70", "1.0", "end")
+    box = panel.results.bbox(found)
+    assert box is not None
+    xdotool("mousemove", *on_screen(panel.results, box[0] + 4, box[1] + box[3] // 2))
+    settle(app.root, 0.1)  # Tk knows what is under the pointer
+    xdotool("click", 1)
+    px, py = on_screen(panel.results, box[0] + 4, box[1] + box[3] // 2)
+    wait_until(app.root, lambda: panel.showing_context, WAIT, "the context")
+    context = panel.context_text()
+    assert "message 69" in context and "Pizza friday 70?" in context
     assert errors == []
