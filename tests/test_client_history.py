@@ -128,7 +128,8 @@ def test_search_results_that_break_the_rules_are_refused_empty(
         messages = [message(n) for n in ids]
         if kind == "a private one":
             messages[1]["to"] = "alice"
-        return {"type": "search-results", "query": obj["query"], "messages": messages, "more": False}
+        query = obj["query"]
+        return {"type": "search-results", "query": query, "messages": messages, "more": False}
 
     room = rooms(numbered(10), replay=0, answer=answer)
     client = connect(room.port)
@@ -254,7 +255,7 @@ def test_a_damaged_last_seen_file_counts_as_empty(tmp_path: Path, content: bytes
     "text",
     [
         "Crème BRÛLÉE, ﬁne!",
-        "Ｆｕｌｌｗｉｄｔｈ ＡＢＣ",
+        "\uff26\uff55\uff4c\uff4c \uff21\uff22\uff23",  # fullwidth "Full ABC"
         unicodedata.normalize("NFD", "Ça va, Zoë? naïve_café"),
         "İstanbul straße ΣΊΣΥΦΟΣ",
         "numbers 42 and ٤٢ and x²",

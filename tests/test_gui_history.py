@@ -25,7 +25,7 @@ import pytest
 from app import chat_app
 from app.chat_app import ChatApp
 from app.chat_view import BEGINNING_TEXT, DIVIDER_TEXT, MAX_LINES
-from app.last_seen import LastSeen
+from app.last_seen import LastSeen, last_seen_path
 from app.settings import Settings
 from server.chat_server import ChatServer
 from server.protocol import MAX_TEXT_LENGTH
@@ -286,7 +286,8 @@ def test_ctrl_f_searches_highlights_and_shows_a_result_in_its_context(
     xdotool("mousemove", bx, by)
     xdotool("click", 1)
     wait_until(app.root, lambda: "3 messages" in panel.status_text(), WAIT, "more results")
-    assert room.requests[-1] == {"type": "search", "query": "creme BRULEE", "limit": 2, "before": 40}
+    further = {"type": "search", "query": "creme BRULEE", "limit": 2, "before": 40}
+    assert room.requests[-1] == further
     assert "Who brings the CRÈME BRÛLÉE on friday?" in panel.results_text()
     assert not panel.more_button.winfo_ismapped()
 
@@ -329,8 +330,12 @@ def test_search_errors_show_in_the_pane(
 ) -> None:
     def refuse(obj: dict[str, Any]) -> dict[str, Any] | None:
         if "boom" in obj.get("query", ""):
-            return {"type": "error", "code": "bad-field", "message": "Too many words.",
-                    "in_reply_to": "search"}
+            return {
+                "type": "error",
+                "code": "bad-field",
+                "message": "Too many words.",
+                "in_reply_to": "search",
+            }
         return None
 
     room = rooms(search_room(), replay=20, answer=refuse)
@@ -429,25 +434,20 @@ def test_new_since_you_left_divides_and_counts_and_is_saved_on_close(
     assert errors == []
 
 
-@pytest.mark.parametrize(
-    ("since", "pages", "first_shown"),
-    [(700, 2, 701), (620, 3, 601), (200, chat_app.WALK_PAGES, 601)],
-)
+@pytest.mark.parametrize("walk", [(700, 2, 701), (620, 3, 601), (200, chat_app.WALK_PAGES, 601)])
 def test_new_since_you_left_before_the_replay_loads_pages_back_to_it_boundedly(
     make_app: Callable[..., ChatApp],
     rooms: Callable[..., FakeRoom],
-    config_dir: Path,
     errors: list[BaseException],
     monkeypatch: pytest.MonkeyPatch,
-    since: int,
-    pages: int,
-    first_shown: int,
+    walk: tuple[int, int, int],
 ) -> None:
+    since, pages, first_shown = walk  # the id last seen, pages loaded, the oldest shown
     room = rooms(numbered(1000), replay=100)
-    seen = LastSeen(config_dir / "last_seen.json")
+    seen = LastSeen(last_seen_path())
     seen.saw(f"127.0.0.1:{room.port}", since)
     seen.save()
-    app = make_app(LastSeen(config_dir / "last_seen.json"))
+    app = make_app()
     monkeypatch.setattr(app, "_has_focus", lambda: False)
     shown_on_screen(app)
     enter(app, room.port)
@@ -587,7 +587,6 @@ def test_paging_and_search_against_the_real_server(
     xdotool("mousemove", *on_screen(panel.results, box[0] + 4, box[1] + box[3] // 2))
     settle(app.root, 0.1)  # Tk knows what is under the pointer
     xdotool("click", 1)
-    px, py = on_screen(panel.results, box[0] + 4, box[1] + box[3] // 2)
     wait_until(app.root, lambda: panel.showing_context, WAIT, "the context")
     context = panel.context_text()
     assert "message 69" in context and "Pizza friday 70?" in context
