@@ -59,7 +59,12 @@ connection breaks the protocol and drops it), the bytes
 waiting to be sent (``MAX_OUTGOING``: a server that never reads is
 dropped), the pongs (only those that fit a client frame). Every field the
 UI will show is made safe here (``_made_safe``): times it can convert,
-text and names Tk can draw, that cannot break or fake a line. Liveness
+text and names Tk can draw, that cannot break or fake a line. A
+``history-page`` or ``search-results`` reaches the UI only when it answers
+a request still open on this connection (by its ``before`` or ``query``):
+one that breaks the protocol's rules (more than ``MAX_PAGE`` messages, a
+private one, ids out of order, repeated, or not below ``before``) is
+handed over refused and empty, so the UI stops asking without a word. Liveness
 counts whole frames, so a server that dribbles bytes is found dead; and a
 connection counts as healthy, resetting the backoff, only once it has
 lasted ``HEALTHY_AFTER``. While the server is plainly restarting (it said

@@ -343,6 +343,11 @@ class SearchPanel(ttk.Frame):
         self.status_label.configure(text="The result in its conversation", bootstyle="secondary")
 
     @property
+    def shown_results(self) -> tuple[ChatMessage, ...]:
+        """The results listed, newest first."""
+        return tuple(self._results)
+
+    @property
     def showing_context(self) -> bool:
         return bool(self.context.winfo_manager())
 
