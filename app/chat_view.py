@@ -21,7 +21,7 @@ A run of one person's messages (``GROUP_SECONDS`` apart at most, nothing
 between) shows the time and name once: on the later lines they are elided,
 still in the text for copying. A centred line marks each new day.
 
-Older history comes in pages (``insert_page``) at the ``room-top`` mark,
+Older history comes in pages (``insert_page``) at the ``room_top`` mark,
 where the room's lines begin, above those shown: when the person reaches
 the top (wheel, scrollbar, keys: any way that moves the view there), the
 view calls ``on_reach_top`` once, and a page goes in with the line at the
@@ -74,8 +74,8 @@ SERVER_NOTICE_DARK = "#12324f"
 # A search result's row when chosen, and the result in its context.
 CHOSEN_LIGHT = "#e7f1ff"
 CHOSEN_DARK = "#1f3a5f"
-ROOM_TOP = "room-top"  # a mark: where the room's lines begin; older pages go there
-PAGE_AT = "page-at"  # a mark: where a page's lines go, one after the other
+ROOM_TOP = "room_top"  # a mark: where the room's lines begin; older pages go there
+PAGE_AT = "page_at"  # a mark: where a page's lines go, one after the other
 ANCHOR = "anchor"  # a mark: the line at the top of the view while a page goes in
 # A page goes in only while the transcript stays within MAX_LINES with it:
 # trimming the oldest lines would throw away the page just asked for.

@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 
-from app import chat_app
+from app import chat_app, chat_view
 from app.chat_app import ChatApp
-from app.chat_view import BEGINNING_TEXT, DIVIDER_TEXT, MAX_LINES
+from app.chat_view import BEGINNING_TEXT, DIVIDER_TEXT, MAX_LINES, NOT_KEPT_TEXT
 from app.last_seen import LastSeen, last_seen_path
 from app.settings import Settings
+from app.text import day_label
 from server.chat_server import ChatServer
 from server.protocol import MAX_TEXT_LENGTH
 from tests.conftest import reset_root
@@ -590,4 +591,63 @@ def test_paging_and_search_against_the_real_server(
     wait_until(app.root, lambda: panel.showing_context, WAIT, "the context")
     context = panel.context_text()
     assert "message 69" in context and "Pizza friday 70?" in context
+    assert errors == []
+
+
+# -- day lines and the transcript's bound ------------------------------------------------
+
+
+def test_day_lines_stay_right_where_pages_meet(
+    make_app: Callable[..., ChatApp],
+    rooms: Callable[..., FakeRoom],
+    errors: list[BaseException],
+) -> None:
+    day = 86_400.0
+    now = time.time()
+    # Four days, oldest first: 3 days ago, 2 days ago (split over two pages),
+    # yesterday, and today (the replay: yesterday's last 5 and today's 10).
+    when = [now - 3 * day] * 20 + [now - 2 * day] * 150 + [now - day] * 35 + [now] * 10
+    room = rooms([message(n + 1, ts=ts) for n, ts in enumerate(when)], replay=15)
+    app = make_app()
+    shown_on_screen(app)
+    enter(app, room.port)
+    view = app.view
+    deadline = time.monotonic() + WAIT
+    while view.paging != "ended":
+        assert time.monotonic() < deadline, "never reached the beginning"
+        view.transcript.yview_moveto(0.0)
+        settle(app.root, 0.1)
+    labels = [line for line in view.transcript_text().splitlines() if view_day_label(line)]
+    expected = [day_label(ts) for ts in (now - 3 * day, now - 2 * day, now - day, now)]
+    assert labels == expected  # each day once, in order, where it begins
+    assert shown_numbers(app) == list(range(1, 216))
+    assert errors == []
+
+
+def view_day_label(line: str) -> bool:
+    return line in ("Today", "Yesterday") or bool(re.fullmatch(r"\w+, \d+ \w+ \d{4}", line))
+
+
+def test_pages_stop_where_the_transcript_would_outgrow_its_bound(
+    make_app: Callable[..., ChatApp],
+    rooms: Callable[..., FakeRoom],
+    errors: list[BaseException],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chat_view, "MAX_LINES", 260)
+    room = rooms(numbered(1000), replay=100)
+    app = make_app()
+    shown_on_screen(app)
+    enter(app, room.port)
+    view = app.view
+    deadline = time.monotonic() + WAIT
+    while view.paging != "ended":
+        assert time.monotonic() < deadline, "pages never stopped"
+        view.transcript.yview_moveto(0.0)
+        settle(app.root, 0.1)
+    lines = view.transcript_text().splitlines()
+    assert NOT_KEPT_TEXT in lines and BEGINNING_TEXT not in lines
+    assert len(lines) <= 260
+    numbers = shown_numbers(app)
+    assert numbers == list(range(numbers[0], 1001)) and numbers[0] > 750
     assert errors == []
