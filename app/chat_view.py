@@ -23,7 +23,8 @@ still in the text for copying. A centred line marks each new day.
 
 Older history comes in pages (``insert_page``) at the ``room_top`` mark,
 where the room's lines begin, above those shown: when the person reaches
-the top (wheel, scrollbar, keys: any way that moves the view there), the
+the top (the wheel, the scrollbar, PageUp, Ctrl+Home: any way the person
+moves the view there, or turns the wheel up with nothing to scroll), the
 view calls ``on_reach_top`` once, and a page goes in with the line at the
 top of the view kept at the very same pixel, so nothing under the pointer
 moves. Day lines are mended where a page meets the lines below it. After
@@ -385,13 +386,20 @@ class ChatView(ttk.Frame):
         """The person scrolls (the Text's own binding moves the view next). Up,
         they leave the end at once: the pump's next batch, which may come
         before the view has moved, must not take them back down."""
-        if event is not None and _upward(event):
+        upward = event is not None and _upward(event)
+        if upward:
             self._following = False
-        self.after_idle(self._update_following)
+        self.after_idle(self._after_scroll, upward)
+
+    def _after_scroll(self, upward: bool) -> None:
+        self._update_following()
+        if upward:  # up at the top, even with nothing to scroll: the page before
+            self._check_top()
 
     def _scroll_by_bar(self, *args: str) -> None:
         self.transcript.yview(*args)
         self._update_following()
+        self._check_top()
 
     def _update_following(self) -> None:
         if not self.transcript.winfo_exists():
@@ -412,8 +420,6 @@ class ChatView(ttk.Frame):
             self._following = True
             self._clear_unseen()
             self._on_end_reached()
-        if float(first) <= 0.0:
-            self._at_top()
 
     @property
     def at_end(self) -> bool:
@@ -645,7 +651,6 @@ class ChatView(ttk.Frame):
             self._paging = "off"
         elif self._room_open and self._paging in ("off", "loading"):
             self._paging = "ready"
-            self.after_idle(self._check_top)
 
     @property
     def paging(self) -> str:
@@ -774,8 +779,6 @@ class ChatView(ttk.Frame):
                 self._day = day  # the next line appended is below this page
             self._top_day = first_day
         self._paging = "ready" if more and page and not cut else "ended"
-        if self._paging == "ready":
-            self.after_idle(self._check_top)
         return unread
 
     def _insert_lines(

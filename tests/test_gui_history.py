@@ -428,8 +428,13 @@ def test_new_since_you_left_divides_and_counts_and_is_saved_on_close(
     focused[0] = True
     view.scroll_to_end()
     wait_until(app.root, lambda: app.root.title().startswith("LAN Chat"), WAIT, "no count")
+    path = config_dir / "last_seen.json"
+    assert json.loads(path.read_text())["servers"] == {f"127.0.0.1:{room.port}": 420}
+    room.stop()  # the connection drops: what was read is saved
+    wait_until(app.root, lambda: "Not connected" in view.status_label.cget("text"), WAIT, "drop")
+    assert json.loads(path.read_text())["servers"] == {f"127.0.0.1:{room.port}": 450}
     app.close()
-    saved = json.loads((config_dir / "last_seen.json").read_text())
+    saved = json.loads(path.read_text())
     assert saved["servers"] == {f"127.0.0.1:{room.port}": 450}
     assert not [p for p in config_dir.iterdir() if p.name.startswith(".last-seen-")]
     assert errors == []
@@ -615,7 +620,7 @@ def test_day_lines_stay_right_where_pages_meet(
     deadline = time.monotonic() + WAIT
     while view.paging != "ended":
         assert time.monotonic() < deadline, "never reached the beginning"
-        view.transcript.yview_moveto(0.0)
+        view.ask_older()  # as the top reached would
         settle(app.root, 0.1)
     labels = [line for line in view.transcript_text().splitlines() if view_day_label(line)]
     expected = [day_label(ts) for ts in (now - 3 * day, now - 2 * day, now - day, now)]
@@ -643,7 +648,7 @@ def test_pages_stop_where_the_transcript_would_outgrow_its_bound(
     deadline = time.monotonic() + WAIT
     while view.paging != "ended":
         assert time.monotonic() < deadline, "pages never stopped"
-        view.transcript.yview_moveto(0.0)
+        view.ask_older()  # as the top reached would
         settle(app.root, 0.1)
     lines = view.transcript_text().splitlines()
     assert NOT_KEPT_TEXT in lines and BEGINNING_TEXT not in lines
