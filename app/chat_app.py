@@ -6,11 +6,9 @@ events on a queue; ``pump`` runs on the Tk thread every ``PUMP_MS`` and
 handles at most ``PUMP_BATCH`` of them or ``PUMP_BUDGET`` seconds' worth,
 so a burst of thousands of
 messages is shown in slices and the window never stops responding. What
-the user types goes through ``commands.parse_input`` to the client.
-Older pages, search and "new since you left" (where the welcome's
-``features`` offer them) are asked for here and their answers routed to
-the view and its search pane, each answer matched to its request.
-Everything here runs on the Tk thread.
+the user types goes through ``commands.parse_input`` to the client; the
+room's history (older pages, search, "New since you left") goes through
+``RoomHistory`` (app/room_history.py). Everything here runs on the Tk thread.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import queue
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from importlib import metadata
 
 import ttkbootstrap as ttk
@@ -30,7 +28,7 @@ from app import text as fmt
 from app.alerts import DesktopNotifications
 from app.chat_view import LOOKALIKE_MARK, Action, ChatView
 from app.connect_dialog import ConnectDialog
-from app.last_seen import LastSeen, last_seen_path, server_key
+from app.last_seen import LastSeen, last_seen_path
 from app.network import (
     ChatClient,
     ConnectFailed,
@@ -51,6 +49,7 @@ from app.network import (
     Welcomed,
 )
 from app.password_dialog import PasswordDialog, RememberedPasswords, passwords_path
+from app.room_history import RoomHistory
 from app.settings import Settings, fit_geometry
 from app.trust import KnownServers, Pin, known_path
 from app.trust_dialog import IdentityChangedDialog, LockDialog, PlaintextDialog, TrustDialog
@@ -99,32 +98,6 @@ WHO_NAMES = 100
 # manager's title bar and borders, generously. Tk cannot tell them before
 # the window first shows, and a restored window must fit on the screen whole.
 WINDOW_CHROME = (16, 96)
-PAGE_SIZE = 100  # messages an older page asks for
-SEARCH_LIMIT = 50  # results a search asks for at a time
-CONTEXT_AROUND = 10  # messages shown on either side of a search result (ids, roughly)
-# Pages loaded by themselves on return, to reach where "new since you left"
-# begins: beyond that, the divider marks the top of what is loaded.
-WALK_PAGES = 3
-
-
-@dataclass
-class _Room:
-    """The room shown, for its history: ``key`` (``server_key``), its last id
-    seen when we came back (``since``), the newest public id shown, the
-    welcome's replay still to come and its ``features``, the pages loaded by
-    themselves on return; and, on this connection, the history requests
-    ("page", before, 0) or ("context", before, the result's id), oldest first,
-    and the search asked for (query, before)."""
-
-    key: str | None = None
-    since: int | None = None
-    newest_public: int = 0
-    replay_left: int = 0
-    features: tuple[str, ...] = ()
-    walking: bool = False
-    walked: int = 0
-    history_asked: deque[tuple[str, int | None, int]] = field(default_factory=deque)
-    search_asked: tuple[str, int | None] | None = None
 
 
 def app_version() -> str:
@@ -166,9 +139,6 @@ class ChatApp:
             passwords if passwords is not None else RememberedPasswords(passwords_path())
         )
         self.password_dialog: PasswordDialog | None = None
-        # The last public message seen in each room, beside the settings.
-        self.last_seen = last_seen if last_seen is not None else LastSeen(last_seen_path())
-        self.room = _Room()
         self._to_remember: tuple[str, int, str] | None = None
         self._invite: Invite | None = None  # pasted for the current target
         self._pin: Pin | None = None  # the identity the current connection proved
@@ -203,10 +173,18 @@ class ChatApp:
             on_send=self.on_send,
             font_size=settings.font_size,
             remember=commands.kept_in_history,
-            on_reach_top=self._ask_page,
-            on_search=self._search,
-            on_choose_result=self._show_context,
+            # Through lambdas: the history, made next, needs the view.
+            on_reach_top=lambda: self.history.ask_page(),  # noqa: PLW0108
+            on_search=lambda query, before: self.history.search(query, before),  # noqa: PLW0108
+            on_choose_result=lambda message: self.history.show_context(message),  # noqa: PLW0108
             on_end_reached=self._read_to_end,
+        )
+        self.history = RoomHistory(
+            self.view,
+            last_seen if last_seen is not None else LastSeen(last_seen_path()),
+            client=lambda: self.client,
+            focused=self._has_focus,
+            add_unread=self._add_unread,
         )
         self.view.pack(fill="both", expand=True)
         self._build_menu()
@@ -218,7 +196,7 @@ class ChatApp:
             "<Control-KP_Subtract>": lambda _e: self.change_font_size(-1),
             "<Control-0>": lambda _e: self.change_font_size(0),
             "<Control-q>": lambda _e: self.quit(),
-            "<Control-f>": lambda _e: self.open_search(),
+            "<Control-f>": lambda _e: self.history.open_search(),
         }
         for sequence, action in self._shortcuts.items():
             root.bind_all(sequence, action)
@@ -301,9 +279,9 @@ class ChatApp:
         """The window has the focus: with the newest line in view, all is read
         (scrolled up, say at "New since you left", the rest is not yet; nor
         while the room's history is still coming in on a return)."""
-        if not self.view.at_end or self.room.replay_left or self.room.walking:
+        if not self.view.at_end or self.history.busy:
             return
-        self._mark_read()
+        self.history.mark_read()
         if self.unread:
             self.unread = 0
             self._update_title()
@@ -313,9 +291,9 @@ class ChatApp:
         if self._has_focus():
             self._focused(None)
 
-    def _mark_read(self) -> None:
-        if self.room.key is not None and self.room.newest_public:
-            self.last_seen.saw(self.room.key, self.room.newest_public)
+    def _add_unread(self, count: int) -> None:
+        self.unread += count
+        self._update_title()
 
     def _has_focus(self) -> bool:
         return self.root.focus_get() is not None
@@ -371,7 +349,7 @@ class ChatApp:
         if self.client is not None and self.client.joined and self.target is not None:
             self.notice(f"You left {self.target[0]}:{self.target[1]}.")
         self._drop_client()
-        self.last_seen.save()
+        self.history.save()
         self.view.set_users([])
         self.view.set_status(f"Connecting to {host}:{port}…")
         if (host, port) != self.target or invite is not None:
@@ -432,7 +410,7 @@ class ChatApp:
             self.root.after_cancel(self._pump_id)
             self._pump_id = None
         self._drop_client()
-        self.last_seen.save()
+        self.history.save()
         self.desktop.close()
         self._remember_geometry()
         self.save_settings(self.settings)
@@ -519,9 +497,9 @@ class ChatApp:
             case ServerShutdown(message=message):
                 self.notice(f"{message}.", "error")
             case HistoryLoaded():
-                self._history_loaded(event)
+                self.history.page_loaded(event)
             case SearchFound():
-                self._search_found(event)
+                self.history.results_found(event)
             case Received(message=message, asked=asked, insecure=insecure):
                 self._received(message, asked=asked)
                 if insecure is not None:
@@ -562,7 +540,8 @@ class ChatApp:
             self.notice(f"You joined {host}:{port} as {welcome.name}.")
             if welcome.motd:
                 self.notice(welcome.motd, "motd")
-        self._enter_room(event, host, port)
+        if self.history.entered(event, host, port):
+            self._seen.clear()  # another room: none of its messages are replays
         self._update_status()
         self._update_title()
         self.view.focus_input()
@@ -594,8 +573,7 @@ class ChatApp:
             self._name_retry = None
 
     def _connection_lost(self, message: str, retry_in: float, *, again: bool) -> None:
-        self.last_seen.save()
-        self._answers_lost()
+        self.history.connection_lost()
         self.view.set_users([])
         self.view.set_lock(None)
         self.view.show_insecure(())
@@ -688,16 +666,21 @@ class ChatApp:
         view = self.view
         match message:
             case ChatMessage():
-                replayed = message.history and self.room.replay_left > 0
-                self.room.replay_left -= replayed
                 key = (message.id, message.ts)
-                if key not in self._seen:  # else history replayed after a reconnect
-                    self._seen[key] = None
-                    if len(self._seen) > SEEN_LIMIT:
-                        self._seen.popitem(last=False)
-                    self._show_message(message)
-                if replayed and not self.room.replay_left:
-                    self._replay_finished()
+                fresh = key not in self._seen  # else history replayed after a reconnect
+                self.history.message_in(message, shown=fresh)
+                if not fresh:
+                    return
+                self._seen[key] = None
+                if len(self._seen) > SEEN_LIMIT:
+                    self._seen.popitem(last=False)
+                mention = view.add_message(message)
+                mine = message.sender == view.own_name
+                if not mine and not message.history and not self._has_focus():
+                    self.unread += 1
+                    self._update_title()
+                    if mention or message.to is not None:
+                        self._alert(message)
             case Joined(name=name):
                 view.user_joined(name)
                 self.notice(f"{name} joined")
@@ -724,198 +707,13 @@ class ChatApp:
                 if asked:  # a list nobody asked for only updates the online list
                     self.notice(_who_line(users))
             case Error(in_reply_to="history" | "search"):
-                self._history_refused(message)
+                self.history.refused(message)
             case Error(code=ErrorCode.KICKED | ErrorCode.BANNED):
                 self.notice(fmt.removed_words(message), "error")
             case Error(message=text):
                 self.notice(text, "error")
             case OpChanged() | Notice() | BanList() | WhoisResult():
                 self._moderation(message)
-
-    def _show_message(self, message: ChatMessage) -> None:
-        view = self.view
-        mention = view.add_message(message)
-        mine = message.sender == view.own_name
-        public = message.to is None
-        if public:
-            self.room.newest_public = max(self.room.newest_public, message.id)
-        since = self.room.since
-        if message.history:
-            if since is not None and public and not mine and message.id > since:
-                self.unread += 1  # new since the person left
-                self._update_title()
-        elif not mine and not self._has_focus():
-            self.unread += 1
-            self._update_title()
-            if mention or message.to is not None:
-                self._alert(message)
-        elif public and not self.unread:
-            self._mark_read()
-
-    # -- the room's history: pages, "new since you left", search -----------------
-
-    def _enter_room(self, event: Welcomed, host: str, port: int) -> None:
-        """After a welcome: what the server offers, and (in a room not shown
-        yet) where the unread part begins."""
-        welcome = event.welcome
-        self.room.features = welcome.features or ()
-        self.room.history_asked.clear()  # answers to another connection never come
-        self.room.search_asked = None
-        room = server_key(host, port, event.pin)
-        if room != self.room.key:
-            self.last_seen.save()
-            self.room.key = room
-            self.room.since = self.last_seen.get(room)
-            self.room.newest_public = 0
-            self._seen.clear()  # another room's messages: none of these are replays
-            self.room.walked = 0
-            self.view.start_room(self.room.since)
-        self.room.replay_left = welcome.history_count
-        self.view.set_paging(False)  # until the replay is in: pages go above it
-        if not self.room.replay_left:
-            self._replay_finished()
-
-    def _replay_finished(self) -> None:
-        self.view.replay_done()
-        self.view.set_paging("history-pages" in self.room.features)
-        self.room.walking = True
-        self._walk()
-
-    def _walk(self) -> None:
-        """Load pages back to where "new since you left" begins (at most
-        ``WALK_PAGES``), then show it."""
-        since, oldest = self.room.since, self.view.oldest_id
-        if (
-            since is not None
-            and (oldest is None or oldest > since + 1)
-            and self.room.walked < WALK_PAGES
-        ):
-            self.room.walked += 1
-            if self.view.ask_older():
-                return
-        self.room.walking = False
-        self.view.scroll_to_divider()
-
-    def _ask_page(self) -> bool:
-        """The view reached its top: ask for the page before it (``False``: not now)."""
-        client = self.client
-        if client is None or not client.joined or "history-pages" not in self.room.features:
-            return False
-        before = self.view.oldest_id
-        if not client.history(before, PAGE_SIZE):
-            return False
-        self.room.history_asked.append(("page", before, 0))
-        return True
-
-    def _history_request(self, before: int | None) -> tuple[str, int | None, int] | None:
-        """The oldest request that a page with this ``before`` answers (taken)."""
-        for request in self.room.history_asked:
-            if request[1] == before:
-                self.room.history_asked.remove(request)
-                return request
-        return None
-
-    def _history_loaded(self, event: HistoryLoaded) -> None:
-        page = event.page
-        request = self._history_request(page.before)
-        if request is None:
-            return  # asked for on a connection that has ended
-        kind, _before, chosen = request
-        if kind == "context":
-            self._context_loaded(page.messages, chosen, event.refused)
-            return
-        if event.refused:
-            self.view.page_failed()
-            self.room.walking = False
-            return
-        fresh = [m for m in page.messages if (m.id, m.ts) not in self._seen]
-        unread = self.view.insert_page(fresh, more=page.more)
-        if unread:
-            self.unread += unread
-            self._update_title()
-        if self.room.walking:
-            self._walk()
-
-    def _history_refused(self, error: Error) -> None:
-        """An error answering a history or search request: said where it was asked."""
-        panel = self.view.search_panel
-        if error.in_reply_to == "search":
-            self.room.search_asked = None
-            if panel is not None:
-                panel.show_error(error.message or "The server could not search for that.")
-            return
-        if not self.room.history_asked:
-            return
-        kind, _before, _chosen = self.room.history_asked.popleft()  # answers come in order
-        if kind == "context" and panel is not None:
-            panel.show_error("The server could not show this result in its conversation.")
-        elif kind == "page":
-            self.view.page_failed()
-            self.room.walking = False
-
-    def _answers_lost(self) -> None:
-        """The connection ended: what was asked on it will not be answered."""
-        self.room.history_asked.clear()
-        panel = self.view.search_panel
-        if self.room.search_asked is not None and panel is not None:
-            panel.show_error("Not connected: the search was not answered.")
-        self.room.search_asked = None
-
-    def open_search(self) -> None:
-        """Ctrl+F: the search pane, its box focused."""
-        panel = self.view.open_search()
-        if self.client is not None and self.client.joined and "search" not in self.room.features:
-            panel.show_error("This server cannot search its history.")
-
-    def _search(self, query: str, before: int | None) -> None:
-        panel = self.view.search_panel
-        client = self.client
-        if panel is None:
-            return
-        if client is None or not client.joined:
-            panel.show_error("Not connected: search once you are back in the room.")
-        elif "search" not in self.room.features:
-            panel.show_error("This server cannot search its history.")
-        elif client.search(query, SEARCH_LIMIT, before):
-            self.room.search_asked = (query, before)
-
-    def _search_found(self, event: SearchFound) -> None:
-        results, asked, panel = event.results, self.room.search_asked, self.view.search_panel
-        if asked is None or panel is None or results.query != asked[0]:
-            return  # an earlier search's, or asked on a connection that has ended
-        self.room.search_asked = None
-        query, before = asked
-        below = before is None or all(m.id < before for m in results.messages)
-        if event.refused or not below:
-            panel.show_error("The server sent results this app cannot show.")
-            return
-        panel.show_results(query, results.messages, results.more, further=before is not None)
-
-    def _show_context(self, message: ChatMessage) -> None:
-        """A result was chosen: ask for the messages around it."""
-        panel = self.view.search_panel
-        client = self.client
-        if panel is None:
-            return
-        if "history-pages" not in self.room.features:
-            panel.show_context([message], message.id)  # all there is to show
-            return
-        before = message.id + CONTEXT_AROUND + 1
-        if client is None or not client.history(before, 2 * CONTEXT_AROUND + 1):
-            panel.show_error("Not connected: the conversation cannot be shown now.")
-            return
-        self.room.history_asked.append(("context", before, message.id))
-
-    def _context_loaded(
-        self, messages: tuple[ChatMessage, ...], chosen: int, refused: bool
-    ) -> None:
-        panel = self.view.search_panel
-        if panel is None:
-            return
-        if refused:
-            panel.show_error("The server sent a conversation this app cannot show.")
-            return
-        panel.show_context(messages, chosen)
 
     def _moderation(self, message: OpChanged | Notice | BanList | WhoisResult) -> None:
         """The operators extension's frames (PROTOCOL.md, "Operators and moderation")."""

@@ -468,6 +468,7 @@ class ChatView(ttk.Frame):
         if self._mark_appended and self._unread(message):
             self._append(*self._divider_line(), counted=False)
             self._mark_appended = False
+            self._group = None  # the first unread shows its name
         plain = message.to is None and not message.action
         grouped = (
             plain
@@ -683,18 +684,12 @@ class ChatView(ttk.Frame):
         )
 
     def _divider_line(self) -> tuple[list[tuple[str, tuple[str, ...]]], tuple[str, ...]]:
-        self._group = None
         rule = "\u2500" * 8
         return [(f"{rule}  {DIVIDER_TEXT}  {rule}", ("divider",))], ("divider",)
 
     def _check_top(self) -> None:
         if self.transcript.winfo_exists() and self.transcript.yview()[0] <= 0.0:
-            self._at_top()
-
-    def _at_top(self) -> None:
-        if self._paging == "ready" and self.on_reach_top is not None:
-            self._paging = "loading"
-            self.after_idle(self._ask_older)
+            self.ask_older()
 
     def ask_older(self) -> bool:
         """Ask for an older page now, unless one is on its way or there is none."""
@@ -713,11 +708,6 @@ class ChatView(ttk.Frame):
             return
         self.transcript.yview(found[0])
         self._following = self.transcript.yview()[1] >= 1.0
-
-    def _ask_older(self) -> None:
-        asking = self._paging == "loading" and self.on_reach_top is not None
-        if asking and not self.on_reach_top():  # type: ignore[misc]
-            self._paging = "ready"
 
     def insert_page(self, messages: Sequence[ChatMessage], *, more: bool) -> int:
         """Put an older page (oldest first) above the room's lines, the view kept

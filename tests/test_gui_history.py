@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from app import chat_app, chat_view
+from app import chat_view, room_history
 from app.chat_app import ChatApp
 from app.chat_view import BEGINNING_TEXT, DIVIDER_TEXT, MAX_LINES, NOT_KEPT_TEXT
 from app.last_seen import LastSeen, last_seen_path
@@ -108,7 +108,7 @@ def enter(app: ChatApp, port: int, name: str = "alice") -> None:
     """Connect to 127.0.0.1:``port`` and wait for the welcome's replay to be shown."""
     app.connect(HOST, port, name)
     wait_until(app.root, lambda: app.client is not None and app.client.joined, WAIT, "joined")
-    wait_until(app.root, lambda: app.room.replay_left == 0, WAIT, "the replay shown")
+    wait_until(app.root, lambda: app.history.replay_left == 0, WAIT, "the replay shown")
     settle(app.root, 0.2)
 
 
@@ -172,7 +172,7 @@ def test_scrolling_to_the_top_loads_older_pages_in_place_until_the_beginning(
     # The wheel, up to the top: one page asked for, for what is above the oldest shown.
     x, y = on_screen(text, 200, 120)
     wheel_up_until(app, room, 1, x, y)
-    assert room.requests == [{"type": "history", "before": 351, "limit": chat_app.PAGE_SIZE}]
+    assert room.requests == [{"type": "history", "before": 351, "limit": room_history.PAGE_SIZE}]
     settle(app.root, 0.3)
     assert len(room.requests) == 1  # one at a time
     under = text.get("@200,120 linestart", "@200,120 lineend")
@@ -256,7 +256,7 @@ def test_ctrl_f_searches_highlights_and_shows_a_result_in_its_context(
     errors: list[BaseException],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(chat_app, "SEARCH_LIMIT", 2)  # so that "More results" shows
+    monkeypatch.setattr(room_history, "SEARCH_LIMIT", 2)  # so that "More results" shows
     room = rooms(search_room(), replay=20)
     app = make_app()
     shown_on_screen(app)
@@ -440,7 +440,9 @@ def test_new_since_you_left_divides_and_counts_and_is_saved_on_close(
     assert errors == []
 
 
-@pytest.mark.parametrize("walk", [(700, 2, 701), (620, 3, 601), (200, chat_app.WALK_PAGES, 601)])
+@pytest.mark.parametrize(
+    "walk", [(700, 2, 701), (620, 3, 601), (200, room_history.WALK_PAGES, 601)]
+)
 def test_new_since_you_left_before_the_replay_loads_pages_back_to_it_boundedly(
     make_app: Callable[..., ChatApp],
     rooms: Callable[..., FakeRoom],
@@ -457,7 +459,7 @@ def test_new_since_you_left_before_the_replay_loads_pages_back_to_it_boundedly(
     monkeypatch.setattr(app, "_has_focus", lambda: False)
     shown_on_screen(app)
     enter(app, room.port)
-    wait_until(app.root, lambda: not app.room.walking, WAIT, "the walk back")
+    wait_until(app.root, lambda: not app.history.walking, WAIT, "the walk back")
     settle(app.root, 0.3)
     assert len(room.requests) == pages
     assert shown_numbers(app) == list(range(first_shown, 1001))

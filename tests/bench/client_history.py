@@ -30,7 +30,7 @@ from typing import Any
 
 import ttkbootstrap as ttk
 
-from app import chat_app
+from app import room_history
 from app.chat_app import ChatApp
 from app.settings import Settings
 from server.protocol import MAX_PAGE, MAX_TEXT_LENGTH
@@ -89,7 +89,7 @@ def crank(root: ttk.Window, until: Any, seconds: float, what: str) -> float:
 
 def run(rounds: int) -> dict[str, float]:
     os.environ["LAN_CHAT_CONFIG_DIR"] = tempfile.mkdtemp()
-    chat_app.PAGE_SIZE = MAX_PAGE
+    room_history.PAGE_SIZE = MAX_PAGE
     ports: Any = multiprocessing.Queue()
     stop = multiprocessing.Event()
     server = multiprocessing.Process(target=serve, args=(ports, stop), daemon=True)
@@ -108,7 +108,7 @@ def run(rounds: int) -> dict[str, float]:
     try:
         app.connect("127.0.0.1", port, "reader")
         crank(root, lambda: app.client is not None and app.client.joined, 10, "the welcome")
-        crank(root, lambda: app.room.replay_left == 0, 10, "the replay")
+        crank(root, lambda: app.history.replay_left == 0, 10, "the replay")
         beat = Heartbeat(root)
         panel = view.open_search()
         view.close_search()
@@ -147,7 +147,8 @@ def run(rounds: int) -> dict[str, float]:
         f"page of {MAX_PAGE}: shown after (ms, worst)": 1000 * max(timings["page"]),
         "page: longest stall (ms)": 1000 * max(page_gaps),
         "page: median gap (ms)": 1000 * statistics.median(page_gaps),
-        f"{chat_app.SEARCH_LIMIT} results: shown after (ms, worst)": 1000 * max(timings["results"]),
+        f"{room_history.SEARCH_LIMIT} results: shown after (ms, worst)": 1000
+        * max(timings["results"]),
         "results: longest stall (ms)": 1000 * max(result_gaps),
         "context: longest stall (ms)": 1000 * max(context_gaps),
         "stalls over 100 ms": sum(g > 0.1 for g in [*page_gaps, *result_gaps, *context_gaps]),
