@@ -668,19 +668,9 @@ class ChatApp:
             case ChatMessage():
                 key = (message.id, message.ts)
                 fresh = key not in self._seen  # else history replayed after a reconnect
-                self.history.message_in(message, shown=fresh)
-                if not fresh:
-                    return
-                self._seen[key] = None
-                if len(self._seen) > SEEN_LIMIT:
-                    self._seen.popitem(last=False)
-                mention = view.add_message(message)
-                mine = message.sender == view.own_name
-                if not mine and not message.history and not self._has_focus():
-                    self.unread += 1
-                    self._update_title()
-                    if mention or message.to is not None:
-                        self._alert(message)
+                if fresh:
+                    self._show_message(message, key)
+                self.history.message_in(message, shown=fresh)  # once it is shown
             case Joined(name=name):
                 view.user_joined(name)
                 self.notice(f"{name} joined")
@@ -714,6 +704,19 @@ class ChatApp:
                 self.notice(text, "error")
             case OpChanged() | Notice() | BanList() | WhoisResult():
                 self._moderation(message)
+
+    def _show_message(self, message: ChatMessage, key: tuple[int, float]) -> None:
+        view = self.view
+        self._seen[key] = None
+        if len(self._seen) > SEEN_LIMIT:
+            self._seen.popitem(last=False)
+        mention = view.add_message(message)
+        mine = message.sender == view.own_name
+        if not mine and not message.history and not self._has_focus():
+            self.unread += 1
+            self._update_title()
+            if mention or message.to is not None:
+                self._alert(message)
 
     def _moderation(self, message: OpChanged | Notice | BanList | WhoisResult) -> None:
         """The operators extension's frames (PROTOCOL.md, "Operators and moderation")."""

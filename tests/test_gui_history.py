@@ -419,6 +419,8 @@ def test_new_since_you_left_divides_and_counts_and_is_saved_on_close(
     found = text.search(DIVIDER_TEXT, "1.0", "end")
     box = text.dlineinfo(found)
     assert box is not None and box[1] < 40
+    settle(app.root, 0.2)
+    assert not view.new_messages_button.winfo_ismapped()  # nothing came after it
     screenshot(app.root, "new-since-light")
     app.toggle_theme()
     screenshot(app.root, "new-since-dark")
