@@ -137,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative,
         default=DEFAULT_HISTORY,
         metavar="N",
-        help="public messages kept to show people who join later (default: %(default)s; "
-        "0 keeps none)",
+        help="public messages shown to people as they join (default: %(default)s; "
+        "0 shows none); with --no-store, also all that is kept",
     )
     parser.add_argument(
         "--motd",
@@ -179,6 +179,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the server keeps what outlives it: its identity, bans, history "
         f"(default: {default_data_dir()})",
+    )
+    # History on disk (PROTOCOL.md, "History pages and search").
+    parser.add_argument(
+        "--no-store",
+        action="store_true",
+        help="keep history in memory only, as many messages as --history (ids start "
+        "again at every start); identity and bans are still kept in the data folder",
+    )
+    parser.add_argument(
+        "--keep-days",
+        type=_positive(float),
+        default=None,
+        metavar="N",
+        help="forget public messages older than N days (default: keep them all)",
+    )
+    parser.add_argument(
+        "--keep-messages",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help="keep only the newest N public messages (default: keep them all)",
     )
     # Encryption (PROTOCOL.md, "Encryption"): the mode and the server's identity.
     parser.add_argument(
@@ -280,6 +301,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         rate_limit=None if args.no_rate_limit else RateLimit(args.rate_burst, args.rate_per_second),
         io_threads=args.io_threads,
         data_dir=args.data_dir,
+        store=not args.no_store,
+        keep_days=args.keep_days,
+        keep_messages=args.keep_messages,
         op_password=read_password(args.op_password_file, OP_PASSWORD_ENV),
         tls=args.tls,
         # per-address limits

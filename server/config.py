@@ -21,6 +21,7 @@ HANDSHAKE_TIMEOUT = 10.0
 IDLE_PING_AFTER = 30.0
 IDLE_TIMEOUT = 90.0
 DEFAULT_HISTORY = 100
+HISTORY_FILE = "history.sqlite3"  # in the data folder
 DEFAULT_MAX_QUEUE = 1024 * 1024
 
 DEFAULT_MAX_CLIENTS = 10_000
@@ -102,6 +103,12 @@ class ServerConfig:
     # must carry it, only over TLS (the server then behaves as tls
     # REQUIRED), and it is kept as a slow hash and a keyed tag, never logged.
     room_password: str | None = field(default=None, repr=False)
+    # History on disk (PROTOCOL.md, "History pages and search"): every public
+    # message in the data folder, ids going on across restarts; False keeps
+    # today's memory-only window of ``history``. Retention: None keeps all.
+    store: bool = True
+    keep_days: float | None = None
+    keep_messages: int | None = None
 
     def data_path(self) -> Path:
         """The data folder this configuration names (not created here)."""

@@ -9,18 +9,22 @@ asked, run them against the ``HistoryStore`` (which may read a disk; never
 under the room's lock, never on a loop), encode the answer with
 ``encode_page`` (which keeps it within one frame) and hand it to the
 asking connection's own thread through the callback it gave, which uses
-``call_soon``. A store's ``page`` and ``search`` bound their own work, so
-one hostile search holds one worker for a fraction of a second at most,
-and questions from everyone else go on to the other workers.
+``call_soon``.
+
+Pages are cheap (an index lookup) and searches may not be: a store bounds
+a search's work to a fraction of a second, but many searches could still
+keep every worker busy. So pages and searches wait in two queues; the
+first worker answers pages only, the others searches first and pages when
+no search waits: however many searches people send, a page waits at most
+for the pages before it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
-from typing import Final
 
 from server.protocol import (
     ErrorCode,
@@ -36,12 +40,12 @@ from server.store import HistoryStore, as_history
 logger = logging.getLogger("server")
 
 DEFAULT_WORKERS = 2
-"""Threads answering questions: two, so that a slow search leaves one for pages."""
+"""Threads answering questions: one for pages only, one for searches (and pages)."""
 
 Answer = bytes | RemoteProtocolError
 """A question's answer: the encoded frame, or the error to send instead."""
 
-_STOP: Final = None
+_Question = tuple[Callable[[], bytes], HistoryPage | SearchResults, Callable[[Answer], None]]
 
 
 class HistoryService:
@@ -54,13 +58,13 @@ class HistoryService:
 
     def __init__(self, store: HistoryStore, workers: int = DEFAULT_WORKERS) -> None:
         self.store = store
-        self._questions: queue.SimpleQueue[
-            tuple[Callable[[], bytes], HistoryPage | SearchResults, Callable[[Answer], None]] | None
-        ] = queue.SimpleQueue()
+        self._pages: deque[_Question] = deque()
+        self._searches: deque[_Question] = deque()
+        self._ready = threading.Condition(threading.Lock())
         self._closed = False
         self._threads = [
-            threading.Thread(target=self._work, name=f"history-{index}", daemon=True)
-            for index in range(max(1, workers))
+            threading.Thread(target=self._work, args=(index == 0,), name=f"history-{index}")
+            for index in range(max(2, workers))
         ]
         for thread in self._threads:
             thread.start()
@@ -93,22 +97,31 @@ class HistoryService:
         empty: HistoryPage | SearchResults,
         reply: Callable[[Answer], None],
     ) -> None:
-        if not self._closed:
-            self._questions.put((answer, empty, reply))
+        queue = self._pages if isinstance(empty, HistoryPage) else self._searches
+        with self._ready:
+            if self._closed:
+                return
+            queue.append((answer, empty, reply))
+            self._ready.notify_all()  # the page worker would not take a search
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the workers once the questions asked so far are answered."""
-        if self._closed:
-            return
-        self._closed = True
-        for _ in self._threads:
-            self._questions.put(_STOP)
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
         for thread in self._threads:
             thread.join(timeout)
 
-    def _work(self) -> None:
-        while (question := self._questions.get()) is not _STOP:
-            answer, empty, reply = question
+    def _work(self, pages_only: bool) -> None:
+        nothing: deque[_Question] = deque()  # the page worker's second queue
+        first, second = (self._pages, nothing) if pages_only else (self._searches, self._pages)
+        while True:
+            with self._ready:
+                while not first and not second and not self._closed:
+                    self._ready.wait()
+                if not first and not second:
+                    return  # closed, and every question asked is answered
+                answer, empty, reply = (first or second).popleft()
             reply(_answer(answer, empty))
 
 

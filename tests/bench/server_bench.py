@@ -35,7 +35,10 @@ Workloads (sizes are flags; ``--timeout`` bounds each one, joins included):
 
 ``--tls tls`` makes every benchmark client speak TLS 1.3 (the server in its
 default ``--tls auto``), ``--tls both`` runs each workload plaintext, then
-over TLS, the rows named ``fanout`` and ``fanout+tls``. Each server started
+over TLS, the rows named ``fanout`` and ``fanout+tls``. ``--store off`` starts
+each server with ``--no-store`` (history in memory only), ``--store both``
+runs each workload with the history on disk, then without (rows named
+``fanout`` and ``fanout no-store``). Each server started
 gets a temporary ``--data-dir``, so its identity is made afresh and the
 user's own is never touched. A TLS client is an ``ssl.SSLObject`` over two
 memory buffers on the same non-blocking socket: it encrypts per write and
@@ -897,15 +900,24 @@ RUNNERS = {"fanout": run_fanout, "paced": run_paced, "conns": run_conns}
 
 
 def run_workload(
-    name: str, args: argparse.Namespace, family: int, sockaddr: tuple[Any, ...], *, tls: bool
+    name: str,
+    args: argparse.Namespace,
+    family: int,
+    sockaddr: tuple[Any, ...],
+    *,
+    tls: bool,
+    store: bool = True,
 ) -> dict[str, Any]:
     """One workload on a fresh server (or the given one at ``args.port``) at
-    ``sockaddr``'s address, its clients over TLS if ``tls``; its numbers and failures."""
-    result: dict[str, Any] = {"workload": name + ("+tls" if tls else ""), "tls": tls}
+    ``sockaddr``'s address, its clients over TLS if ``tls``, its history on
+    disk if ``store`` (else ``--no-store``); its numbers and failures."""
+    label = name + ("+tls" if tls else "") + ("" if store else " no-store")
+    result: dict[str, Any] = {"workload": label, "tls": tls, "store": store}
     failures: list[str] = []
     try:
         if args.port is None:
-            server = Server.start(family, sockaddr[0], args.server_arg)
+            extra = args.server_arg if store else [*args.server_arg, "--no-store"]
+            server = Server.start(family, sockaddr[0], extra)
         else:
             server = Server(args.port, args.server_pid)
     except ServerStartError as exc:
@@ -1048,6 +1060,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="one more argument for the server, as --server-arg=--io-threads=2")  # fmt: skip
     add("--tls", choices=("plain", "tls", "both"), default="plain", help="clients in "
         "plaintext, over TLS, or each workload both ways (default: %(default)s)")  # fmt: skip
+    add("--store", choices=("on", "off", "both"), default="on", help="the server's history "
+        "on disk (its default), in memory (--no-store), or each workload both ways "
+        "(default: %(default)s)")  # fmt: skip
     add("--json", type=Path, metavar="FILE", help="also write the raw numbers here")
     return parser
 
@@ -1090,10 +1105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every client is a file descriptor here (and the server raises its own limit).
     raise_open_file_limit(max(args.conns, args.clients) + 256)
     kinds = {"plain": [False], "tls": [True], "both": [False, True]}[args.tls]
+    stores = {"on": [True], "off": [False], "both": [True, False]}[args.store]
     results = [
-        run_workload(name, args, family, sockaddr, tls=tls)
+        run_workload(name, args, family, sockaddr, tls=tls, store=store)
         for name in args.workloads
         for tls in kinds
+        for store in stores
     ]
     words = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python3", "-m", "tests.bench.server_bench", *words])
