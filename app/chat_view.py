@@ -768,7 +768,9 @@ class ChatView(ttk.Frame):
             if self._top_day is None:
                 self._day = day  # the next line appended is below this page
             self._top_day = first_day
-        self._paging = "ready" if more and page and not cut else "ended"
+        # An empty page that says "more" (a server busy or failing) leaves the
+        # next gesture at the top free to ask again.
+        self._paging = "ready" if more and not cut else "ended"
         return unread
 
     def _insert_lines(

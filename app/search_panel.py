@@ -34,6 +34,7 @@ from app import text as fmt
 from server.protocol import ChatMessage
 
 MAX_QUERY = 200  # characters of a query: a search is a few words
+MAX_QUERY_WORDS = 16  # different words a server searches for at most (its rule)
 EXCERPT = 400  # characters of a result's text shown at most, around the first hit
 EXCERPT_BEFORE = 80  # of them, before the first hit
 CONTEXT_ABOVE = 4  # lines shown above the chosen result in its conversation
@@ -188,8 +189,12 @@ class SearchPanel(ttk.Frame):
             self.on_choose(self._results[self._chosen])
             return "break"
         query = self.query_var.get().strip()[:MAX_QUERY]
-        if not query_words(query):
+        wanted = query_words(query)
+        if not wanted:
             self.show_error("Type a word to search for: letters or numbers.")
+            return "break"
+        if len(wanted) > MAX_QUERY_WORDS:
+            self.show_error(f"Search for at most {MAX_QUERY_WORDS} different words.")
             return "break"
         self._waiting = True
         self.status_label.configure(text="Searching…", bootstyle="secondary")

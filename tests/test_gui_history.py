@@ -126,14 +126,17 @@ def line_y(text: tkinter.Text, words: str) -> int:
     return int(box[1])
 
 
-def wheel_up_until(app: ChatApp, room: FakeRoom, requests: int, x: int, y: int) -> None:
-    """Turn the wheel up over the transcript until ``requests`` history frames came."""
+def wheel_up_until(
+    app: ChatApp, room: FakeRoom, requests: int, x: int, y: int, *, burst: int = 5
+) -> None:
+    """Turn the wheel up over the transcript (``burst`` notches at a time) until
+    ``requests`` history frames came."""
     xdotool("mousemove", x, y)
     settle(app.root, 0.1)  # the transcript sees the pointer come in first
     deadline = time.monotonic() + WAIT
     while len(room.requests) < requests:
         assert time.monotonic() < deadline, "no page asked for at the top"
-        xdotool("click", "--repeat", 5, "--delay", 10, 4)
+        xdotool("click", "--repeat", burst, "--delay", 10, 4)
         settle(app.root, 0.1)
 
 
@@ -348,7 +351,10 @@ def test_search_errors_show_in_the_pane(
     panel.query_var.set("?!  ...")
     panel.query_entry.event_generate("<Return>")
     assert "Type a word" in panel.status_text()
-    assert [r for r in room.requests if r["type"] == "search"] == []  # no word: not asked
+    panel.query_var.set(" ".join(f"w{n}" for n in range(17)))
+    panel.query_entry.event_generate("<Return>")
+    assert "at most 16 different words" in panel.status_text()
+    assert [r for r in room.requests if r["type"] == "search"] == []  # neither was asked
     panel.query_var.set("boom")
     panel.query_entry.event_generate("<Return>")
     wait_until(app.root, lambda: panel.status_text() == "Too many words.", WAIT, "the error")
@@ -662,4 +668,27 @@ def test_pages_stop_where_the_transcript_would_outgrow_its_bound(
     assert len(lines) <= 260
     numbers = shown_numbers(app)
     assert numbers == list(range(numbers[0], 1001)) and numbers[0] > 750
+    assert errors == []
+
+
+def test_an_empty_page_that_says_more_waits_for_the_next_gesture(
+    make_app: Callable[..., ChatApp],
+    rooms: Callable[..., FakeRoom],
+    errors: list[BaseException],
+) -> None:
+    def empty(obj: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "history-page", "before": obj["before"], "messages": [], "more": True}
+
+    room = rooms(numbered(300), replay=100, answer=empty)
+    app = make_app()
+    shown_on_screen(app)
+    enter(app, room.port)
+    x, y = on_screen(app.view.transcript, 200, 120)
+    # Each notch at the top asks, once the last answer is in: one notch at a time.
+    wheel_up_until(app, room, 1, x, y, burst=1)
+    wait_until(app.root, lambda: app.view.paging == "ready", WAIT, "the empty page")
+    settle(app.root, 0.5)
+    assert len(room.requests) == 1  # not asked again by itself
+    wheel_up_until(app, room, 2, x, y, burst=1)  # the person asks again
+    assert BEGINNING_TEXT not in app.view.transcript_text()
     assert errors == []
