@@ -50,6 +50,7 @@ from server.protocol import (
 from server.protocol.fingerprint import invite, invite_code, safety_words
 from server.protocol.transport import client_context
 from server.store.bans import BanStoreError
+from server.store.lock import FolderInUse
 
 logger = logging.getLogger("server")
 
@@ -516,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"chat-server: {describe_bind_error(exc, config)}", file=sys.stderr)
         return 1
-    except BanStoreError as exc:
+    except (BanStoreError, FolderInUse) as exc:
         print(f"chat-server: {exc}", file=sys.stderr)
         return 1
 

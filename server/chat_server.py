@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any
 
-from server.config import ServerConfig, TlsMode, features
+from server.config import HISTORY_FILE, ServerConfig, TlsMode, features
 from server.history import HistoryService
 from server.identity import Identity, IdentityError, load_identity
 from server.io_loop import IOLoop, Waker
@@ -42,14 +42,18 @@ from server.passwords import GuessCounter, Secret
 from server.protocol import RemoteProtocolError
 from server.protocol.transport import server_context
 from server.room import Room, banned_error
+from server.store import HistoryStore
 from server.store.bans import BanStore
+from server.store.lock import FolderInUse, FolderLock, StoreError, lock_data_folder
 from server.store.memory import MemoryHistory
+from server.store.sqlite import SqliteHistory
 
 logger = logging.getLogger("server")
 
 LISTEN_BACKLOG = 4096  # the kernel caps it at somaxconn; join bursts need room
 ACCEPT_BATCH = 256  # accepts per wake-up, so that a stop request is seen soon
 SHUTDOWN_GRACE = 1.0  # seconds clients get to take the shutdown frame
+HISTORY_FLUSH = 0.5  # seconds the last messages get to reach the disk at a stop
 # Windows has only select(), which CPython builds for 512 sockets at most:
 # there a loop takes 500 connections and more loops start as needed.
 # epoll and kqueue have no such limit.
@@ -87,9 +91,20 @@ class ChatServer:
                 ) from None
         # Per-address limits, checked at accept; wrong passwords share their exemption.
         self.limits = AddressLimits.from_config(config, time.monotonic())
-        self.history = MemoryHistory(config.history)
+        self._disk: SqliteHistory | None = None
+        self._folder_lock: FolderLock | None = None
+        self._saving = True
+        self.history = self._open_history(config)  # raises FolderInUse
+        try:
+            self._start(config)
+        except BaseException:
+            self._close_history()
+            raise
+
+    def _start(self, config: ServerConfig) -> None:
         self.room = Room(
             history_store=self.history,
+            ids=self._disk,
             motd=config.motd,
             max_backlog=config.max_queue,
             on_broadcast=self._broadcast_pending,
@@ -205,8 +220,55 @@ class ChatServer:
             loop.close()
         if self._answers is not None:
             self._answers.close()
+        self._close_history()
 
     # -- internals ---------------------------------------------------------
+
+    def _open_history(self, config: ServerConfig) -> HistoryStore:
+        """The room's history: on disk in the data folder unless ``--no-store``,
+        in memory if the disk store cannot be opened (said in the log)."""
+        if not config.store:
+            return MemoryHistory(config.history)
+        folder = config.data_path()
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # what was said is private
+            self._folder_lock = lock_data_folder(folder)
+            self._disk = SqliteHistory(
+                folder / HISTORY_FILE,
+                recent=config.history,
+                keep_days=config.keep_days,
+                keep_messages=config.keep_messages,
+                on_status=self._history_status,
+            )
+        except FolderInUse:
+            raise
+        except (StoreError, OSError) as exc:
+            self._close_history()
+            why = exc if isinstance(exc, StoreError) else f"Cannot use {folder}: {exc.strerror}."
+            logger.error(
+                "%s The room's messages are kept in memory only, and lost when the server stops.",
+                why,
+            )
+            return MemoryHistory(config.history)
+        return self._disk
+
+    def _history_status(self, text: str, saving: bool) -> None:
+        """The disk store's thread: its disk failed, is slow, or works again."""
+        # Failing is an error, a slow disk a warning, working again news.
+        level = logging.WARNING if saving and self._saving else logging.INFO
+        logger.log(level if saving else logging.ERROR, "%s", text)
+        changed, self._saving = saving != self._saving, saving
+        room: Room | None = getattr(self, "room", None)  # None: still starting
+        if changed and room is not None:
+            # Everyone should know when what they say may not outlive the server.
+            room.notice(text, None)
+
+    def _close_history(self) -> None:
+        if self._disk is not None:
+            self._disk.close()
+        if self._folder_lock is not None:
+            self._folder_lock.release()
+            self._folder_lock = None
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -274,6 +336,9 @@ class ChatServer:
 
     def _stop_loops(self) -> None:
         self.room.close()
+        if self._disk is not None:
+            # What was said last is seen before the shutdown frame, and kept.
+            self._disk.flush(HISTORY_FLUSH)
         # One deadline for all loops, so that the whole stop stays within
         # PROTOCOL.md's two seconds however many loops and clients there are.
         deadline = time.monotonic() + SHUTDOWN_GRACE

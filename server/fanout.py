@@ -143,14 +143,17 @@ class Outbox:
         return unread + self._counted + self.replies
 
     def overrun(self, log: BroadcastLog, max_backlog: int) -> bool:
-        """Whether more than ``max_backlog`` bytes but replies are queued (or were lost)."""
+        """Whether more than ``max_backlog`` bytes but replies are queued (or were lost).
+
+        What a hold keeps back is not counted: the member could not have read
+        it (the room bounds the hold itself).
+        """
         cursor = self.cursor
         if cursor is None:
             return self._counted > max_backlog
         if cursor < log.base:
             return True
-        end = log.end if self._until is None else self._until
-        return end - cursor + self._counted > max_backlog
+        return self._log_end(log) - cursor + self._counted > max_backlog
 
     def put(self, log: BroadcastLog, frame: bytes, *, reply: bool = False) -> None:
         """Queue a frame for this member alone, after everything logged so far.

@@ -360,10 +360,12 @@ class Room:
                 action,
                 None if recipient is None else recipient.name,
             )
-            held = False
+            held = gave_up = False
             if recipient is None:
                 start = self._log.end
+                holding = bool(self._unsaved)
                 self._broadcast(message, urgent=True)
+                gave_up = holding and not self._unsaved  # what was held is shown now
                 if self._history.append(message):
                     if not self._unsaved:
                         self._log.hold(start)
@@ -375,7 +377,7 @@ class Room:
                 if recipient is not member:
                     recipient.outbox.put(self._log, frame)
         if recipient is None:
-            if not held:  # a held one is flushed when it is saved (_saved)
+            if not held or gave_up:  # a held one is flushed when it is saved (_saved)
                 self._on_broadcast(True)
         else:
             member.notify()

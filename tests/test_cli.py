@@ -35,7 +35,7 @@ def run_server_command(*args: str) -> subprocess.CompletedProcess[str]:
 class ServerProcess:
     """A ``python -m server`` child process and what it printed."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, preexec_fn: Callable[[], None] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", *args],
             cwd=ROOT,
@@ -43,6 +43,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - only sets a resource limit
         )
         self.stdout = ""
         self.stderr = ""
@@ -78,8 +79,8 @@ class ServerProcess:
 def run_server() -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
-    def run(*args: str) -> ServerProcess:
-        process = ServerProcess(*args)
+    def run(*args: str, preexec_fn: Callable[[], None] | None = None) -> ServerProcess:
+        process = ServerProcess(*args, preexec_fn=preexec_fn)
         started.append(process)
         return process
 

@@ -290,7 +290,8 @@ def test_refusals_are_plaintext_before_tls_even_for_a_client_hello(
 
 def test_the_guess_counter_shares_the_exemption(start_server) -> None:
     exempt = start_server()
-    counted = limited(start_server)
+    # Its own data folder: a folder is one running server's.
+    counted = limited(start_server, data_dir=exempt.config.data_path().parent / "counted")
     for server in (exempt, counted):
         for _ in range(20):
             server.room.guesses.charge("127.0.0.1", 0.0)

@@ -193,7 +193,7 @@ def test_required_serves_tls_only_and_lists_nobody_insecure(start_server, open_c
 
 def test_off_answers_a_client_hello_in_plaintext(start_server, open_client, tmp_path) -> None:
     server = start_server(tls=TlsMode.OFF, data_dir=tmp_path / "off")
-    assert server.identity is None and not (tmp_path / "off").exists()  # no identity needed
+    assert server.identity is None and not (tmp_path / "off" / IDENTITY_FILE).exists()
     client = open_client(server)
     client.send_raw(client_hello())
     error = client.expect_error("tls-unavailable")
@@ -206,7 +206,7 @@ def test_off_answers_a_client_hello_in_plaintext(start_server, open_client, tmp_
         "name": "bob",
         "users": ["bob"],
         "history_count": 0,
-        "features": ["operators"],
+        "features": ["operators", "history-pages", "search"],
     }
 
 
@@ -259,12 +259,13 @@ def test_a_client_stalled_mid_handshake_delays_nobody_and_is_closed(
 @POSIX_ONLY
 def test_the_identity_is_made_once_private_and_reused(start_server, tmp_path) -> None:
     folder = tmp_path / "data"
-    first = start_server(data_dir=folder)
+    # Two servers on one folder at once: only without the history, which locks it.
+    first = start_server(data_dir=folder, store=False)
     assert first.identity is not None and first.identity.created
     assert first.identity.path == folder / IDENTITY_FILE
     assert folder.stat().st_mode & 0o777 == 0o700
     assert first.identity.path.stat().st_mode & 0o777 == 0o600
-    second = start_server(data_dir=folder)  # a restart, as far as the folder can tell
+    second = start_server(data_dir=folder, store=False)  # a restart, as far as it can tell
     assert second.identity is not None and not second.identity.created
     assert second.identity.fingerprint == first.identity.fingerprint
     with tls_client(second) as client:

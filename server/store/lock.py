@@ -84,11 +84,14 @@ def lock_data_folder(folder: Path) -> FolderLock:
                 f"Another server is already using the data folder {folder}{who}; "
                 "stop it, or give this one another --data-dir."
             )
-        os.lseek(fd, 1, os.SEEK_SET)
-        os.ftruncate(fd, 1)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, b"\n")
+        try:
+            os.lseek(fd, 1, os.SEEK_SET)
+            os.ftruncate(fd, 1)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, b"\n")
+        except OSError:
+            pass  # a full disk: the lock holds all the same; a refusal names no process
     except BaseException:
         os.close(fd)
         raise

@@ -89,7 +89,6 @@ logger = logging.getLogger("server")
 
 SCHEMA_VERSION = 1
 ID_BLOCK = 10_000  # ids reserved ahead of use
-MAX_QUERY_WORDS = 16  # a search's words, each a join or an index walk
 QUERY_BUDGET_S = 0.5  # a search's work, at most
 RETENTION_EVERY_S = 60.0
 DELETE_CHUNK = 2_000  # rows deleted per transaction by retention
@@ -383,9 +382,7 @@ class SqliteHistory(HistoryStore, IdSource):
         self, query: str, limit: int, before: int | None = None
     ) -> tuple[list[ChatMessage], bool]:
         _check_limit(limit)
-        wanted = query_words(query)
-        if len(wanted) > MAX_QUERY_WORDS:
-            raise ValueError(f"a search holds at most {MAX_QUERY_WORDS} words, not {len(wanted)}")
+        wanted = query_words(query)  # at most MAX_QUERY_WORDS of them
         below = _NO_ID if before is None else min(before, _NO_ID)
         newest = [m for m in reversed(self._unsaved_below(below)) if wanted <= words(m.text)]
         if self._fts:
