@@ -584,11 +584,10 @@ def test_paging_and_search_against_the_real_server(
         assert time.monotonic() < deadline, "never reached the beginning"
         xdotool("click", "--repeat", 5, "--delay", 10, 4)
         settle(app.root, 0.1)
-    # Each once, in order, down to what the server keeps (its memory holds
-    # the newest 60 until the disk store is wired in, then all of them).
-    numbers = shown_numbers(app)
-    kept = [n for n in range(numbers[0], 81) if n not in (25, 70)]
-    assert numbers == kept and numbers[0] <= first_replayed
+    # The replay is the newest 60; the disk keeps all: the rest came in pages,
+    # each message once, in order.
+    assert first_replayed > 20
+    assert shown_numbers(app) == [n for n in range(1, 81) if n not in (25, 70)]
 
     xdotool("key", "ctrl+f")
     wait_until(app.root, lambda: view.search_open, WAIT, "the search pane")
