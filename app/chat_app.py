@@ -6,8 +6,9 @@ events on a queue; ``pump`` runs on the Tk thread every ``PUMP_MS`` and
 handles at most ``PUMP_BATCH`` of them or ``PUMP_BUDGET`` seconds' worth,
 so a burst of thousands of
 messages is shown in slices and the window never stops responding. What
-the user types goes through ``commands.parse_input`` to the client.
-Everything here runs on the Tk thread.
+the user types goes through ``commands.parse_input`` to the client; the
+room's history (older pages, search, "New since you left") goes through
+``RoomHistory`` (app/room_history.py). Everything here runs on the Tk thread.
 """
 
 from __future__ import annotations
@@ -27,17 +28,20 @@ from app import text as fmt
 from app.alerts import DesktopNotifications
 from app.chat_view import LOOKALIKE_MARK, Action, ChatView
 from app.connect_dialog import ConnectDialog
+from app.last_seen import LastSeen, last_seen_path
 from app.network import (
     ChatClient,
     ConnectFailed,
     Connecting,
     ConnectionLost,
     Event,
+    HistoryLoaded,
     IdentityChanged,
     NameRefused,
     PasswordNeeded,
     PlaintextNeeded,
     Received,
+    SearchFound,
     ServerShutdown,
     Stopped,
     TrustNeeded,
@@ -45,6 +49,7 @@ from app.network import (
     Welcomed,
 )
 from app.password_dialog import PasswordDialog, RememberedPasswords, passwords_path
+from app.room_history import RoomHistory
 from app.settings import Settings, fit_geometry
 from app.trust import KnownServers, Pin, known_path
 from app.trust_dialog import IdentityChangedDialog, LockDialog, PlaintextDialog, TrustDialog
@@ -119,6 +124,7 @@ class ChatApp:
         known: KnownServers | None = None,
         on_exit: Callable[[], None] | None = None,
         passwords: RememberedPasswords | None = None,
+        last_seen: LastSeen | None = None,
     ) -> None:
         self.root = root
         self.on_exit = on_exit or root.destroy
@@ -167,6 +173,18 @@ class ChatApp:
             on_send=self.on_send,
             font_size=settings.font_size,
             remember=commands.kept_in_history,
+            # Through lambdas: the history, made next, needs the view.
+            on_reach_top=lambda: self.history.ask_page(),  # noqa: PLW0108
+            on_search=lambda query, before: self.history.search(query, before),  # noqa: PLW0108
+            on_choose_result=lambda message: self.history.show_context(message),  # noqa: PLW0108
+            on_end_reached=self._read_to_end,
+        )
+        self.history = RoomHistory(
+            self.view,
+            last_seen if last_seen is not None else LastSeen(last_seen_path()),
+            client=lambda: self.client,
+            focused=self._has_focus,
+            add_unread=self._add_unread,
         )
         self.view.pack(fill="both", expand=True)
         self._build_menu()
@@ -178,6 +196,7 @@ class ChatApp:
             "<Control-KP_Subtract>": lambda _e: self.change_font_size(-1),
             "<Control-0>": lambda _e: self.change_font_size(0),
             "<Control-q>": lambda _e: self.quit(),
+            "<Control-f>": lambda _e: self.history.open_search(),
         }
         for sequence, action in self._shortcuts.items():
             root.bind_all(sequence, action)
@@ -257,9 +276,24 @@ class ChatApp:
         )
 
     def _focused(self, _event: object) -> None:
+        """The window has the focus: with the newest line in view, all is read
+        (scrolled up, say at "New since you left", the rest is not yet; nor
+        while the room's history is still coming in on a return)."""
+        if not self.view.at_end or self.history.busy:
+            return
+        self.history.mark_read()
         if self.unread:
             self.unread = 0
             self._update_title()
+
+    def _read_to_end(self) -> None:
+        """The newest line is in view: with the window focused, all is read."""
+        if self._has_focus():
+            self._focused(None)
+
+    def _add_unread(self, count: int) -> None:
+        self.unread += count
+        self._update_title()
 
     def _has_focus(self) -> bool:
         return self.root.focus_get() is not None
@@ -315,6 +349,7 @@ class ChatApp:
         if self.client is not None and self.client.joined and self.target is not None:
             self.notice(f"You left {self.target[0]}:{self.target[1]}.")
         self._drop_client()
+        self.history.save()
         self.view.set_users([])
         self.view.set_status(f"Connecting to {host}:{port}…")
         if (host, port) != self.target or invite is not None:
@@ -375,6 +410,7 @@ class ChatApp:
             self.root.after_cancel(self._pump_id)
             self._pump_id = None
         self._drop_client()
+        self.history.save()
         self.desktop.close()
         self._remember_geometry()
         self.save_settings(self.settings)
@@ -460,6 +496,10 @@ class ChatApp:
                 self._connection_lost(message, retry_in, again=again)
             case ServerShutdown(message=message):
                 self.notice(f"{message}.", "error")
+            case HistoryLoaded():
+                self.history.page_loaded(event)
+            case SearchFound():
+                self.history.results_found(event)
             case Received(message=message, asked=asked, insecure=insecure):
                 self._received(message, asked=asked)
                 if insecure is not None:
@@ -500,6 +540,8 @@ class ChatApp:
             self.notice(f"You joined {host}:{port} as {welcome.name}.")
             if welcome.motd:
                 self.notice(welcome.motd, "motd")
+        if self.history.entered(event, host, port):
+            self._seen.clear()  # another room: none of its messages are replays
         self._update_status()
         self._update_title()
         self.view.focus_input()
@@ -531,6 +573,7 @@ class ChatApp:
             self._name_retry = None
 
     def _connection_lost(self, message: str, retry_in: float, *, again: bool) -> None:
+        self.history.connection_lost()
         self.view.set_users([])
         self.view.set_lock(None)
         self.view.show_insecure(())
@@ -624,18 +667,10 @@ class ChatApp:
         match message:
             case ChatMessage():
                 key = (message.id, message.ts)
-                if key in self._seen:
-                    return  # history replayed after a reconnect
-                self._seen[key] = None
-                if len(self._seen) > SEEN_LIMIT:
-                    self._seen.popitem(last=False)
-                mention = view.add_message(message)
-                mine = message.sender == view.own_name
-                if not mine and not message.history and not self._has_focus():
-                    self.unread += 1
-                    self._update_title()
-                    if mention or message.to is not None:
-                        self._alert(message)
+                fresh = key not in self._seen  # else history replayed after a reconnect
+                if fresh:
+                    self._show_message(message, key)
+                self.history.message_in(message, shown=fresh)  # once it is shown
             case Joined(name=name):
                 view.user_joined(name)
                 self.notice(f"{name} joined")
@@ -661,12 +696,27 @@ class ChatApp:
                 view.set_users(users, ops or ())
                 if asked:  # a list nobody asked for only updates the online list
                     self.notice(_who_line(users))
+            case Error(in_reply_to="history" | "search"):
+                self.history.refused(message)
             case Error(code=ErrorCode.KICKED | ErrorCode.BANNED):
                 self.notice(fmt.removed_words(message), "error")
             case Error(message=text):
                 self.notice(text, "error")
             case OpChanged() | Notice() | BanList() | WhoisResult():
                 self._moderation(message)
+
+    def _show_message(self, message: ChatMessage, key: tuple[int, float]) -> None:
+        view = self.view
+        self._seen[key] = None
+        if len(self._seen) > SEEN_LIMIT:
+            self._seen.popitem(last=False)
+        mention = view.add_message(message)
+        mine = message.sender == view.own_name
+        if not mine and not message.history and not self._has_focus():
+            self.unread += 1
+            self._update_title()
+            if mention or message.to is not None:
+                self._alert(message)
 
     def _moderation(self, message: OpChanged | Notice | BanList | WhoisResult) -> None:
         """The operators extension's frames (PROTOCOL.md, "Operators and moderation")."""

@@ -19,7 +19,18 @@ the app's own notices and the first line of a message start at the edge.
 
 A run of one person's messages (``GROUP_SECONDS`` apart at most, nothing
 between) shows the time and name once: on the later lines they are elided,
-still in the text for copying. A centred line marks each new day. Names
+still in the text for copying. A centred line marks each new day.
+
+Older history comes in pages (``insert_page``) at the ``room_top`` mark,
+where the room's lines begin, above those shown: when the person reaches
+the top (the wheel, the scrollbar, PageUp, Ctrl+Home: any way the person
+moves the view there, or turns the wheel up with nothing to scroll), the
+view calls ``on_reach_top`` once, and a page goes in with the line at the
+top of the view kept at the very same pixel, so nothing under the pointer
+moves. Day lines are mended where a page meets the lines below it. After
+``start_room(unread_after)``, a "New since you left" divider goes above
+the first message of others newer than that id, in the replay or in a
+page (moving up as older unread ones come in). Names
 take one of a dozen colours (``text.name_slot``), each made to read at 4.5:1
 on a mention's highlight, and so on the transcript's background, in either
 theme; so are the other colours of the transcript.
@@ -32,7 +43,7 @@ import time
 import tkinter
 import webbrowser
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from tkinter import font as tkfont
 
@@ -40,6 +51,7 @@ import ttkbootstrap as ttk
 
 from app import emoji_images, lookalike
 from app import text as fmt
+from app.search_panel import SearchPanel
 from server.protocol import MAX_TEXT_LENGTH, ChatMessage, name_identity
 
 MAX_LINES = 10_000  # transcript lines kept; older ones are dropped in chunks
@@ -60,6 +72,17 @@ LOOKALIKE_MARK = "\u26a0"  # ⚠ looks like someone present, or mixes scripts
 # A server notice's band: no message has a background but a mention's amber.
 SERVER_NOTICE_LIGHT = "#dbeafe"
 SERVER_NOTICE_DARK = "#12324f"
+# A search result's row when chosen, and the result in its context.
+CHOSEN_LIGHT = "#e7f1ff"
+CHOSEN_DARK = "#1f3a5f"
+ROOM_TOP = "room_top"  # a mark: where the room's lines begin; older pages go there
+PAGE_AT = "page_at"  # a mark: where a page's lines go, one after the other
+ANCHOR = "anchor"  # a mark: the line at the top of the view while a page goes in
+# A page goes in only while the transcript stays within MAX_LINES with it:
+# trimming the oldest lines would throw away the page just asked for.
+DIVIDER_TEXT = "New since you left"
+BEGINNING_TEXT = "Beginning of the room"
+NOT_KEPT_TEXT = "Older messages are not shown here: Ctrl+F searches all of them."
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +111,29 @@ class ChatView(ttk.Frame):
         on_send: Callable[[str], bool],
         font_size: int,
         remember: Callable[[str], bool] = lambda _line: True,
+        on_reach_top: Callable[[], bool] | None = None,
+        on_search: Callable[[str, int | None], None] | None = None,
+        on_choose_result: Callable[[ChatMessage], None] | None = None,
+        on_end_reached: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(master)
         self.on_send = on_send
+        # The person reached the top of the transcript: ask for an older page
+        # (returns whether it was asked for). Search: see app/search_panel.py.
+        self.on_reach_top = on_reach_top
+        self._on_search = on_search or (lambda _query, _before: None)
+        self._on_choose_result = on_choose_result or (lambda _message: None)
+        self.search_panel: SearchPanel | None = None
+        self._on_end_reached = on_end_reached or (lambda: None)  # the newest line in view
+        # The room's history (see the module docstring): pages "off", "ready",
+        # "loading" or "ended"; the oldest id shown; the day of the room's first
+        # dated line; the divider's id and whether appended lines may get it.
+        self._paging = "off"
+        self._room_open = False
+        self._oldest_id: int | None = None
+        self._top_day: datetime.date | None = None
+        self._unread_after: int | None = None
+        self._mark_appended = False
         self._remember = remember  # whether Up may recall a line sent (not a password)
         self._banner_action: Action | None = None
         self._own_name: str | None = None
@@ -156,7 +199,7 @@ class ChatView(ttk.Frame):
         self.insecure_label.pack(anchor="w")
 
     def _build_middle(self) -> None:
-        middle = ttk.Panedwindow(self, orient="horizontal")
+        self._middle = middle = ttk.Panedwindow(self, orient="horizontal")
         middle.grid(row=1, column=0, sticky="nsew", padx=10, pady=(10, 0))
         self.scrolled = ttk.ScrolledText(middle, wrap="word", padding=0)
         self.transcript: tkinter.Text = self.scrolled.text
@@ -331,7 +374,7 @@ class ChatView(ttk.Frame):
             self.input.see("insert")
             return "break"
         if event.keysym in SCROLL_KEYS:
-            self._person_scrolled()
+            self._person_scrolled(event)
         return None  # Ctrl+C and the like keep working in the transcript
 
     def _paste_in_transcript(self, _event: tkinter.Event) -> str:
@@ -339,13 +382,24 @@ class ChatView(ttk.Frame):
         self.input.event_generate("<<Paste>>")
         return "break"
 
-    def _person_scrolled(self, _event: tkinter.Event | None = None) -> None:
-        """After the person scrolled (the widget's own binding moves the view first)."""
-        self.after_idle(self._update_following)
+    def _person_scrolled(self, event: tkinter.Event | None = None) -> None:
+        """The person scrolls (the Text's own binding moves the view next). Up,
+        they leave the end at once: the pump's next batch, which may come
+        before the view has moved, must not take them back down."""
+        upward = event is not None and _upward(event)
+        if upward:
+            self._following = False
+        self.after_idle(self._after_scroll, upward)
+
+    def _after_scroll(self, upward: bool) -> None:
+        self._update_following()
+        if upward:  # up at the top, even with nothing to scroll: the page before
+            self._check_top()
 
     def _scroll_by_bar(self, *args: str) -> None:
         self.transcript.yview(*args)
         self._update_following()
+        self._check_top()
 
     def _update_following(self) -> None:
         if not self.transcript.winfo_exists():
@@ -365,6 +419,12 @@ class ChatView(ttk.Frame):
         if float(last) >= 1.0:
             self._following = True
             self._clear_unseen()
+            self._on_end_reached()
+
+    @property
+    def at_end(self) -> bool:
+        """Whether the person reads the end (the newest line is in view)."""
+        return self._following
 
     def scroll_to_end(self) -> None:
         """The new-messages button: back to the newest line, following again."""
@@ -392,6 +452,8 @@ class ChatView(ttk.Frame):
         lines = int(self.transcript.index("end-1c").split(".")[0])
         if lines > MAX_LINES:
             self._edit(lambda: self.transcript.delete("1.0", f"{lines - MAX_LINES + 1}.0"))
+            if self._room_open and self.transcript.compare(ROOM_TOP, "==", "1.0"):
+                self._paging = "off"  # the oldest lines shown are gone: no page fits above
         if self._following:
             self.transcript.see("end")
         elif self._unseen:
@@ -402,9 +464,11 @@ class ChatView(ttk.Frame):
 
     def add_message(self, message: ChatMessage) -> bool:
         """Show a chat message; returns whether it mentions the user."""
-        own = message.sender == self.own_name
-        mention = not own and fmt.mentions(message.text, self.own_name)
         self._mark_day(message.ts)
+        if self._mark_appended and self._unread(message):
+            self._append(*self._divider_line(), counted=False)
+            self._mark_appended = False
+            self._group = None  # the first unread shows its name
         plain = message.to is None and not message.action
         grouped = (
             plain
@@ -412,6 +476,18 @@ class ChatView(ttk.Frame):
             and self._group[0] == message.sender
             and 0 <= message.ts - self._group[1] <= GROUP_SECONDS
         )
+        parts, line_tags, mention = self._message_line(message, grouped)
+        self._append(parts, line_tags)
+        self._group = (message.sender, message.ts) if plain else None
+        self._note_id(message)
+        return mention
+
+    def _message_line(
+        self, message: ChatMessage, grouped: bool
+    ) -> tuple[list[tuple[str, tuple[str, ...]]], tuple[str, ...], bool]:
+        """A message's (piece, tags) parts, the tags of its line, whether it mentions the user."""
+        own = message.sender == self.own_name
+        mention = not own and fmt.mentions(message.text, self.own_name)
         # A run of one person's messages shows the time and name once: on the
         # later lines they are elided (still there to copy), the text indented.
         head = ("elide", "grouped") if grouped else ("head",)
@@ -441,9 +517,7 @@ class ChatView(ttk.Frame):
                 parts.append(("\n", tags))
             for piece, is_link in fmt.split_links(line):
                 parts.append((piece, (*tags, "link") if is_link else tags))
-        self._append(parts, (*base, "cont") if further else base)
-        self._group = (message.sender, message.ts) if plain else None
-        return mention
+        return parts, ((*base, "cont") if further else base), mention
 
     def add_notice(self, text: str, kind: str = "system", ts: float | None = None) -> None:
         """A line from the app itself, with its time (``ts``, default now): ``system``,
@@ -511,6 +585,8 @@ class ChatView(ttk.Frame):
     def _mark_day(self, ts: float) -> None:
         """A separator line where the day changes (and first, unless that is today)."""
         day = datetime.date.fromtimestamp(ts)
+        if self._room_open and self._top_day is None:
+            self._top_day = day
         if day == self._day:
             return
         if self._day is not None or day != datetime.date.today():
@@ -546,6 +622,188 @@ class ChatView(ttk.Frame):
         self._edit(lambda: self.transcript.delete("1.0", "end"))
         self._day = None
         self._group = None
+        self._room_open = False
+        self._paging = "off"
+
+    # -- the room's history: older pages, "new since you left" ----------------------
+
+    def start_room(self, unread_after: int | None) -> None:
+        """The lines from here on are a room's: older pages go above them, and
+        the divider above the first message of others after id ``unread_after``
+        (``None``: no divider)."""
+        text = self.transcript
+        text.mark_set(ROOM_TOP, "end-1c")
+        text.mark_gravity(ROOM_TOP, "left")  # what goes in at it stays below it
+        self._room_open = True
+        self._paging = "off"
+        self._oldest_id = None
+        self._top_day = None
+        self._unread_after = unread_after
+        self._mark_appended = unread_after is not None
+
+    def replay_done(self) -> None:
+        """The welcome's replay is in: later messages are not "since you left"."""
+        self._mark_appended = False
+
+    def set_paging(self, enabled: bool) -> None:
+        """Whether older pages may be asked for (the server offers them); a
+        page asked for on a connection that has ended will not come."""
+        if not enabled:
+            self._paging = "off"
+        elif self._room_open and self._paging in ("off", "loading"):
+            self._paging = "ready"
+
+    @property
+    def paging(self) -> str:
+        """``off``, ``ready``, ``loading`` (a page asked for) or ``ended``."""
+        return self._paging
+
+    @property
+    def oldest_id(self) -> int | None:
+        """The oldest message id the room shows (``None``: none yet)."""
+        return self._oldest_id
+
+    def page_failed(self) -> None:
+        """The page asked for will not come (an error, a page that broke the
+        rules): no more pages on this connection."""
+        if self._paging == "loading":
+            self._paging = "off"
+
+    def _note_id(self, message: ChatMessage) -> None:
+        if self._room_open and (self._oldest_id is None or message.id < self._oldest_id):
+            self._oldest_id = message.id
+
+    def _unread(self, message: ChatMessage) -> bool:
+        """Whether ``message`` is one of those "new since you left"."""
+        after = self._unread_after
+        return (
+            after is not None
+            and message.id > after
+            and message.to is None
+            and message.sender != self.own_name
+        )
+
+    def _divider_line(self) -> tuple[list[tuple[str, tuple[str, ...]]], tuple[str, ...]]:
+        rule = "\u2500" * 8
+        return [(f"{rule}  {DIVIDER_TEXT}  {rule}", ("divider",))], ("divider",)
+
+    def _check_top(self) -> None:
+        if self.transcript.winfo_exists() and self.transcript.yview()[0] <= 0.0:
+            self.ask_older()
+
+    def ask_older(self) -> bool:
+        """Ask for an older page now, unless one is on its way or there is none."""
+        if self._paging != "ready" or self.on_reach_top is None:
+            return False
+        self._paging = "loading"
+        if not self.on_reach_top():
+            self._paging = "ready"
+        return self._paging == "loading"
+
+    def scroll_to_divider(self) -> None:
+        """Show "New since you left" at the top of the view (unless all that
+        follows it fits on the screen: then the end stays in view)."""
+        found = self.transcript.tag_ranges("divider")
+        if not found:
+            return
+        self.transcript.yview(found[0])
+        self._following = self.transcript.yview()[1] >= 1.0
+
+    def insert_page(self, messages: Sequence[ChatMessage], *, more: bool) -> int:
+        """Put an older page (oldest first) above the room's lines, the view kept
+        where it is; ``more``: older ones remain. Messages not older than those
+        shown are left out. Returns how many of them are "new since you left"."""
+        if not self._room_open:
+            return 0
+        oldest = self._oldest_id
+        page = [m for m in messages if oldest is None or m.id < oldest]
+        fits = MAX_LINES - int(self.transcript.index("end-1c").split(".")[0]) - 3
+        page, cut = _fitting(page, fits)
+        lines: list[tuple[list[tuple[str, tuple[str, ...]]], tuple[str, ...]]] = []
+        unread = sum(map(self._unread, page))
+        divided = False
+        day: datetime.date | None = None
+        group: tuple[str, float] | None = None
+        for message in page:
+            when = datetime.date.fromtimestamp(message.ts)
+            if when != day and (day is not None or when != datetime.date.today() or cut):
+                lines.append(([(fmt.day_label(message.ts), ("day",))], ("day",)))
+                group = None
+            day = when
+            if not divided and self._unread(message):
+                lines.append(self._divider_line())
+                divided, group = True, None
+            plain = message.to is None and not message.action
+            grouped = (
+                plain
+                and group is not None
+                and group[0] == message.sender
+                and 0 <= message.ts - group[1] <= GROUP_SECONDS
+            )
+            parts, line_tags, _mention = self._message_line(message, grouped)
+            lines.append((parts, line_tags))
+            group = (message.sender, message.ts) if plain else None
+        text = self.transcript
+        below = self._top_day
+        labelled = "day" in text.tag_names(ROOM_TOP)
+
+        def insert() -> None:
+            if divided:  # the unread part begins further up now
+                for start, end in _pairs(text.tag_ranges("divider")):
+                    text.delete(start, end)
+            if day is not None and below is not None:
+                if labelled and day == below:
+                    text.delete(ROOM_TOP, f"{ROOM_TOP} lineend + 1c")  # mid-day now
+                elif not labelled and day != below:
+                    lines.append(([(_day_label(below), ("day",))], ("day",)))
+            if not more or cut:
+                words = NOT_KEPT_TEXT if cut else BEGINNING_TEXT
+                lines.insert(0, ([(words, ("room-start",))], ("room-start",)))
+            self._insert_lines(lines)
+
+        self._keep_place(insert)
+        if page:
+            self._oldest_id = page[0].id
+            first_day = datetime.date.fromtimestamp(page[0].ts)
+            if self._top_day is None:
+                self._day = day  # the next line appended is below this page
+            self._top_day = first_day
+        # An empty page that says "more" (a server busy or failing) leaves the
+        # next gesture at the top free to ask again.
+        self._paging = "ready" if more and not cut else "ended"
+        return unread
+
+    def _insert_lines(
+        self, lines: list[tuple[list[tuple[str, tuple[str, ...]]], tuple[str, ...]]]
+    ) -> None:
+        """Put ``lines`` in at ``ROOM_TOP``, in their order, above what is there."""
+        text = self.transcript
+        text.mark_set(PAGE_AT, ROOM_TOP)
+        text.mark_gravity(PAGE_AT, "right")  # each piece goes in after the last
+        for parts, line_tags in lines:
+            self._emoji.insert_line([*parts, ("\n", line_tags)], at=PAGE_AT)
+        text.mark_unset(PAGE_AT)
+
+    def _keep_place(self, change: Callable[[], None]) -> None:
+        """Make ``change`` above the view with the line at its top staying at the
+        same pixel (or, following the end, with the end still in view)."""
+        text = self.transcript
+        if self._following:
+            self._edit(change)
+            text.see("end")
+            return
+        top = text.index("@0,0")
+        if text.compare(top, "<", ROOM_TOP) and text.dlineinfo(ROOM_TOP) is not None:
+            top = ROOM_TOP  # the lines above the room's (a join notice) make way
+        text.mark_set(ANCHOR, top)  # of right gravity: the page goes in before it
+        before = text.dlineinfo(ANCHOR)
+        self._edit(change)
+        if before is not None:
+            text.yview(ANCHOR)
+            after = text.dlineinfo(ANCHOR)
+            if after is not None and after[1] != before[1]:
+                text.yview_scroll(after[1] - before[1], "pixels")
+        text.mark_unset(ANCHOR)
 
     def transcript_text(self) -> str:
         """Everything shown, one line per message or notice."""
@@ -783,6 +1041,56 @@ class ChatView(ttk.Frame):
             return ""
         return str(self.insecure_label.cget("text"))
 
+    # -- search -------------------------------------------------------------------
+
+    def open_search(self) -> SearchPanel:
+        """Show the search pane beside the transcript (the chat goes on), its box focused."""
+        panel = self.search_panel
+        if panel is None:
+            panel = self.search_panel = SearchPanel(
+                self._middle,
+                font=self.font,
+                bold_font=self._bold_font,
+                on_search=self._on_search,
+                on_choose=self._on_choose_result,
+                on_close=self.close_search,
+                astral_ok=self._astral_ok,
+            )
+            panel.apply_theme(self._search_colors())
+        if str(panel) not in self._middle.panes():
+            self._middle.insert(1, panel, weight=3)
+        panel.focus_query()
+        return panel
+
+    def close_search(self) -> None:
+        panel = self.search_panel
+        if panel is not None and str(panel) in self._middle.panes():
+            self._middle.forget(panel)
+        self.focus_input()
+
+    @property
+    def search_open(self) -> bool:
+        panel = self.search_panel
+        return panel is not None and str(panel) in self._middle.panes()
+
+    def _search_colors(self) -> dict[str, str]:
+        style = _style()
+        colors = style.colors
+        dark = style.theme_use().endswith("dark")
+        mention = MENTION_DARK if dark else MENTION_LIGHT
+        palette = {
+            "bg": colors.inputbg,
+            "fg": colors.inputfg,
+            "selectbg": colors.selectbg,
+            "selectfg": colors.selectfg,
+            "muted": fmt.readable("#9aa4ae" if dark else "#5c636a", mention),
+            "hit": mention,
+            "chosen": CHOSEN_DARK if dark else CHOSEN_LIGHT,
+        }
+        for slot in range(len(fmt.NAME_HUES)):
+            palette[f"name-{slot}"] = fmt.name_color(slot, mention)
+        return palette
+
     # -- looks ----------------------------------------------------------------
 
     def set_font_size(self, size: int) -> None:
@@ -893,6 +1201,15 @@ class ChatView(ttk.Frame):
             "day", justify="center", foreground=muted, font=self._bold_font, spacing1=8, spacing3=4
         )
         text.tag_configure("link", foreground=own, underline=True)
+        divider = fmt.readable(colors.danger, mention)
+        text.tag_configure(
+            "divider", justify="center", foreground=divider, font=self._bold_font, spacing1=6
+        )
+        text.tag_configure(
+            "room-start", justify="center", foreground=muted, font=self._italic_font, spacing1=6
+        )
+        if self.search_panel is not None:
+            self.search_panel.apply_theme(self._search_colors())
         self._style_moderation(muted)
         text.tag_raise("link")
         self._set_margins()
@@ -969,6 +1286,37 @@ class _Tip:
         if self._window is None or self.label is None or self._window.state() == "withdrawn":
             return ""
         return str(self.label.cget("text"))
+
+
+def _upward(event: tkinter.Event) -> bool:
+    """Whether a wheel turn or a key scrolls towards older lines."""
+    if event.keysym in ("Prior", "Up", "Home"):
+        return True
+    wheel = event.type == tkinter.EventType.MouseWheel
+    return event.num == 4 or (wheel and event.delta > 0)
+
+
+def _fitting(page: list[ChatMessage], lines: int) -> tuple[list[ChatMessage], bool]:
+    """The newest of ``page`` that take at most ``lines`` lines (a day line
+    each, at worst), and whether any were left out."""
+    taken = 0
+    for index in range(len(page) - 1, -1, -1):
+        taken += 2 + fmt.one_kind_of_newline(page[index].text).count("\n")
+        if taken > lines:
+            return page[index + 1 :], True
+    return page, False
+
+
+def _day_label(day: datetime.date) -> str:
+    noon = datetime.datetime.combine(day, datetime.time(12)).timestamp()
+    return fmt.day_label(noon)
+
+
+def _pairs(ranges: tuple[object, ...]) -> list[tuple[str, str]]:
+    """A Text's tag ranges (start, end, start, end...) as pairs, last first, so
+    that deleting one leaves the others where they are."""
+    found = [(str(ranges[i]), str(ranges[i + 1])) for i in range(0, len(ranges) - 1, 2)]
+    return found[::-1]
 
 
 def _user_key(name: str) -> tuple[str, str]:

@@ -201,20 +201,21 @@ class EmojiText:
             self._images.popitem(last=False)
         return image
 
-    def insert_line(self, parts: Iterable[tuple[str, tuple[str, ...]]]) -> None:
-        """Append the (piece, tags) parts of one line: emoji as pictures, the rest as text."""
+    def insert_line(self, parts: Iterable[tuple[str, tuple[str, ...]]], at: str = "end") -> None:
+        """Put in the (piece, tags) parts of one line at ``at`` (the end, or a mark
+        of right gravity): emoji as pictures, the rest as text."""
         text = self.text
         budget = PICTURES_PER_LINE
         for piece, tags in parts:
             for run, is_emoji in runs(piece):
                 image = self.image(run) if is_emoji and budget > 0 else None
                 if image is None:
-                    text.insert("end", displayable(run, astral_ok=self._astral_ok), tags)
+                    text.insert(at, displayable(run, astral_ok=self._astral_ok), tags)
                     continue
                 budget -= 1
                 self._count += 1
                 name = f"{embed_name(run)}/{self._count}"
-                text.image_create("end", image=image, name=name)
+                text.image_create(at, image=image, name=name)
                 for tag in tags:  # an image takes tags one at a time, by its name as index
                     text.tag_add(tag, name)
                 self._shown.append((name, run))

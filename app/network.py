@@ -59,7 +59,12 @@ connection breaks the protocol and drops it), the bytes
 waiting to be sent (``MAX_OUTGOING``: a server that never reads is
 dropped), the pongs (only those that fit a client frame). Every field the
 UI will show is made safe here (``_made_safe``): times it can convert,
-text and names Tk can draw, that cannot break or fake a line. Liveness
+text and names Tk can draw, that cannot break or fake a line. A
+``history-page`` or ``search-results`` reaches the UI only when it answers
+a request still open on this connection (by its ``before`` or ``query``):
+one that breaks the protocol's rules (more than ``MAX_PAGE`` messages, a
+private one, ids out of order, repeated, or not below ``before``) is
+handed over refused and empty, so the UI stops asking without a word. Liveness
 counts whole frames, so a server that dribbles bytes is found dead; and a
 connection counts as healthy, resetting the backoff, only once it has
 lasted ``HEALTHY_AFTER``. While the server is plainly restarting (it said
@@ -91,6 +96,7 @@ from server.protocol import (
     LONE_SURROGATE,
     MAX_CLIENT_FRAME,
     MAX_NAME_LENGTH,
+    MAX_PAGE,
     MAX_SERVER_FRAME,
     MAX_TEXT_LENGTH,
     NAME_PUNCTUATION,
@@ -103,6 +109,8 @@ from server.protocol import (
     ErrorCode,
     FrameDecoder,
     Hello,
+    History,
+    HistoryPage,
     Joined,
     Left,
     LocalProtocolError,
@@ -114,6 +122,8 @@ from server.protocol import (
     Rename,
     Renamed,
     Say,
+    Search,
+    SearchResults,
     Shutdown,
     Unknown,
     Users,
@@ -313,6 +323,26 @@ class Received:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryLoaded:
+    """A ``history-page`` answering one of our ``history`` requests, its
+    messages made safe and checked (public, oldest first, below ``before``,
+    at most ``MAX_PAGE``). ``refused``: the server's page broke those rules
+    and was dropped (``messages`` empty, ``more`` false)."""
+
+    page: HistoryPage
+    refused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFound:
+    """``search-results`` answering one of our ``search`` requests, checked
+    as ``HistoryLoaded`` is (but newest first); ``refused`` likewise."""
+
+    results: SearchResults
+    refused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Unsent:
     """Says (and renames) the server never confirmed; give them back to the
     user, in the order they were typed."""
@@ -338,6 +368,8 @@ Event = (
     | ConnectionLost
     | ServerShutdown
     | Received
+    | HistoryLoaded
+    | SearchFound
     | Unsent
     | Stopped
 )
@@ -601,7 +633,42 @@ def _made_safe(message: Message) -> Message:
             return replace(message, message=_safe_text(message.message, one_line=True))
         case Shutdown():
             return replace(message, message=_safe_text(message.message, one_line=True))
+        case HistoryPage() | SearchResults():
+            # Checked before the work of making each safe: at most MAX_PAGE of them.
+            if len(message.messages) > MAX_PAGE:
+                return message
+            safe = tuple(cast(ChatMessage, _made_safe(each)) for each in message.messages)
+            if isinstance(message, SearchResults):
+                query = _safe_text(message.query, one_line=True)
+                return replace(message, query=query, messages=safe)
+            return replace(message, messages=safe)
     return message
+
+
+# Ids a page may carry: JSON's exact integers, so that ``before`` built from
+# one is one the server can read back.
+MAX_ID = 2**53
+
+
+def _page_fits(page: HistoryPage | SearchResults) -> bool:
+    """Whether a page keeps the protocol's rules: at most ``MAX_PAGE`` public
+    messages, ids in range and in order (oldest first for ``history``, newest
+    first for ``search``, so none twice), a history page's below its ``before``."""
+    messages = page.messages
+    if len(messages) > MAX_PAGE:
+        return False
+    ids = [message.id for message in messages]
+    if any(message.to is not None for message in messages):
+        return False
+    if not all(0 < each < MAX_ID for each in ids):
+        return False
+    if isinstance(page, SearchResults):
+        ids.reverse()
+    if any(a >= b for a, b in itertools.pairwise(ids)):
+        return False
+    return not (
+        isinstance(page, HistoryPage) and page.before is not None and ids and ids[-1] >= page.before
+    )
 
 
 def _security(payload: dict[str, Any]) -> tuple[tuple[str, ...] | None, bool]:
@@ -688,6 +755,11 @@ class ChatClient:
         self._greeting = False  # connected, not yet welcomed: a hello may be retried
         self._pending: deque[Say | Rename] = deque()  # sent, not yet answered
         self._whos = 0  # on this connection: who sent, not yet answered by users
+        # On this connection: history and search requests sent, not yet answered,
+        # oldest first. A page that answers none (its ``before`` or ``query``) is
+        # dropped here, so that the queue of events holds at most one page (up
+        # to a frame's worth) per request.
+        self._asked: deque[History | Search] = deque()
         self._welcomed_at: float | None = None  # on this connection
         self._shutdown_said = False  # on this connection
         self._refused_ping = False  # on this connection: a ping too large to answer
@@ -728,6 +800,18 @@ class ChatClient:
     def who(self) -> bool:
         """Ask for the user list; ``False`` while not in the room."""
         return self._send(Who(), joined_only=True)
+
+    def history(self, before: int | None, limit: int) -> bool:
+        """Ask for up to ``limit`` public messages older than id ``before``
+        (``None``: the newest); answered by ``HistoryLoaded``. ``False`` while
+        not in the room. Only for a server whose welcome lists ``history-pages``."""
+        return self._send(History(before, limit), joined_only=True)
+
+    def search(self, query: str, limit: int, before: int | None = None) -> bool:
+        """Search the room's public messages (``before``: an id, to go on further
+        back); answered by ``SearchFound``, or an error ``in_reply_to`` search.
+        ``False`` while not in the room. Only for a server whose welcome lists ``search``."""
+        return self._send(Search(query, limit, before), joined_only=True)
 
     def choose_name(self, name: str) -> None:
         """Try another name after ``NameRefused`` (on the next connection if
@@ -881,6 +965,7 @@ class ChatClient:
         self._wrong_passwords = 0
         self._shutdown_said = self._refused_ping = False
         self._whos = 0
+        self._asked.clear()
         self._pin = None
         plain = self._plaintext_agreed()
         sniffers: list[_FirstByte] = []
@@ -1124,6 +1209,8 @@ class ChatClient:
                     self._pending.append(message)
                 elif isinstance(message, Who):
                     self._whos += 1
+                elif isinstance(message, History | Search):
+                    self._asked.append(message)
                 out += frame
             if out:
                 write_waits = self._transmit(transport, out)
@@ -1238,6 +1325,8 @@ class ChatClient:
             self._post(ServerShutdown(message.message))
         elif isinstance(message, Unknown | Pong):
             return None
+        elif isinstance(message, HistoryPage | SearchResults):
+            self._answer_page(message)
         else:
             asked = False
             if isinstance(message, ChatMessage) and not message.history:
@@ -1251,6 +1340,33 @@ class ChatClient:
                 asked = True
             self._post(Received(message, asked, insecure if isinstance(message, Users) else None))
         return None
+
+    def _answer_page(self, page: HistoryPage | SearchResults) -> None:
+        """Hand the UI a page that answers one of our requests; one that breaks
+        the rules goes as refused, empty; one nobody asked for not at all."""
+        for request in self._asked:
+            if (
+                isinstance(request, History)
+                and isinstance(page, HistoryPage)
+                and request.before == page.before
+            ) or (
+                isinstance(request, Search)
+                and isinstance(page, SearchResults)
+                and _safe_text(request.query, one_line=True) == page.query
+            ):
+                self._asked.remove(request)
+                break
+        else:
+            logger.warning("dropped a %s nobody asked for", page.TYPE)
+            return
+        refused = not _page_fits(page)
+        if refused:
+            logger.warning("dropped a %s that breaks the protocol's rules", page.TYPE)
+            page = replace(page, messages=(), more=False)
+        if isinstance(page, HistoryPage):
+            self._post(HistoryLoaded(page, refused))
+        else:
+            self._post(SearchFound(page, refused))
 
     def _answered(self, kind: type[Say] | type[Rename]) -> Say | Rename | None:
         """Take the oldest pending frame of ``kind``, which the server has just
@@ -1302,6 +1418,10 @@ class ChatClient:
             return None
         if error.in_reply_to == Rename.TYPE:
             self._answered(Rename)  # the error says why; the name stays as it was
+        for request in self._asked:
+            if error.in_reply_to == request.TYPE:  # answered, by this error
+                self._asked.remove(request)
+                break
         self._post(Received(error))
         return None
 
@@ -1347,11 +1467,13 @@ __all__ = [
     "ConnectionLost",
     "Event",
     "EventQueue",
+    "HistoryLoaded",
     "IdentityChanged",
     "NameRefused",
     "PasswordNeeded",
     "PlaintextNeeded",
     "Received",
+    "SearchFound",
     "ServerShutdown",
     "Stopped",
     "TrustNeeded",
