@@ -150,6 +150,7 @@ class SqliteHistory(HistoryStore, IdSource):
         "_durable",
         "_entries",
         "_fts",
+        "_idle",
         "_in_flight",
         "_keep_days",
         "_keep_messages",
@@ -201,6 +202,9 @@ class SqliteHistory(HistoryStore, IdSource):
         self._durable: Callable[[int], None] = _ignore_id
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the writer waits on it
+        # Whether the writer waits on _work: a busy one takes the queue when it
+        # is done, and waking it for each message would cost a notify each.
+        self._idle = False
         self._done = threading.Condition(self._lock)  # flush waits on it
         self._queue: list[ChatMessage] = []
         self._in_flight: list[ChatMessage] = []  # the writer's batch, until kept
@@ -343,7 +347,8 @@ class SqliteHistory(HistoryStore, IdSource):
             self._bump_at = _NO_ID  # asked once; the writer sets the next mark
             with self._lock:
                 self._bump_wanted = True
-                self._work.notify()
+                if self._idle:
+                    self._work.notify()
         return self._last
 
     def append(self, message: ChatMessage) -> bool:
@@ -356,7 +361,8 @@ class SqliteHistory(HistoryStore, IdSource):
             if self._saving:
                 self._queue.append(message)
                 self._queued_id = message.id
-                self._work.notify()
+                if self._idle:
+                    self._work.notify()
                 return True
             self._keep_unsaved(message)
             return False
@@ -549,7 +555,9 @@ class SqliteHistory(HistoryStore, IdSource):
                         wake = next_retry
                     if wake <= now:
                         break
+                    self._idle = True
                     self._work.wait(min(wake - now, 3600.0))
+                    self._idle = False
                 batch = self._in_flight = self._queue
                 self._queue = []
                 bump, self._bump_wanted = self._bump_wanted, False
