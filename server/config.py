@@ -32,6 +32,12 @@ DEFAULT_MAX_CLIENTS = 10_000
 # against 0.40 CPU-seconds per million) and let 10,000 clients join faster
 # (22 s against 27 s). ``--io-threads`` is there for bigger machines.
 DEFAULT_IO_THREADS = 1
+# How long a thread that wants the interpreter waits before the running one
+# is made to give it up (Python's default is 5 ms). The history's writer
+# needs it a few times per commit, and every message waits for a commit:
+# behind a loop thread busy with a flood, 5 ms a time made a commit take
+# tens of milliseconds. A thread that runs alone is never interrupted.
+GIL_SWITCH_INTERVAL = 0.0005
 
 # Per-address limits (PROTOCOL.md, "Operators and moderation"; NOTES-trust.md
 # "Throttling and moderation"): open connections per address, and more than
