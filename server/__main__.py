@@ -23,7 +23,6 @@ from server.config import (
     DEFAULT_IO_THREADS,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_PER_IP,
-    GIL_SWITCH_INTERVAL,
     LOOPBACK,
     RATE_BURST,
     RATE_PER_SECOND,
@@ -510,7 +509,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if status is not None:
             return status
     raise_open_file_limit(config.max_clients + 64)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
         server = ChatServer(config)
     except IdentityError as exc:

@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any
 
-from server.config import HISTORY_FILE, ServerConfig, TlsMode, features
+from server.config import GIL_SWITCH_INTERVAL, HISTORY_FILE, ServerConfig, TlsMode, features
 from server.history import HistoryService
 from server.identity import Identity, IdentityError, load_identity
 from server.io_loop import IOLoop, Waker
@@ -176,6 +176,9 @@ class ChatServer:
             if self._stop_requested.is_set():
                 return  # shut down before it started
             self._stopped.clear()
+        # For the whole process: its threads hand the interpreter over sooner
+        # (config.GIL_SWITCH_INTERVAL says why).
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         try:
             for loop in self._loops:
                 loop.start()
