@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from app.settings import config_path
+from app.settings import config_path, write_json
 from app.trust import Pin, address
 
 logger = logging.getLogger("app.last_seen")
@@ -69,20 +67,8 @@ class LastSeen:
         """Replace the file atomically if anything changed; a failure is logged."""
         if self.path is None or not self._dirty:
             return
-        data = {"version": 1, "servers": self._ids}
-        folder = self.path.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(prefix=".last-seen-", dir=folder)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as file:
-                    json.dump(data, file, indent=1)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, self.path)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            write_json(self.path, {"version": 1, "servers": self._ids}, prefix=".last-seen-")
         except OSError as exc:
             logger.warning("Cannot save the last messages seen to %s: %s", self.path, exc)
             return

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import ttkbootstrap as ttk
 
-from app.settings import config_path
+from app.settings import config_path, write_json
 from app.trust import address
 
 logger = logging.getLogger("app.password_dialog")
@@ -101,20 +99,9 @@ class RememberedPasswords:
         """Replace the file atomically (lock held); a failure is logged, never raised."""
         if self.path is None:
             return
-        folder = self.path.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            # mkstemp makes the file 0600 before a byte of it is written.
-            fd, temporary = tempfile.mkstemp(prefix=".passwords-", dir=folder)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as file:
-                    json.dump({"version": 1, "passwords": passwords}, file, indent=1)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, self.path)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            # 0600 before a byte of it is written (write_json's temporary file).
+            write_json(self.path, {"version": 1, "passwords": passwords}, prefix=".passwords-")
         except OSError as exc:
             logger.warning("Cannot save remembered passwords to %s: %s", self.path, exc)
 

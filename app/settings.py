@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,24 @@ def fit_geometry(
     x = max(0, min(x, room_width - width))
     y = max(0, min(y, room_height - height))
     return f"{width}x{height}+{x}+{y}"
+
+
+def write_json(path: Path, data: object, *, prefix: str) -> None:
+    """Replace ``path`` with ``data`` as JSON, atomically: a temporary file
+    beside it (``mkstemp`` makes it 0600 before a byte is written), flushed
+    to the disk, then renamed over it. Raises ``OSError``."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=prefix, dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(data, file, indent=1)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def save(settings: Settings, path: Path | None = None) -> None:

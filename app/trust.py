@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from app.settings import config_path
+from app.settings import config_path, write_json
 from server.protocol.fingerprint import format_host, is_fingerprint
 
 logger = logging.getLogger("app.trust")
@@ -164,19 +162,8 @@ class KnownServers:
             ],
             "plaintext": [{"address": a, "since": s} for a, s in self._plaintext.items()],
         }
-        folder = self.path.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(prefix=".known-", dir=folder)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as file:
-                    json.dump(data, file, indent=1)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, self.path)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            write_json(self.path, data, prefix=".known-")
         except OSError as exc:
             logger.warning("Cannot save trusted servers to %s: %s", self.path, exc)
 
