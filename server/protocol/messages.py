@@ -512,15 +512,32 @@ class Search(Message):
     before: int | None = None
 
 
-def _messages_from_wire(type_: str, obj: Mapping[str, Any]) -> tuple[ChatMessage, ...]:
-    items = obj.get("messages")
-    if type(items) is not list or not all(type(item) is dict for item in items):
-        raise _bad_field(type_, "`messages` must be a list of objects.")
-    return tuple(ChatMessage.from_wire(item) for item in items)
+class _CarriesMessages:
+    """A frame with ``messages`` (``ChatMessage`` objects) besides its ``FIELDS``."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+    messages: tuple[ChatMessage, ...]
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Self:
+        # The mixin is no dataclass itself: mypy sees neither its super nor
+        # that what comes back is one.
+        head: Self = super().from_wire(obj)  # type: ignore[misc]
+        items = obj.get("messages")
+        if type(items) is not list or not all(type(item) is dict for item in items):
+            raise _bad_field(cls.TYPE, "`messages` must be a list of objects.")
+        messages = tuple(ChatMessage.from_wire(item) for item in items)
+        return replace(head, messages=messages)  # type: ignore[type-var]
+
+    def to_wire(self) -> dict[str, Any]:
+        obj: dict[str, Any] = super().to_wire()  # type: ignore[misc]
+        obj["messages"] = [message.to_wire() for message in self.messages]
+        return obj
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryPage(Message):
+class HistoryPage(_CarriesMessages, Message):
     """``history-page`` (server): ``messages`` (marked ``history``, oldest first)
     answering a ``history`` with this ``before``; ``more``: older ones remain."""
 
@@ -530,19 +547,9 @@ class HistoryPage(Message):
     messages: tuple[ChatMessage, ...] = ()
     more: bool = False
 
-    @classmethod
-    def from_wire(cls, obj: Mapping[str, Any]) -> Self:
-        head = super(HistoryPage, cls).from_wire(obj)
-        return replace(head, messages=_messages_from_wire(cls.TYPE, obj))
-
-    def to_wire(self) -> dict[str, Any]:
-        obj = Message.to_wire(self)
-        obj["messages"] = [message.to_wire() for message in self.messages]
-        return obj
-
 
 @dataclass(frozen=True, slots=True)
-class SearchResults(Message):
+class SearchResults(_CarriesMessages, Message):
     """``search-results`` (server): ``messages`` holding every word of ``query``,
     newest first; ``more``: older ones match too."""
 
@@ -551,16 +558,6 @@ class SearchResults(Message):
     query: str = ""
     messages: tuple[ChatMessage, ...] = ()
     more: bool = False
-
-    @classmethod
-    def from_wire(cls, obj: Mapping[str, Any]) -> Self:
-        head = super(SearchResults, cls).from_wire(obj)
-        return replace(head, messages=_messages_from_wire(cls.TYPE, obj))
-
-    def to_wire(self) -> dict[str, Any]:
-        obj = Message.to_wire(self)
-        obj["messages"] = [message.to_wire() for message in self.messages]
-        return obj
 
 
 @dataclass(frozen=True, slots=True)
