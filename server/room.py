@@ -607,11 +607,12 @@ class Room:
         """Log ``message`` for everyone; whether to flush it at once (``Fanout.broadcast``)."""
         urgent = self._fanout.broadcast(encode(message), urgent=urgent)
         log = self._log
-        if self._unsaved and log.end - log.visible > self.max_backlog // 2:
-            # The disk has stalled for as long as a slow reader may lag: show
-            # what waits rather than drop everyone as too slow. The store
-            # still keeps it (and its thread says that its disk is slow);
-            # only its promise to keep a message before it is seen is broken.
+        if self._unsaved and log.end - log.visible > self.max_backlog * 3 // 4:
+            # The disk has fallen behind by most of what a slow reader may
+            # lag: show what waits, before trimming the log could take it
+            # from members who keep up. The store still keeps it (and its
+            # thread says that its disk is slow); only its promise to keep a
+            # message before it is seen is broken.
             self._unsaved.clear()
             log.hold(None)
             urgent = True

@@ -187,3 +187,18 @@ def test_every_member_gets_what_it_would_without_holding_once_all_is_saved(
     pull_all()
     for held, plain in got.values():
         assert held == plain
+
+
+def test_a_burst_that_the_disk_is_behind_on_stays_held() -> None:
+    """Only most of the slow-reader bound held back gives the hold up: a burst
+    of big messages (here 60 % of the bound) waits for the disk as any other."""
+    disk = SlowDisk()
+    room = Room(history_store=disk, max_backlog=64 * 1024)
+    alice = FakeMember()
+    room.join(alice, "alice")
+    payloads(room, alice)
+    for _ in range(38):
+        room.say(alice, "x" * 1000)
+    assert kinds(room, alice) == []
+    disk.save(disk.appended[-1])
+    assert len(kinds(room, alice)) == 38

@@ -194,11 +194,13 @@ def test_messages_echoed_before_a_kill_9_are_all_there_after_the_restart(
         # batches are big and the kill lands while one is being written.
         words = " ".join(f"w{n}x{n * 7919 % 10007}" for n in range(300))
         sent = 0
-        for count in (200, *[100] * 10):  # 100 to 200 unread: under the slow-reader bound
+        # 75 to 150 unread, 450 kB at most: under the slow-reader bound, and
+        # under the room's own bound for what it holds back (three quarters of it).
+        for count in (150, *[75] * 14):
             for _ in range(count):
                 sender.send({"type": "say", "text": f"message {sent} {words}"})
                 sent += 1
-            for _ in range(100):
+            for _ in range(75):
                 echo = sender.skip_until("message")
                 echoed[echo["id"]] = echo["text"]
         process.proc.send_signal(signal.SIGKILL)
