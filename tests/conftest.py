@@ -131,6 +131,17 @@ def tk_root() -> Iterator[object]:
     root.destroy()
 
 
+@pytest.fixture
+def errors(tk_root: Any) -> Iterator[list[BaseException]]:
+    """Every exception a Tk callback raised during the test (none may: the
+    tests that use it assert it stays empty)."""
+    caught: list[BaseException] = []
+    before = tk_root.report_callback_exception
+    tk_root.report_callback_exception = lambda _t, exc, _tb: caught.append(exc)
+    yield caught
+    tk_root.report_callback_exception = before
+
+
 def reset_root(root: Any) -> None:
     """Leave the shared root as the next GUI test expects it: withdrawn,
     light, at its first size and place."""

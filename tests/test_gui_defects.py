@@ -76,16 +76,6 @@ def pointer_back() -> Iterator[None]:
 
 
 @pytest.fixture
-def errors(tk_root: Any) -> Iterator[list[BaseException]]:
-    """Every exception a Tk callback raised during the test."""
-    caught: list[BaseException] = []
-    before = tk_root.report_callback_exception
-    tk_root.report_callback_exception = lambda _t, exc, _tb: caught.append(exc)
-    yield caught
-    tk_root.report_callback_exception = before
-
-
-@pytest.fixture
 def make_app(tk_root: Any) -> Iterator[Callable[..., ChatApp]]:
     apps: list[ChatApp] = []
 

@@ -53,16 +53,6 @@ def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def errors(tk_root: Any) -> Iterator[list[BaseException]]:
-    """Every exception a Tk callback raised during the test (none may)."""
-    caught: list[BaseException] = []
-    before = tk_root.report_callback_exception
-    tk_root.report_callback_exception = lambda _t, exc, _tb: caught.append(exc)
-    yield caught
-    tk_root.report_callback_exception = before
-
-
-@pytest.fixture
 def rooms() -> Iterator[Callable[..., FakeRoom]]:
     running: list[FakeRoom] = []
 
