@@ -397,18 +397,12 @@ class Room:
         that connection's back-pressure rather than the slow-reader bound.
         Only ``member``'s own thread may queue replies.
         """
-        frame = encode(message)
+        self.send_frame(member, encode(message), reply=reply)
+
+    def send_frame(self, member: Member, frame: bytes, *, reply: bool = False) -> None:
+        """``send`` for a frame encoded already (a history page, off the loops)."""
         with self._lock:
             member.outbox.put(self._log, frame, reply=reply)
-        member.notify()
-
-    def send_frame(self, member: Member, frame: bytes) -> None:
-        """Queue an encoded reply for ``member`` (a history page, search results).
-
-        Only ``member``'s own thread may queue it, as for ``send``'s replies.
-        """
-        with self._lock:
-            member.outbox.put(self._log, frame, reply=True)
         member.notify()
 
     def send_users(self, member: Member) -> None:

@@ -100,6 +100,7 @@ from server.protocol import (
     show_wire,
 )
 from server.room import Member, Room, Seat
+from server.store import MAX_ID
 from server.store.words import query_words
 
 if TYPE_CHECKING:
@@ -506,7 +507,7 @@ class Session:
         if self.state is not State.JOINED:
             return  # it left meanwhile: nobody to answer, no input to serve
         if isinstance(answer, bytes):
-            self.room.send_frame(self.member, answer)
+            self.room.send_frame(self.member, answer, reply=True)
         else:
             self.fail(answer, LeaveReason.ERROR)
         self.link.resume_input()
@@ -688,9 +689,6 @@ class Session:
     }
 
 
-_MAX_ID = 2**63 - 1  # SQLite's largest integer: no id is ever above it
-
-
 def _page_limit(limit: int | None) -> int:
     if limit is None:
         return DEFAULT_PAGE
@@ -700,7 +698,7 @@ def _page_limit(limit: int | None) -> int:
 
 
 def _page_before(before: int | None) -> int | None:
-    if before is not None and not 1 <= before <= _MAX_ID:
+    if before is not None and not 1 <= before <= MAX_ID:
         raise RemoteProtocolError(
             ErrorCode.BAD_FIELD, "`before` must be a message id (a positive integer)."
         )

@@ -36,6 +36,9 @@ from server.protocol import ChatMessage, NameList, encode
 
 Owner = TypeVar("Owner")
 
+MAX_ID = 2**63 - 1
+"""No message id is ever above it: SQLite's largest integer."""
+
 
 class NameRegistry(Protocol[Owner]):
     """Who holds each name, by name identity (``protocol.name_identity``).

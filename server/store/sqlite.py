@@ -72,7 +72,6 @@ from __future__ import annotations
 import bisect
 import logging
 import sqlite3
-import sys
 import threading
 import time
 from collections import deque
@@ -81,7 +80,7 @@ from pathlib import Path
 
 from server.config import DEFAULT_HISTORY
 from server.protocol import ChatMessage
-from server.store import HistoryEntry, HistoryStore, IdSource
+from server.store import MAX_ID, HistoryEntry, HistoryStore, IdSource
 from server.store.lock import StoreError
 from server.store.words import query_words, words
 
@@ -100,7 +99,6 @@ CHECKPOINT_EVERY_S = 1.0
 SLOW_WARN_EVERY_S = 60.0
 _FTS = "fts5"
 _WORDS = "words"
-_NO_ID = sys.maxsize  # above every id: SQLite integers are 64-bit
 _RARITY_CAP = 5_000  # index rows counted per word to find the rarest
 
 _COLUMNS = "m.id, m.ts, m.sender, m.text, m.action"
@@ -344,7 +342,7 @@ class SqliteHistory(HistoryStore, IdSource):
     def next_id(self) -> int:
         self._last += 1
         if self._last >= self._bump_at:
-            self._bump_at = _NO_ID  # asked once; the writer sets the next mark
+            self._bump_at = MAX_ID  # asked once; the writer sets the next mark
             with self._lock:
                 self._bump_wanted = True
                 if self._idle:
@@ -378,7 +376,7 @@ class SqliteHistory(HistoryStore, IdSource):
 
     def page(self, before: int | None, limit: int) -> tuple[list[ChatMessage], bool]:
         _check_limit(limit)
-        below = _NO_ID if before is None else min(before, _NO_ID)
+        below = MAX_ID if before is None else min(before, MAX_ID)
         newest = self._unsaved_below(below)[-(limit + 1) :][::-1]
         rows = self._read(
             f"SELECT {_COLUMNS} FROM messages m WHERE m.id < ? ORDER BY m.id DESC LIMIT ?",
@@ -392,7 +390,7 @@ class SqliteHistory(HistoryStore, IdSource):
     ) -> tuple[list[ChatMessage], bool]:
         _check_limit(limit)
         wanted = query_words(query)  # at most MAX_QUERY_WORDS of them
-        below = _NO_ID if before is None else min(before, _NO_ID)
+        below = MAX_ID if before is None else min(before, MAX_ID)
         newest = [m for m in reversed(self._unsaved_below(below)) if wanted <= words(m.text)]
         if self._fts:
             match = " ".join(f'"{word}"' for word in sorted(wanted))
