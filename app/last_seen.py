@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from app.network import MAX_ID
 from app.settings import config_path, write_json
 from app.trust import Pin, address
 
@@ -26,7 +27,6 @@ FILE_NAME = "last_seen.json"
 MAX_SERVERS = 200  # the most recently seen are kept
 MAX_KEY = 270  # characters of a key: a fingerprint or a "host:port"
 MAX_FILE = 256 * 1024  # bytes read of the file at most
-MAX_ID = 2**53  # ids are JSON's exact integers
 
 
 def last_seen_path() -> Path:

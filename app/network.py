@@ -645,8 +645,8 @@ def _made_safe(message: Message) -> Message:
     return message
 
 
-# Ids a page may carry: JSON's exact integers, so that ``before`` built from
-# one is one the server can read back.
+# Ids a page (or the last one seen) may carry: JSON's exact integers, so
+# that ``before`` built from one is one the server can read back.
 MAX_ID = 2**53
 
 
