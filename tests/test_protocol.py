@@ -75,6 +75,8 @@ from server.protocol import (
     show_wire,
     sort_names,
 )
+from tests.test_protocol_files import CLIENT_EXAMPLES as FILE_CLIENT_EXAMPLES
+from tests.test_protocol_files import SERVER_EXAMPLES as FILE_SERVER_EXAMPLES
 
 # No example database: the suite leaves nothing behind in the checkout.
 PROPERTY = settings(database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -383,6 +385,7 @@ CLIENT_EXAMPLES = [
         Search("pizza", 5, 9),
     ),
 ]
+CLIENT_EXAMPLES += FILE_CLIENT_EXAMPLES  # PROTOCOL.md, "Files and images"
 
 SERVER_EXAMPLES = [
     (
@@ -512,6 +515,7 @@ SERVER_EXAMPLES = [
         SearchResults("t"),
     ),
 ]
+SERVER_EXAMPLES += FILE_SERVER_EXAMPLES  # PROTOCOL.md, "Files and images"
 
 
 @pytest.mark.parametrize(("payload", "expected"), CLIENT_EXAMPLES)
@@ -565,6 +569,11 @@ def test_table_membership():
         # history pages and search
         "history",
         "search",
+        # files and images
+        "upload",
+        "upload-data",
+        "upload-done",
+        "download",
     }
     assert set(SERVER_MESSAGES) == {
         "welcome",
@@ -585,6 +594,10 @@ def test_table_membership():
         # history pages and search
         "history-page",
         "search-results",
+        # files and images
+        "upload-ready",
+        "uploaded",
+        "file-data",
     }
 
 

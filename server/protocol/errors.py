@@ -42,6 +42,11 @@ class ErrorCode(StrEnum):
     KICKED = "kicked"
     NOT_OPERATOR = "not-operator"
     OP_PASSWORD_WRONG = "op-password-wrong"
+    # Files and images: none of them closes the connection.
+    FILE_TOO_LARGE = "file-too-large"
+    FILES_DISABLED = "files-disabled"
+    UPLOAD_INVALID = "upload-invalid"
+    NO_SUCH_FILE = "no-such-file"
 
 
 # Errors after which the server closes the connection; every other error

@@ -32,6 +32,7 @@ _KIND_CHECKS = {
     "bool": lambda v: type(v) is bool,
     "number": lambda v: type(v) is int or type(v) is float,
     "names": lambda v: type(v) is list and all(type(x) is str for x in v),
+    "file": lambda v: type(v) is dict,
 }
 _KIND_WORDS = {
     "str": "a string",
@@ -39,6 +40,7 @@ _KIND_WORDS = {
     "bool": "true or false",
     "number": "a number",
     "names": "a list of strings",
+    "file": "an object",
 }
 
 
@@ -69,7 +71,11 @@ class Message:
                 continue
             if not _KIND_CHECKS[f.kind](value):
                 raise _bad_field(cls.TYPE, f"`{f.key}` must be {_KIND_WORDS[f.kind]}.")
-            values[f.attr] = tuple(value) if f.kind == "names" else value
+            if f.kind == "names":
+                value = tuple(value)
+            elif f.kind == "file":
+                value = FileInfo.from_wire(value)
+            values[f.attr] = value
         return cls(**values)
 
     def to_wire(self) -> dict[str, Any]:
@@ -78,7 +84,7 @@ class Message:
         for f in self.FIELDS:
             value = getattr(self, f.attr)
             if f.required or (value is not None and value is not False):
-                obj[f.key] = value
+                obj[f.key] = value.to_wire() if isinstance(value, Message) else value
         return obj
 
 
@@ -128,13 +134,15 @@ class Hello(Message):
 
 @dataclass(frozen=True, slots=True)
 class Say(Message):
-    """``say`` (client): ``text`` to the room, or to the user ``to``; ``action`` for /me."""
+    """``say`` (client): ``text`` to the room, or to the user ``to``; ``action`` for /me;
+    ``file``, an uploaded file's id, posts that file with the text (which may then be empty)."""
 
     TYPE = "say"
-    FIELDS = (_req("text", "str"), _opt("action", "bool"), _opt("to", "str"))
+    FIELDS = (_req("text", "str"), _opt("action", "bool"), _opt("to", "str"), _opt("file", "str"))
     text: str
     action: bool = False
     to: str | None = None
+    file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,12 +199,50 @@ class Welcome(Message):
     features: tuple[str, ...] | None = None
 
 
+class _Item(Message):
+    """An object inside a frame, not a frame: its wire form has no ``type``.
+
+    ``TYPE`` names the frame a bad field of it is blamed on.
+    """
+
+    __slots__ = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        obj = Message.to_wire(self)
+        del obj["type"]
+        return obj
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo(_Item):
+    """A posted file, the ``file`` of a ``message``: ``width`` and ``height`` for an
+    image the server could read."""
+
+    TYPE = "message"
+    FIELDS = (
+        _req("id", "str"),
+        _req("name", "str"),
+        _req("size", "int"),
+        _req("mime", "str"),
+        _req("sha256", "str"),
+        _opt("width", "int"),
+        _opt("height", "int"),
+    )
+    id: str
+    name: str
+    size: int
+    mime: str
+    sha256: str
+    width: int | None = None
+    height: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage(Message):
     """``message`` (server): message ``id`` from ``sender`` (wire ``from``) at ``ts``.
 
     ``action`` marks a /me, ``to`` a private message, ``history`` a replay
-    sent right after ``welcome``.
+    sent right after ``welcome``, ``file`` a file posted with it.
     """
 
     TYPE = "message"
@@ -208,6 +254,7 @@ class ChatMessage(Message):
         _opt("action", "bool"),
         _opt("to", "str"),
         _opt("history", "bool"),
+        _opt("file", "file"),
     )
     id: int
     sender: str
@@ -216,6 +263,7 @@ class ChatMessage(Message):
     action: bool = False
     to: str | None = None
     history: bool = False
+    file: FileInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +448,7 @@ class OpChanged(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class BanEntry(Message):
+class BanEntry(_Item):
     """One ban, an item of a ``ban-list`` (not a frame: it has no ``type``).
 
     ``created`` and ``expires`` are seconds since the epoch; ``expires``
@@ -424,11 +472,6 @@ class BanEntry(Message):
     reason: str | None = None
     by: str | None = None
     expires: float | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        obj = Message.to_wire(self)
-        del obj["type"]
-        return obj
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,6 +603,91 @@ class SearchResults(_CarriesMessages, Message):
     more: bool = False
 
 
+# -- files and images (PROTOCOL.md, "Files and images") ----------------------
+
+MAX_CHUNK = 32_768
+"""The most bytes one ``upload-data`` carries (before base64)."""
+MAX_DOWNLOAD = 262_144
+"""The longest range one ``download`` asks for."""
+MAX_UPLOADS = 4
+"""Uploads one connection may have in progress at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upload(Message):
+    """``upload`` (client): start sending the file ``name`` of ``size`` bytes."""
+
+    TYPE = "upload"
+    FIELDS = (_req("name", "str"), _req("size", "int"), _opt("mime", "str"))
+    name: str
+    size: int
+    mime: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadReady(Message):
+    """``upload-ready`` (server): send the data of ``upload`` in chunks of at most ``chunk``."""
+
+    TYPE = "upload-ready"
+    FIELDS = (_req("upload", "int"), _req("chunk", "int"))
+    upload: int
+    chunk: int
+
+
+@dataclass(frozen=True, slots=True)
+class UploadData(Message):
+    """``upload-data`` (client): base64 ``data`` of ``upload`` starting at ``offset``."""
+
+    TYPE = "upload-data"
+    FIELDS = (_req("upload", "int"), _req("offset", "int"), _req("data", "str"))
+    upload: int
+    offset: int
+    data: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadDone(Message):
+    """``upload-done`` (client): all of ``upload`` is sent; its SHA-256 is ``sha256`` (hex)."""
+
+    TYPE = "upload-done"
+    FIELDS = (_req("upload", "int"), _req("sha256", "str"))
+    upload: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded(Message):
+    """``uploaded`` (server): ``upload`` is kept, as ``file``, ready to be posted."""
+
+    TYPE = "uploaded"
+    FIELDS = (_req("upload", "int"), _req("file", "str"))
+    upload: int
+    file: str
+
+
+@dataclass(frozen=True, slots=True)
+class Download(Message):
+    """``download`` (client): ``length`` bytes of ``file`` from ``offset``."""
+
+    TYPE = "download"
+    FIELDS = (_req("file", "str"), _opt("offset", "int"), _opt("length", "int"))
+    file: str
+    offset: int | None = None
+    length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileData(Message):
+    """``file-data`` (server): base64 ``data`` of ``file`` from ``offset``; ``eof`` at its end."""
+
+    TYPE = "file-data"
+    FIELDS = (_req("file", "str"), _req("offset", "int"), _req("data", "str"), _req("eof", "bool"))
+    file: str
+    offset: int
+    data: str = field(repr=False)
+    eof: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Unknown(Message):
     """A payload whose ``type`` the receiver does not know; ``fields`` is all of it."""
@@ -594,6 +722,11 @@ CLIENT_MESSAGES = _table(
     # history pages and search
     History,
     Search,
+    # files and images
+    Upload,
+    UploadData,
+    UploadDone,
+    Download,
 )
 """The types a client sends, by wire ``type``."""
 
@@ -616,6 +749,10 @@ SERVER_MESSAGES = _table(
     # history pages and search
     HistoryPage,
     SearchResults,
+    # files and images
+    UploadReady,
+    Uploaded,
+    FileData,
 )
 """The types the server sends, by wire ``type``."""
 

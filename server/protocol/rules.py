@@ -173,3 +173,62 @@ def clean_text(text: str) -> str:
             f"The message is {len(text)} characters long; the limit is {MAX_TEXT_LENGTH}.",
         )
     return text
+
+
+# -- files (PROTOCOL.md, "Files and images") ----------------------------------
+
+MAX_FILE_NAME_LENGTH = 255  # what every common file system takes, in characters
+DEFAULT_MIME = "application/octet-stream"
+# What a file's name cannot hold: controls and separators that would start a
+# new line or reorder what is shown (an RTL override turns "gpj.exe" round),
+# and the path separators of every system (a name is never a path).
+_FILE_NAME_REFUSED = re.compile(
+    "[\x00-\x1f\x7f-\x9f/\\\\\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _bad_field(message: str) -> RuleViolation:
+    return RuleViolation(ErrorCode.BAD_FIELD, message)
+
+
+def clean_file_name(name: str) -> str:
+    """Return an uploaded file's ``name`` as the server keeps it (NFC, trimmed), or raise.
+
+    The name is only ever shown, never used as a path (files are kept by
+    their hash), but every peer shows it: one that could pass for another
+    name or break a line is refused with ``bad-field``.
+    """
+    if len(name) > 4 * MAX_FILE_NAME_LENGTH:  # before normalising: see MAX_NAME_INPUT
+        raise _bad_field(f"A file name can be at most {MAX_FILE_NAME_LENGTH} characters long.")
+    name = unicodedata.normalize("NFC", name).strip()
+    if len(name) > MAX_FILE_NAME_LENGTH:
+        raise _bad_field(f"A file name can be at most {MAX_FILE_NAME_LENGTH} characters long.")
+    if name in ("", ".", ".."):
+        raise _bad_field("A file needs a name.")
+    refused = _FILE_NAME_REFUSED.search(name) or LONE_SURROGATE.search(name)
+    if refused is not None:
+        raise _bad_field(
+            f"A file name cannot hold {show_wire(refused.group())} (a control character,"
+            " a path separator or a direction mark)."
+        )
+    return name
+
+
+def clean_mime(mime: str | None) -> str:
+    """Return an upload's media type in lower case (absent: ``DEFAULT_MIME``), or raise."""
+    if mime is None:
+        return DEFAULT_MIME
+    lowered = mime.strip().lower()
+    if not _MIME.fullmatch(lowered):
+        raise _bad_field(f"{show_wire(mime)} is not a media type (such as image/png).")
+    return lowered
+
+
+def clean_sha256(digest: str) -> str:
+    """Return a SHA-256 given in hex, in lower case, or raise ``bad-field``."""
+    lowered = digest.lower()
+    if not _SHA256.fullmatch(lowered):
+        raise _bad_field("`sha256` must be 64 hexadecimal digits.")
+    return lowered
