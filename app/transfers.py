@@ -251,7 +251,7 @@ class Transfers:
         download.part = dest.with_name(dest.name + ".part")
         self._post(TransferStarted(transfer, False, info.name, info.size))
         try:
-            download.file = open(download.part, "wb")  # noqa: SIM115 - closed in _end
+            download.file = open(download.part, "wb")  # noqa: SIM115 - closed when it ends
         except OSError as exc:
             self._fail(download, f"Cannot save {dest.name}: {exc.strerror or exc}.")
             return
@@ -280,9 +280,8 @@ class Transfers:
             if not upload.failed:
                 self._fail(upload, reason)
             self._close(upload)
-        for download in self._downloads:
+        for download in list(self._downloads):  # each leaves the list as it fails
             self._fail(download, reason)
-        self._downloads.clear()
         self._ranges.clear()
         self._unconfirmed = None
 

@@ -824,9 +824,10 @@ def test_cancel_mid_download_then_the_same_file_again(
 def test_every_transfer_fails_when_the_connection_is_lost(
     rooms: Callable[..., FileRoom], connect: Callable[..., ChatClient], tmp_path: Path
 ) -> None:
-    file = kept("x.bin", payload(3_000_000))
+    file, other = kept("x.bin", payload(3_000_000)), kept("y.bin", payload(1000, 2))
     partly = hostile(data_frame(0, file.data[:1000]))  # then nothing more
-    room = rooms(files={file.info["id"]: file}, download=partly, rcvbuf=32_768)
+    files = {file.info["id"]: file, other.info["id"]: other}
+    room = rooms(files=files, download=partly, rcvbuf=32_768)
     client = connect(room.port)
     upload_path = tmp_path / "up.bin"
     upload_path.write_bytes(payload(20_000_000))
@@ -835,16 +836,23 @@ def test_every_transfer_fails_when_the_connection_is_lost(
     upload = client.upload(upload_path, text="words")
     wait_for(client, TransferProgress, WAIT)
     room.held.set()  # nothing read any more: the upload stays under way
+    # Under way, or waiting for their turn: every one fails.
+    downloads = [
+        download,
+        client.download(file_info(other.info), tmp_path / "other.bin"),
+        client.download(file_info(file.info), tmp_path / "again.bin"),
+    ]
     assert room.peer is not None
     room.peer.sock.shutdown(socket.SHUT_RDWR)
     failed = {}
     deadline = time.monotonic() + WAIT
-    while len(failed) < 2:
+    while len(failed) < 4:
         event = wait_for(client, TransferFailed, deadline - time.monotonic())[-1]
         failed[event.transfer] = event
     assert failed[upload] == TransferFailed(upload, "The connection was lost.", "words")
-    assert failed[download] == TransferFailed(download, "The connection was lost.")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["up.bin"]
+    for each in downloads:
+        assert failed[each] == TransferFailed(each, "The connection was lost.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["up.bin"]  # no part file left
     client.close(3.0)
 
 
