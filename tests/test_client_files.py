@@ -117,6 +117,7 @@ class FileRoom:
         self.resumed = threading.Event()
         self.data_at_say = -1  # upload-data frames read before the first say without a file
         self.sends: queue.Queue[dict[str, Any]] = queue.Queue()  # for the test's thread
+        self.later: list[dict[str, Any]] = []  # sent once the client has been quiet a moment
         self.next_upload = 7
         self.next_id = 1
         self.failure: BaseException | None = None
@@ -166,6 +167,9 @@ class FileRoom:
             try:
                 obj = peer.recv(0.2)
             except TimeoutError:
+                for each in self.later:
+                    peer.send(each)
+                self.later.clear()
                 continue
             if obj["type"] == "bye":
                 return
@@ -761,6 +765,29 @@ def test_hostile_file_data_fails_the_download_with_a_reason(
     assert not [e for e in seen if isinstance(e, Received | TransferDone)], seen
     assert list(tmp_path.iterdir()) == []  # no part file, no file
     assert client.running and client.joined  # only the transfer failed
+
+
+def test_an_error_about_one_download_is_not_blamed_on_another(
+    rooms: Callable[..., FileRoom], connect: Callable[..., ChatClient], tmp_path: Path
+) -> None:
+    """The server's data may be overtaken by its errors, which name no file."""
+    data = payload(1_500_000)
+    file, gone = kept("kept.bin", data), kept("gone.bin", SMALL)
+
+    def overtaken(room: FileRoom, peer: Peer, obj: dict[str, Any]) -> None:
+        if obj["file"] == gone.info["id"]:
+            peer.send(error_frame("no-such-file", "That file is gone.", "download"))
+        else:  # data goes behind the chat frames: later
+            room.later += file_data(obj["file"], data, obj["offset"], obj["length"])
+
+    room = rooms(files={file.info["id"]: file}, download=overtaken)
+    client = connect(room.port)
+    kept_one = client.download(file_info(file.info), tmp_path / "kept.bin")
+    gone_one = client.download(file_info(gone.info), tmp_path / "gone.bin")
+    seen = until(client, TransferFailed)
+    assert seen[-1] == TransferFailed(gone_one, "That file is gone.")
+    until(client, TransferDone, kept_one)
+    assert (tmp_path / "kept.bin").read_bytes() == data
 
 
 def test_file_data_nobody_asked_for_is_dropped(
