@@ -6,10 +6,10 @@ its network thread only. The UI's calls (``ChatClient.upload``,
 it the server's answers (``upload-ready``, ``uploaded``, ``file-data``,
 the errors in reply to file frames) and asks it, each time round its
 loop, for the frames to send: ``control`` (small ones: ``upload``,
-``upload-done``, ``download``) and ``data`` (``upload-data``, called only
-once every chat frame queued is out, and only while the bytes waiting to
-go are fewer than ``DATA_AHEAD``: chat overtakes upload data, and memory
-stays bounded by a few chunks). It tells the UI through
+``download``) and ``data`` (``upload-data`` and ``upload-done``, asked for
+only once every chat frame queued is in the bytes to send ahead of it,
+and only while those are fewer than ``DATA_AHEAD``: chat overtakes upload
+data, and memory stays bounded by a few chunks). It tells the UI through
 ``TransferStarted``, ``TransferProgress`` (at most ``PROGRESS_RATE`` a
 second per transfer, and the last one at 100 %), ``TransferDone`` and
 ``TransferFailed``.
