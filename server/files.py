@@ -187,7 +187,7 @@ class Incoming:
                 raise _cannot_keep(error) from error
             self._hash.update(data)
             self.received += len(data)
-        except RuleViolation:
+        except BaseException:  # refused, or anything else: the upload is over
             self._abandon()
             raise
         self._leave()
@@ -216,7 +216,7 @@ class Incoming:
             if image is not None:
                 width, height, mime = image
             return self._store._keep(self, digest, width, height, mime)
-        except RuleViolation:
+        except BaseException:  # refused, or anything else: the upload is over
             self._abandon()
             raise
 
@@ -227,8 +227,7 @@ class Incoming:
         with store._lock:
             if self._done:
                 return
-            self._done = True
-            store._uploads_of(self.owner).discard(self)
+            store._release(self)
             if self._busy:
                 return  # the worker in write or finish deletes it on its way out
         store._delete_upload(self)
@@ -254,8 +253,7 @@ class Incoming:
         """A call failed: the upload is over, its file deleted (on this worker)."""
         with self._store._lock:
             self._busy = False
-            self._done = True
-            self._store._uploads_of(self.owner).discard(self)
+            self._store._release(self)
         self._delete_now()
 
     def _create(self) -> IO[bytes]:
@@ -266,7 +264,7 @@ class Incoming:
         if self._file is not None:
             with contextlib.suppress(OSError):  # a full disk's buffered data: dropped anyway
                 self._file.close()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already, or left for the next start
             self._path.unlink()
 
 
@@ -323,7 +321,7 @@ class FileStore:
         except BaseException:
             self._connection.close()
             raise
-        self._unlink_blobs(evicted)
+        self._evict(evicted)
         self._writer = threading.Thread(target=self._run, name="files-writer", daemon=True)
         self._writer.start()
 
@@ -349,10 +347,9 @@ class FileStore:
                 ErrorCode.FILE_TOO_LARGE,
                 f"This file is {_mib(size)}; the server takes files up to {_mib(self.max_size)}.",
             )
+        upload_id = next(self._upload_ids)  # atomic: itertools.count
+        upload = Incoming(self, upload_id, owner=owner, name=name, size=size, mime=mime)
         with self._lock:
-            upload = Incoming(
-                self, next(self._upload_ids), owner=owner, name=name, size=size, mime=mime
-            )
             if self._closed:
                 upload._done = True
             else:
@@ -470,7 +467,7 @@ class FileStore:
                     evicted = []
                 else:
                     evicted = self._make_room(upload.size)
-            self._unlink_blobs(evicted)
+            self._evict(evicted)
             if existing:
                 upload._delete_now()  # the same bytes are kept already
                 return info
@@ -495,9 +492,8 @@ class FileStore:
         self._records[info.id] = _Record(info, self._clock(), upload.owner)
         self._blobs[info.sha256].files.add(info.id)
         self._owned.setdefault(upload.owner, set()).add(info.id)
-        upload._done = True
         upload._busy = False
-        self._uploads_of(upload.owner).discard(upload)
+        self._release(upload)
 
     def _make_room(self, size: int) -> list[str]:
         """Under the lock: evict the oldest blobs until ``size`` more bytes fit the quota."""
@@ -513,9 +509,14 @@ class FileStore:
             self._dirty.blobs.add(digest)
             evicted.append(digest)
         if evicted:
-            logger.info("Files: %d evicted for the quota of %s.", len(evicted), _mib(self.quota))
             self._queue()
         return evicted
+
+    def _evict(self, digests: list[str]) -> None:
+        """Delete evicted blobs (outside the memory lock, under the blob lock)."""
+        if digests:
+            logger.info("Files: %d evicted for the quota of %s.", len(digests), _mib(self.quota))
+        self._unlink_blobs(digests)
 
     def _unlink_blobs(self, digests: Iterable[str]) -> None:
         for digest in digests:
@@ -527,8 +528,14 @@ class FileStore:
     def _may_read(self, record: _Record, owner: int, name: str) -> bool:
         return record.owner == owner or record.public or name in record.readers
 
-    def _uploads_of(self, owner: int) -> set[Incoming]:
-        return self._uploads.get(owner, set())
+    def _release(self, upload: Incoming) -> None:
+        """The upload is over: its connection no longer has it in progress."""
+        upload._done = True
+        uploads = self._uploads.get(upload.owner)
+        if uploads is not None:
+            uploads.discard(upload)
+            if not uploads:
+                del self._uploads[upload.owner]
 
     def _drop_record(self, file_id: str) -> None:
         record = self._records.pop(file_id)
@@ -631,7 +638,7 @@ class FileStore:
             connection.execute("BEGIN")
             for kind, row, readers in rows:
                 if kind == "blob":
-                    connection.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", row)
+                    connection.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", row)
                 elif kind == "file":
                     connection.execute(
                         "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row

@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -450,6 +450,27 @@ def test_a_restart_drops_files_whose_blob_is_gone_or_damaged(open_store: Open) -
     assert blob_names(again) == [kept.sha256] and again.used == 1000
 
 
+def test_an_index_naming_a_path_as_a_blob_is_not_followed(open_store: Open, tmp_path: Path) -> None:
+    store = open_store()
+    store.close()
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not a blob")
+    db = sqlite3.connect(store.folder / "index.sqlite3")
+    try:
+        with db:
+            db.execute("INSERT INTO blobs VALUES (?, 10, 1.0)", ("../../secret",))
+            db.execute(
+                "INSERT INTO files VALUES (?, ?, 'x', 'a/b', NULL, NULL, 1, 1.0)",
+                ("f-" + "1" * 24, "../../secret"),
+            )
+    finally:
+        db.close()
+    again = open_store()
+    assert again.readable("f-" + "1" * 24, 1, "x") is None
+    refused(ErrorCode.NO_SUCH_FILE, lambda: again.read("f-" + "1" * 24, 0, 10))
+    assert secret.read_bytes() == b"not a blob" and again.used == 0
+
+
 def _run_child(script: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(script), *args],
@@ -618,6 +639,39 @@ def test_uploads_of_the_same_bytes_race_connections_ending(open_store: Open) -> 
     assert incoming_names(store) == []
     assert store.used == len(data)
     assert store.read(kept.id, 0, len(data)) == data
+
+
+def test_bytes_kept_again_while_their_old_blob_is_deleted_stay_kept(
+    open_store: Open, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store()
+    data = os.urandom(5000)
+    digest = hashlib.sha256(data).hexdigest()
+    upload(store, 1, data)
+    again = send(store, 2, data)
+    kept: list[FileInfo] = []
+    finishers: list[threading.Thread] = []
+    unlink = store._unlink_blobs
+
+    def unlink_late(digests: Iterable[str]) -> None:
+        # The writer has found the blob unused; the same bytes are kept again
+        # before it deletes the file (for as long as that may take).
+        digests = list(digests)
+        if threading.current_thread().name == "files-writer" and digest in digests:
+            finisher = threading.Thread(target=lambda: kept.append(again.finish(digest)))
+            finishers.append(finisher)
+            finisher.start()
+            finisher.join(0.5)  # done by now, unless it waits for the deletion
+        unlink(digests)
+
+    monkeypatch.setattr(store, "_unlink_blobs", unlink_late)
+    store.forget(1)  # the last user of the blob: it goes, off the loop
+    assert store.flush()
+    assert len(finishers) == 1
+    finishers[0].join(10)
+    assert len(kept) == 1
+    assert store.read(kept[0].id, 0, 10_000) == data
+    assert blob_names(store) == [digest]
 
 
 def test_close_is_idempotent_and_drops_uploads_in_progress(open_store: Open) -> None:
