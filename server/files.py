@@ -31,9 +31,11 @@ current state of each in one transaction (so a burst of posts is one
 commit), and also deletes the temporary files and unused blobs handed to
 it by the loops. If a commit fails (a full disk), the store goes on in
 memory and tries again every ``RETRY_EVERY_S``. Unposted records belong to
-a connection (its owner token) and are forgotten with it; at start the
-index is read back, records whose blob is missing or of the wrong size are
-dropped, and so are blobs no record uses and what ``incoming/`` held.
+a connection (its owner token), at most ``MAX_UNPOSTED`` of them, and are
+forgotten with it; once posted, the names it was posted to (or everyone)
+say who may download a file. At start the index is read back, records
+whose blob is missing or of the wrong size are dropped, and so are blobs no
+record uses and what ``incoming/`` held.
 
 Blobs are not fsynced: like the history (``synchronous=NORMAL``), a file
 posted survives the process being killed, not a power cut; at start a
@@ -66,6 +68,10 @@ logger = logging.getLogger("server")
 INDEX_FILE = "index.sqlite3"
 SCHEMA_VERSION = 1
 RETRY_EVERY_S = 1.0  # between tries of a commit that failed
+# Uploads a connection may have finished and not yet posted; past it the
+# oldest goes (a client posts what it uploads at once; this bounds the
+# records one connection can pile up by uploading the same bytes again).
+MAX_UNPOSTED = 64
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's MAX_IMAGE_PIXELS, should it be switched off
 WEBP_MIME = "image/webp"
 
@@ -120,7 +126,7 @@ class _Blob:
 class _Record:
     info: FileInfo
     stored: float
-    owner: int | None  # the uploading connection while it lasts
+    owner: int | None  # the uploading connection, until posted
     posted: bool = False
     public: bool = False
     readers: set[str] = field(default_factory=set)  # names, for private posts
@@ -293,7 +299,8 @@ class FileStore:
         self._blob_lock = threading.Lock()
         self._blobs: OrderedDict[str, _Blob] = OrderedDict()  # oldest stored first
         self._records: dict[str, _Record] = {}
-        self._owned: dict[int, set[str]] = {}  # file ids by owner token
+        # Unposted file ids by owner token, oldest first (a dict as an ordered set).
+        self._unposted: dict[int, dict[str, None]] = {}
         self._uploads: dict[int, set[Incoming]] = {}  # uploads in progress by owner
         self._upload_ids = itertools.count(1)
         self._used = 0
@@ -362,6 +369,9 @@ class FileStore:
             record = self._records.get(file_id)
             if record is None or not self._may_read(record, owner, sender):
                 raise _no_such_file()
+            if record.owner is not None:  # from now on the names say who may
+                self._unposted[record.owner].pop(file_id, None)
+                record.owner = None
             record.posted = True
             if to is None:
                 record.public = True
@@ -386,12 +396,8 @@ class FileStore:
             uploads = self._uploads.pop(owner, set())
             for upload in uploads:
                 upload._done = True
-            for file_id in self._owned.pop(owner, set()):
-                record = self._records[file_id]
-                if record.posted:
-                    record.owner = None  # a token is the connection's, not the name's
-                else:
-                    self._drop_record(file_id)
+            for file_id in self._unposted.pop(owner, {}):
+                self._drop_record(file_id)
             idle = [upload for upload in uploads if not upload._busy]
             self._dirty.uploads.extend(idle)
             self._queue()
@@ -491,7 +497,13 @@ class FileStore:
         """Under the lock: the finished upload's record, its owner's until posted."""
         self._records[info.id] = _Record(info, self._clock(), upload.owner)
         self._blobs[info.sha256].files.add(info.id)
-        self._owned.setdefault(upload.owner, set()).add(info.id)
+        unposted = self._unposted.setdefault(upload.owner, {})
+        unposted[info.id] = None
+        if len(unposted) > MAX_UNPOSTED:
+            oldest = next(iter(unposted))
+            del unposted[oldest]
+            self._drop_record(oldest)
+            self._queue()
         upload._busy = False
         self._release(upload)
 
@@ -504,7 +516,7 @@ class FileStore:
             for file_id in blob.files:
                 record = self._records.pop(file_id)
                 if record.owner is not None:
-                    self._owned.get(record.owner, set()).discard(file_id)
+                    self._unposted[record.owner].pop(file_id, None)
                 self._dirty.files.add(file_id)
             self._dirty.blobs.add(digest)
             evicted.append(digest)

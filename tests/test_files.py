@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from server.files import FileStore, Incoming
+from server.files import MAX_UNPOSTED, FileStore, Incoming
 from server.protocol import MAX_CHUNK, ErrorCode, FileInfo, RuleViolation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -408,6 +408,20 @@ def test_forget_drops_a_connections_unposted_files_and_uploads(open_store: Open)
     assert incoming_names(store) == []
     refused(ErrorCode.UPLOAD_INVALID, lambda: pending.write(7000, b""))
     assert store.used == 5100
+
+
+def test_a_connection_keeps_only_so_many_files_unposted(open_store: Open) -> None:
+    store = open_store()
+    posted = upload(store, 1, os.urandom(100))
+    store.post(posted.id, 1, "alice", None)  # posted ones do not count
+    infos = [upload(store, 1, os.urandom(100)) for _ in range(MAX_UNPOSTED)]
+    assert all(store.readable(info.id, 1, "alice") for info in infos)
+    newest = upload(store, 1, os.urandom(100))
+    assert store.readable(infos[0].id, 1, "alice") is None  # the oldest went
+    assert all(store.readable(info.id, 1, "alice") for info in [*infos[1:], newest, posted])
+    assert store.flush()
+    assert infos[0].sha256 not in blob_names(store)
+    assert len(blob_names(store)) == MAX_UNPOSTED + 1 and store.used == 100 * (MAX_UNPOSTED + 1)
 
 
 def test_a_restart_keeps_posted_files_and_drops_unposted_ones(open_store: Open) -> None:
