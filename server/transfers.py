@@ -40,12 +40,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar
 
 from server.protocol import (
+    HEADER,
     MAX_CHUNK,
     MAX_DOWNLOAD,
     MAX_UPLOADS,
     Download,
     ErrorCode,
-    FileData,
     FileInfo,
     Message,
     ProtocolError,
@@ -59,7 +59,7 @@ from server.protocol import (
     clean_file_name,
     clean_mime,
     clean_sha256,
-    encode,
+    json_string,
 )
 
 if TYPE_CHECKING:
@@ -390,18 +390,33 @@ class Transfers:
 def _file_data(data: bytes, info: FileInfo, offset: int) -> list[bytes]:
     """The ``file-data`` frames carrying ``data``, read from ``info``'s file at ``offset``."""
     end = offset + len(data)
+    name = json_string(info.id).encode()
     if not data:
-        return [encode(FileData(info.id, offset, "", eof=offset >= info.size))]
-    frames = []
+        return [_file_data_frame(name, offset, b"", offset >= info.size)]
     view = memoryview(data)
-    for start in range(0, len(data), FILE_DATA_CHUNK):
-        piece = view[start : start + FILE_DATA_CHUNK]
-        last = start + len(piece) == len(data)
-        text = base64.b64encode(piece).decode("ascii")
-        frames.append(
-            encode(FileData(info.id, offset + start, text, eof=last and end >= info.size))
+    return [
+        _file_data_frame(
+            name,
+            offset + start,
+            view[start : start + FILE_DATA_CHUNK],
+            start + FILE_DATA_CHUNK >= len(data) and end >= info.size,
         )
-    return frames
+        for start in range(0, len(data), FILE_DATA_CHUNK)
+    ]
+
+
+def _file_data_frame(file: bytes, offset: int, piece: bytes | memoryview, eof: bool) -> bytes:
+    """``encode(FileData(...))`` without JSON's scan of the data: base64 needs no escapes."""
+    payload = b"".join(
+        (
+            b'{"type":"file-data","file":',
+            file,
+            b',"offset":%d,"data":"' % offset,
+            base64.b64encode(piece),
+            b'","eof":true}' if eof else b'","eof":false}',
+        )
+    )
+    return HEADER.pack(len(payload)) + payload
 
 
 def _shown(number: int) -> str:

@@ -99,11 +99,22 @@ class RssSampler:
         self._thread.join()
 
 
+def reply(client: RawClient, type_: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The next frame of ``type_``, past the room's chat and presence; an error fails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = client.recv(max(0.0, deadline - time.monotonic()))
+        if obj["type"] == type_:
+            return obj
+        if obj["type"] == "error":
+            raise RuntimeError(f"the server refused: {obj}")
+
+
 def upload(client: RawClient, path: Path, size: int) -> tuple[str, float]:
     """Upload the file at ``path``; its id and the seconds it took."""
     started = time.perf_counter()
     client.send({"type": "upload", "name": path.name, "size": size})
-    number = client.expect("upload-ready", timeout=30)["upload"]
+    number = reply(client, "upload-ready")["upload"]
     digest = hashlib.sha256()
     with path.open("rb") as source:
         offset = 0
@@ -118,7 +129,7 @@ def upload(client: RawClient, path: Path, size: int) -> tuple[str, float]:
             )  # fmt: skip
             offset += len(piece)
     client.send({"type": "upload-done", "upload": number, "sha256": digest.hexdigest()})
-    file_id = client.skip_until("uploaded", timeout=120)["file"]
+    file_id = reply(client, "uploaded", timeout=120)["file"]
     return file_id, time.perf_counter() - started
 
 
@@ -131,7 +142,7 @@ def download(client: RawClient, file_id: str, size: int) -> tuple[str, float]:
         while asked < size and asked - got < IN_FLIGHT * RANGE:
             client.send({"type": "download", "file": file_id, "offset": asked, "length": RANGE})
             asked += RANGE
-        piece = client.skip_until("file-data", timeout=30)
+        piece = reply(client, "file-data")
         assert piece["offset"] == got, (piece["offset"], got)
         data = base64.b64decode(piece["data"])
         digest.update(data)
