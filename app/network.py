@@ -227,6 +227,11 @@ DECISIONS = 3
 SAME_CONNECTION_FOR = 7.0
 PASSWORD_TRIES = 3  # wrong passwords after which the server closes the connection
 
+# While an upload's data goes, the OS holds at most this much of it unsent
+# (where it can: TCP_NOTSENT_LOWAT), so that a chat frame waits behind no
+# more than this in the OS; the server does the same for downloads.
+UPLOAD_UNSENT = 128 * 1024
+
 NAME_ERRORS = frozenset({ErrorCode.NAME_TAKEN, ErrorCode.NAME_INVALID, ErrorCode.BAD_FIELD})
 # What the selector watches for a transport that answered ``Want``.
 _SELECT = {Want.READ: selectors.EVENT_READ, Want.WRITE: selectors.EVENT_WRITE}
@@ -455,6 +460,9 @@ class _FirstByte:
 
     def shutdown(self, how: int) -> None:
         self.sock.shutdown(how)
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.sock.setsockopt(level, option, value)
 
     def close(self) -> None:
         self.sock.close()
@@ -830,6 +838,7 @@ class ChatClient:
         self._shutdown_said = False  # on this connection
         self._refused_ping = False  # on this connection: a ping too large to answer
         self._features: tuple[str, ...] = ()  # the last welcome's
+        self._unsent_limited = False  # on this connection: the OS holds UPLOAD_UNSENT at most
         # Uploads and downloads, run by the network thread; the UI's calls reach
         # them as commands (under ``_lock``), run at the top of its loop.
         self._transfers = Transfers(self._post, self._queue_say, self.events.has_room)
@@ -1085,7 +1094,7 @@ class ChatClient:
         self._welcomed_at = None
         self._opened_at = time.monotonic()
         self._wrong_passwords = 0
-        self._shutdown_said = self._refused_ping = False
+        self._shutdown_said = self._refused_ping = self._unsent_limited = False
         self._whos = 0
         self._asked.clear()
         self._pin = None
@@ -1323,7 +1332,7 @@ class ChatClient:
             if self._handle_frames(decoder, out, reconnecting):
                 last_heard = time.monotonic()
                 pinged = False
-            self._queue(out)
+            self._queue(out, transport)
             if out:
                 write_waits = self._transmit(transport, out)
             reading = self.events.has_room()
@@ -1354,11 +1363,13 @@ class ChatClient:
             if held or (reading and ready & _SELECT[read_waits]):
                 read_waits = self._receive(transport, decoder)
 
-    def _queue(self, out: bytearray) -> None:
+    def _queue(self, out: bytearray, transport: Transport) -> None:
         """Queue what the UI asked for in ``out``; says and renames wait for the
         server's answer. The rest waits in _outgoing until the socket has taken
         what is here. Upload data goes only behind every chat frame, and only
-        a few chunks ahead."""
+        a few chunks ahead; while it goes, the OS is asked to hold no more
+        than ``UPLOAD_UNSENT`` unsent (it would take megabytes, ahead of
+        anything typed meanwhile)."""
         while self._outgoing and len(out) < MAX_CLIENT_FRAME:
             message, frame = self._outgoing.popleft()
             if isinstance(message, Say | Rename):
@@ -1374,6 +1385,10 @@ class ChatClient:
             if (data := self._transfers.data()) is None:
                 break
             out += data
+        uploading = self._transfers.has_data()
+        if uploading != self._unsent_limited:
+            self._unsent_limited = uploading
+            transport.limit_unsent(UPLOAD_UNSENT if uploading else 0)
 
     def _watch(self, transport: Transport, events: int) -> None:
         """Have the selector watch ``transport`` for ``events`` (none: not at all)."""
