@@ -32,7 +32,8 @@ to the one transfer it can be about:
   ``IN_FLIGHT`` ranges asked for, its data is checked frame by frame
   against the oldest range of its file (``_ranges``), and two downloads
   of one file never run at once (the second waits), so the data of a
-  file is never ambiguous. A cancelled download's ranges stay until
+  file is never ambiguous. At most ``MAX_DOWNLOADS`` run at once, each
+  with its part file open; the rest wait in line, in order. A cancelled download's ranges stay until
   their data has come, absorbed, so a later download of the file does
   not take it for its own.
 
@@ -83,6 +84,10 @@ from server.protocol import (
 logger = logging.getLogger("app.transfers")
 
 IN_FLIGHT = 4  # ranges one download keeps asked for
+# Downloads under way at once, each with its part file open; the rest wait
+# in line (a window fetching a page of pictures would otherwise open one
+# file for each, and macOS allows a process 256).
+MAX_DOWNLOADS = 4
 DATA_AHEAD = 64 * 1024  # bytes waiting to be sent before no more upload data is queued
 PROGRESS_RATE = 10.0  # TransferProgress events a second, at most, per transfer
 # What an upload-done carries to make the server discard an upload: never
@@ -217,7 +222,8 @@ class Transfers:
         self._asking: deque[_Upload] = deque()  # upload sent, not yet answered
         self._sending: _Upload | None = None  # the one upload whose data goes now
         self._posting: list[_Upload] = []  # uploaded; their say waits for its echo
-        self._downloads: list[_Download] = []  # not failed, not finished; in order
+        self._queued: deque[_Download] = deque()  # in line for one of MAX_DOWNLOADS places
+        self._downloads: list[_Download] = []  # under way: not failed, not finished; in order
         self._ranges: deque[_Range] = deque()  # asked for, not all here, in order
         self._unconfirmed: _Range | None = None  # asked for, no data yet
         self._turn = 0  # the download whose turn it is to ask for a range
@@ -250,12 +256,7 @@ class Transfers:
         download = _Download(transfer, info.name, info.size, info=info, dest=dest)
         download.part = dest.with_name(dest.name + ".part")
         self._post(TransferStarted(transfer, False, info.name, info.size))
-        try:
-            download.file = open(download.part, "wb")  # noqa: SIM115 - closed when it ends
-        except OSError as exc:
-            self._fail(download, f"Cannot save {dest.name}: {exc.strerror or exc}.")
-            return
-        self._downloads.append(download)
+        self._queued.append(download)
 
     def cancel(self, transfer: int) -> None:
         """Cancel ``transfer`` unless it is over (or its say is out: too late)."""
@@ -263,7 +264,7 @@ class Transfers:
             if upload.id == transfer and not upload.failed:
                 self._fail(upload, CANCELLED)
                 return
-        for download in self._downloads:
+        for download in (*self._queued, *self._downloads):
             if download.id == transfer:
                 self._fail(download, CANCELLED)
                 return
@@ -280,7 +281,7 @@ class Transfers:
             if not upload.failed:
                 self._fail(upload, reason)
             self._close(upload)
-        for download in list(self._downloads):  # each leaves the list as it fails
+        for download in [*self._queued, *self._downloads]:  # each leaves its list as it fails
             self._fail(download, reason)
         self._ranges.clear()
         self._unconfirmed = None
@@ -297,6 +298,14 @@ class Transfers:
         if self._sending is None:  # the next one's turn (data discards a cancelled one)
             ready = [u for u in self._holding if u.upload is not None and not u.done_sent]
             self._sending = ready[0] if ready else None
+        while self._queued and len(self._downloads) < MAX_DOWNLOADS:
+            download = self._queued.popleft()
+            try:
+                download.file = open(download.part, "wb")  # noqa: SIM115 - closed when it ends
+            except OSError as exc:
+                self._fail(download, f"Cannot save {download.dest.name}: {exc.strerror or exc}.")
+                continue
+            self._downloads.append(download)
         frames.extend(self._requests())
         return frames
 
@@ -593,6 +602,8 @@ class Transfers:
         if isinstance(transfer, _Download):
             if transfer in self._downloads:
                 self._downloads.remove(transfer)
+            if transfer in self._queued:
+                self._queued.remove(transfer)
             if transfer.file is not None:
                 transfer.file.close()
                 transfer.file = None

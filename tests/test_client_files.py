@@ -34,6 +34,7 @@ from app.network import (
     Unsent,
     Welcomed,
 )
+from app.transfers import MAX_DOWNLOADS
 from server.protocol import (
     DEFAULT_MIME,
     MAX_CHUNK,
@@ -821,6 +822,33 @@ def test_a_server_that_never_answers_a_download_can_be_cancelled(
     client.cancel(transfer)
     assert until(client, TransferFailed)[-1] == TransferFailed(transfer, "Cancelled.")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_many_downloads_wait_in_line_with_few_files_open(
+    rooms: Callable[..., FileRoom], connect: Callable[..., ChatClient], tmp_path: Path
+) -> None:
+    files = [kept(f"{n}.bin", payload(1000, n)) for n in range(10)]
+    room = rooms(files={f.info["id"]: f for f in files}, download=lambda room, peer, obj: None)
+    client = connect(room.port)
+    transfers = [client.download(file_info(f.info), tmp_path / f"{n}") for n, f in enumerate(files)]
+
+    def parts() -> list[str]:
+        return sorted(p.name for p in tmp_path.iterdir())
+
+    deadline = time.monotonic() + WAIT
+    while len(parts()) < MAX_DOWNLOADS:
+        assert time.monotonic() < deadline, parts()
+        time.sleep(0.01)
+    expect_no(client, (TransferFailed, TransferDone), 0.3)
+    assert parts() == [f"{n}.part" for n in range(MAX_DOWNLOADS)]
+    first = transfers[0]
+    assert first is not None
+    client.cancel(first)
+    assert until(client, TransferFailed)[-1] == TransferFailed(first, "Cancelled.")
+    deadline = time.monotonic() + WAIT
+    while parts() != [f"{n}.part" for n in range(1, MAX_DOWNLOADS + 1)]:  # the next one's turn
+        assert time.monotonic() < deadline, parts()
+        time.sleep(0.01)
 
 
 def test_cancel_mid_download_then_the_same_file_again(
