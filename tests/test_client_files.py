@@ -594,6 +594,36 @@ def test_chat_frames_overtake_upload_data(
     assert 0 <= room.data_at_say - before < 12, (before, room.data_at_say)
 
 
+@pytest.mark.parametrize("change", ["truncate", "append"])
+def test_a_file_that_changes_while_it_is_sent_fails(
+    rooms: Callable[..., FileRoom], connect: Callable[..., ChatClient], tmp_path: Path, change: str
+) -> None:
+    path = tmp_path / "log.txt"
+    path.write_bytes(payload(6_000_000))
+    room = rooms(rcvbuf=32_768)
+    client = connect(room.port)
+    transfer = client.upload(path, text="the log")
+    wait_for(client, TransferProgress, WAIT)
+    room.held.set()  # the upload waits, part sent
+    time.sleep(0.2)
+    with path.open("r+b") as file:
+        if change == "truncate":
+            file.truncate(3_000_000)
+        else:
+            file.seek(0, 2)
+            file.write(b"one more line")
+    room.resumed.set()
+    seen = until(client, TransferFailed)
+    assert seen[-1] == TransferFailed(
+        transfer, "The file changed while it was being sent.", "the log"
+    )
+    assert not [e for e in seen if isinstance(e, Received | TransferDone)], seen
+    client.close(3.0)
+    room.stop()
+    assert [f["sha256"] for f in room.log if f["type"] == "upload-done"] == [DISCARD]
+    assert not [f for f in room.log if f["type"] == "say"]
+
+
 def test_progress_is_rate_limited_and_ends_at_100_percent(
     rooms: Callable[..., FileRoom], connect: Callable[..., ChatClient], tmp_path: Path
 ) -> None:
