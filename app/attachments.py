@@ -135,6 +135,8 @@ def make_thumbnail(path: Path, claimed: tuple[int, int] | None = None) -> Image.
                 return picture.convert("RGBA" if "A" in picture.getbands() else "RGB")
     except ThumbnailError:
         raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ThumbnailError("The image is too big to show.") from exc
     except Exception as exc:  # Pillow raises many kinds on a damaged or hostile file
         raise ThumbnailError("The image could not be read.") from exc
 

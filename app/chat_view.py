@@ -101,7 +101,7 @@ NOT_KEPT_TEXT = "Older messages are not shown here: Ctrl+F searches all of them.
 MAX_CARDS = 200
 MAX_THUMBNAILS = 100
 TRANSFER_ROWS = 4  # shown at once; "and N more" says the rest
-FILE_TAG = "file-"  # a tag per file shown: file-1, file-2, ...
+FILE_TAG = "attached-"  # a tag per file shown: attached-1, attached-2, ...
 
 
 class FileActions(Protocol):
@@ -221,7 +221,7 @@ class ChatView(ttk.Frame):
     def _init_files(self, files: FileActions | None) -> None:
         """The cards, pictures and transfers shown (see ``_attachment_line``)."""
         self._files = files
-        self._shown_files: dict[str, FileInfo] = {}  # by tag (file-N)
+        self._shown_files: dict[str, FileInfo] = {}  # by tag (attached-N)
         self._waiting: dict[str, list[str]] = {}  # a picture to come, by file id: its tags
         self._photos: dict[str, ImageTk.PhotoImage] = {}  # shown, by tag, oldest first
         self._cards: deque[FileCard] = deque()
@@ -910,7 +910,7 @@ class ChatView(ttk.Frame):
     # -- files: attach, paste, drop; cards and pictures; transfers ----------------
     #
     # A message's file goes on a line of its own under its text, tagged
-    # ``file-N`` (N counts every file shown): a card (app/file_card.py,
+    # ``attached-N`` (N counts every file shown): a card (app/file_card.py,
     # embedded in the Text), or, for a picture that ``FileActions.shown``
     # says will come, a line of words that ``show_image`` replaces with the
     # thumbnail (or ``image_unavailable`` with a card). Past ``MAX_CARDS``

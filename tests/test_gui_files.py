@@ -1,0 +1,658 @@
+"""Files and images in the chat window, under Xvfb: the attach button and
+Ctrl+O (a patched file dialog), Ctrl+V of a picture, files dropped on the
+window, a row per transfer, cards with Save… and Open, pictures inline,
+hostile names; and the pieces without Tk (thumbnails and their bounds, the
+cache's names, the clipboard through a fake ``xclip``, the setting).
+
+The view is driven with real X events (``xdotool``) where a person would
+click or type, through a recording ``FileActions``; the end-to-end tests
+run the whole app against a real server. Screenshots of an inline picture,
+a card and a progress bar in both themes go to ``$LAN_CHAT_SHOTS`` (default
+``tests/screenshots/``) as ``files-light.png`` and ``files-dark.png``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import time
+import tkinter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageGrab
+
+from app import attachments, chat_view
+from app import settings as settings_store
+from app.chat_view import MAX_CARDS, ChatView
+from app.file_names import safe_file_name
+from server.protocol import ChatMessage, FileInfo
+
+SHOTS = Path(os.environ.get("LAN_CHAT_SHOTS") or Path(__file__).resolve().parent / "screenshots")
+WAIT = 10.0
+HOSTILE = [
+    "../../x",
+    "CON",
+    "two\nlines.txt",
+    "\u202egnp.exe",
+    "a" * 10_000 + ".txt",
+]
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def wait_until(root: tkinter.Misc, predicate: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while True:
+        root.update()
+        if predicate():
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def settle(root: tkinter.Misc, seconds: float = 0.2) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        root.update()
+        time.sleep(0.01)
+
+
+def xdotool(*args: str | int) -> None:
+    subprocess.run(["xdotool", *map(str, args)], check=True, timeout=10)
+
+
+def file_info(
+    number: int,
+    name: str = "report.pdf",
+    *,
+    size: int = 1_234_567,
+    mime: str = "application/pdf",
+    width: int | None = None,
+    height: int | None = None,
+) -> FileInfo:
+    return FileInfo(
+        f"f-{number:024x}", name, size, mime, f"{number:064x}", width=width, height=height
+    )
+
+
+def picture_info(number: int, name: str = "cat.png", size: int = 50_000) -> FileInfo:
+    return file_info(number, name, size=size, mime="image/png", width=800, height=600)
+
+
+def with_file(number: int, file: FileInfo, text: str = "", sender: str = "bob") -> ChatMessage:
+    return ChatMessage(number, sender, text, time.time(), file=file)
+
+
+class Recorder:
+    """The view's ``FileActions``, recording what it is asked; pictures are
+    said to come for image files (as the app says for small ones)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.pasted = False
+
+    def attach(self, path: Path) -> None:
+        self.calls.append(("attach", path))
+
+    def paste_image(self) -> bool:
+        self.calls.append(("paste",))
+        return self.pasted
+
+    def save(self, file: FileInfo, dest: Path) -> None:
+        self.calls.append(("save", file, dest))
+
+    def open(self, file: FileInfo) -> None:
+        self.calls.append(("open", file))
+
+    def open_image(self, file: FileInfo) -> None:
+        self.calls.append(("open_image", file))
+
+    def cancel(self, transfer: int) -> None:
+        self.calls.append(("cancel", transfer))
+
+    def shown(self, file: FileInfo) -> bool:
+        return file.mime.startswith("image/")
+
+    def named(self, kind: str) -> list[tuple[Any, ...]]:
+        return [call for call in self.calls if call[0] == kind]
+
+
+@pytest.fixture
+def files() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def make_view(tk_root: Any, files: Recorder) -> Iterator[Callable[[], ChatView]]:
+    """A ChatView filling the shared root, on the screen; destroyed after."""
+    views: list[ChatView] = []
+
+    def make() -> ChatView:
+        view = ChatView(tk_root, on_send=lambda _text: True, font_size=11, files=files)
+        view.pack(fill="both", expand=True)
+        view.apply_theme()
+        views.append(view)
+        tk_root.deiconify()
+        tk_root.geometry("920x640+0+0")
+        wait_until(tk_root, view.transcript.winfo_viewable, "the view on the screen")
+        settle(tk_root, 0.2)
+        return view
+
+    yield make
+    for view in views:
+        view.destroy()
+    tk_root.withdraw()
+    if tk_root.theme_mode != "light":
+        tk_root.theme_mode = "light"
+    tk_root.update()
+
+
+def click(widget: tkinter.Misc, x: int | None = None, y: int | None = None) -> None:
+    """A real click at (x, y) of ``widget`` (its middle by default)."""
+    widget.update_idletasks()
+    x = widget.winfo_width() // 2 if x is None else x
+    y = widget.winfo_height() // 2 if y is None else y
+    xdotool("mousemove", widget.winfo_rootx() + x, widget.winfo_rooty() + y)
+    xdotool("click", 1)
+
+
+def screenshot(window: tkinter.Misc, name: str) -> Path:
+    settle(window, 0.4)
+    x, y = window.winfo_rootx(), window.winfo_rooty()
+    image = ImageGrab.grab(bbox=(x, y, x + window.winfo_width(), y + window.winfo_height()))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / name
+    image.save(path)
+    colors = image.getcolors(maxcolors=1 << 16)
+    assert colors is None or len(colors) > 20, f"{name} looks blank"
+    return path
+
+
+# -- sending: the paperclip, Ctrl+O's dialog, Ctrl+V, a drop -------------------------
+
+
+def test_the_paperclip_sends_the_files_chosen_in_the_dialog(
+    make_view: Callable[[], ChatView],
+    files: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    errors: list[BaseException],
+) -> None:
+    chosen = [tmp_path / "a.txt", tmp_path / "b c.png"]
+    asked: list[dict[str, Any]] = []
+
+    def dialog(**options: Any) -> tuple[str, ...]:
+        asked.append(options)
+        return tuple(map(str, chosen))
+
+    monkeypatch.setattr(chat_view.filedialog, "askopenfilenames", dialog)
+    view = make_view()
+    click(view.attach_button)
+    wait_until(view, lambda: len(files.named("attach")) == 2, "both files sent")
+    assert files.named("attach") == [("attach", chosen[0]), ("attach", chosen[1])]
+    assert asked and asked[0]["title"] == "Send files"
+
+    # Cancelled: nothing is sent.
+    monkeypatch.setattr(chat_view.filedialog, "askopenfilenames", lambda **_o: "")
+    click(view.attach_button)
+    settle(view, 0.3)
+    assert len(files.named("attach")) == 2
+    assert errors == []
+
+
+def test_ctrl_v_of_a_picture_sends_it_and_text_still_pastes(
+    make_view: Callable[[], ChatView], files: Recorder, errors: list[BaseException]
+) -> None:
+    view = make_view()
+    view.focus_input()
+    settle(view, 0.1)
+    # A picture on the clipboard (no text): the app takes it; nothing is typed.
+    view.clipboard_clear()
+    files.pasted = True
+    xdotool("key", "ctrl+v")
+    wait_until(view, lambda: files.named("paste"), "the paste handed to the app")
+    assert view.input_text() == ""
+
+    # Text on the clipboard: pasted as ever, the app not asked.
+    files.calls.clear()
+    view.clipboard_clear()
+    view.clipboard_append("hello")
+    xdotool("key", "ctrl+v")
+    wait_until(view, lambda: view.input_text() == "hello", "the text pasted")
+    assert files.named("paste") == []
+    assert errors == []
+
+
+def test_files_dropped_on_the_window_are_sent(
+    make_view: Callable[[], ChatView], files: Recorder, tmp_path: Path
+) -> None:
+    view = make_view()
+    assert view.drop_enabled, "tkinterdnd2's tkdnd did not load"
+    script = str(view.tk.call("bind", str(view), "<<Drop:DND_Files>>"))
+    assert "%D" in script
+    first, second = tmp_path / "one.txt", tmp_path / "with space.txt"
+    data = view.tk.eval(f"list {{{first}}} {{{second}}}")  # as tkdnd gives it: a Tcl list
+    action = view.tk.eval(script.replace("%D", "{" + data + "}"))
+    assert action == "copy"
+    assert files.named("attach") == [("attach", first), ("attach", second)]
+
+
+def test_without_tkdnd_there_is_no_drop_and_the_rest_works(
+    make_view: Callable[[], ChatView], files: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tkinterdnd2.TkinterDnD as dnd  # noqa: PLC0415
+
+    def broken(_root: object) -> str:
+        raise RuntimeError("Unable to load tkdnd library.")
+
+    monkeypatch.setattr(dnd, "_require", broken)
+    view = make_view()
+    assert not view.drop_enabled
+    view.add_message(with_file(1, file_info(1)))
+    view.end_batch()
+    assert "[file: report.pdf, 1.2 MB]" in view.transcript_text()
+
+
+# -- transfers ------------------------------------------------------------------------
+
+
+def test_a_transfer_has_a_row_with_its_progress_and_cancel_until_it_ends(
+    make_view: Callable[[], ChatView], files: Recorder, errors: list[BaseException]
+) -> None:
+    view = make_view()
+    assert not view.transfer_strip.winfo_ismapped()
+    view.transfer_started(7, "holiday.mp4", 10_000_000, upload=True)
+    view.transfer_progress(7, 2_500_000, 10_000_000)
+    wait_until(view, view.transfer_strip.winfo_ismapped, "the transfer's row")
+    row = view.transfers[7]
+    assert row.fraction == pytest.approx(0.25)
+    assert str(row.done_label.cget("text")) == "25 % of 10 MB"
+    assert "Sending holiday.mp4" in str(row.name_label.cget("text"))
+    # The chat goes on: the box still takes text and sends it.
+    view.set_input("still here")
+    assert view.input_text() == "still here"
+
+    click(row.cancel_button)
+    wait_until(view, lambda: files.named("cancel"), "cancel asked for")
+    assert files.named("cancel") == [("cancel", 7)]
+    view.transfer_ended(7)
+    wait_until(view, lambda: not view.transfer_strip.winfo_ismapped(), "the row gone")
+    assert view.transfers == {}
+    assert errors == []
+
+
+def test_many_transfers_show_a_few_rows_and_how_many_more(
+    make_view: Callable[[], ChatView],
+) -> None:
+    view = make_view()
+    for number in range(10):
+        view.transfer_started(number, f"file {number}.bin", 1000, upload=False)
+    view.update()
+    packed = [row for row in view.transfers.values() if row.winfo_manager()]
+    assert len(packed) == chat_view.TRANSFER_ROWS
+    assert str(view._more_label.cget("text")) == "and 6 more"
+    for number in range(10):
+        view.transfer_ended(number)
+    view.update()
+    assert not view.transfer_strip.winfo_manager()
+
+
+# -- what arrives: cards, pictures, hostile names ------------------------------------
+
+
+def test_a_card_saves_to_the_path_chosen_offering_a_safe_name(
+    make_view: Callable[[], ChatView],
+    files: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    errors: list[BaseException],
+) -> None:
+    offered: list[str] = []
+    dest = tmp_path / "saved.pdf"
+
+    def dialog(**options: Any) -> str:
+        offered.append(options["initialfile"])
+        return str(dest)
+
+    monkeypatch.setattr(chat_view.filedialog, "asksaveasfilename", dialog)
+    view = make_view()
+    report = file_info(1)
+    view.add_message(with_file(1, report, "the report"))
+    view.end_batch()
+    card = view.card_for(report.id)
+    assert card is not None
+    wait_until(view, card.save_button.winfo_viewable, "the card shown")
+    assert "the report\n[file: report.pdf, 1.2 MB]" in view.transcript_text()
+    click(card.save_button)
+    wait_until(view, lambda: files.named("save"), "the save asked for")
+    assert files.named("save") == [("save", report, dest)]
+    assert offered == ["report.pdf"]
+    assert errors == []
+
+
+@pytest.mark.parametrize("name", HOSTILE, ids=["dots", "con", "newline", "rtl", "long"])
+def test_a_hostile_name_shows_on_one_line_and_is_offered_safely(
+    make_view: Callable[[], ChatView],
+    files: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    offered: list[str] = []
+    monkeypatch.setattr(
+        chat_view.filedialog,
+        "asksaveasfilename",
+        lambda **options: offered.append(options["initialfile"]) or "",
+    )
+    view = make_view()
+    hostile = file_info(2, name)
+    view.add_message(with_file(1, hostile, "look"))
+    view.end_batch()
+    card = view.card_for(hostile.id)
+    assert card is not None
+    shown = str(card.name_label.cget("text"))
+    assert "\n" not in shown and "\u202e" not in shown and len(shown) <= 40
+    lines = view.transcript_text().splitlines()
+    assert len(lines) == 2, lines  # the message, its card: one line each
+    assert card.winfo_reqwidth() < view.transcript.winfo_width()
+    wait_until(view, card.save_button.winfo_viewable, "the card shown")
+    click(card.save_button)
+    wait_until(view, lambda: offered, "the dialog opened")
+    assert offered == [safe_file_name(name)]
+    assert "/" not in offered[0] and "\n" not in offered[0] and "\u202e" not in offered[0]
+    assert offered[0].upper() != "CON" and len(offered[0].encode()) <= 255
+    assert files.named("save") == []  # cancelled
+
+
+def test_opening_a_program_is_asked_first(
+    make_view: Callable[[], ChatView], files: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers: list[bool] = [False, True]
+    asked: list[str] = []
+
+    def confirm(_parent: object, _title: str, question: str) -> bool:
+        asked.append(question)
+        return answers.pop(0)
+
+    monkeypatch.setattr(chat_view, "confirm", confirm)
+    view = make_view()
+    program, document = file_info(1, "setup.exe"), file_info(2, "notes.txt", mime="text/plain")
+    view.add_message(with_file(1, program))
+    view.add_message(with_file(2, document))
+    view.end_batch()
+    settle(view, 0.2)
+    for card in (view.card_for(program.id), view.card_for(document.id)):
+        assert card is not None
+        card.open_button.invoke()
+    view.update()
+    assert files.named("open") == [("open", document)]  # the program: "no"
+    assert len(asked) == 1 and "setup.exe could be a program" in asked[0]
+    card = view.card_for(program.id)
+    assert card is not None
+    card.open_button.invoke()  # "yes" this time
+    assert files.named("open")[-1] == ("open", program)
+
+
+def test_a_picture_shows_inline_and_a_click_opens_it(
+    make_view: Callable[[], ChatView], files: Recorder, errors: list[BaseException]
+) -> None:
+    view = make_view()
+    cat = picture_info(3)
+    view.add_message(with_file(1, cat, "our cat"))
+    view.end_batch()
+    assert view.files_shown == [("waiting", cat)]
+    assert "[image: cat.png, 50 kB] …" in view.transcript_text()
+    picture = Image.new("RGB", (320, 240), "orange")
+    view.show_image(cat.id, picture)
+    view.update()
+    assert view.files_shown == [("picture", cat)]
+    assert view.transcript_text().endswith("our cat\n[image: cat.png, 50 kB]")
+    (name,) = view.transcript.image_names()
+    box = view.transcript.bbox(name)
+    assert box is not None and (box[2], box[3]) == (320, 240)
+    # A real click on the picture's middle.
+    click(view.transcript, box[0] + 160, box[1] + 120)
+    wait_until(view, lambda: files.named("open_image"), "the picture opened")
+    assert files.named("open_image") == [("open_image", cat)]
+    assert errors == []
+
+
+def test_a_picture_that_will_not_come_becomes_a_card_saying_why(
+    make_view: Callable[[], ChatView],
+) -> None:
+    view = make_view()
+    cat = picture_info(4)
+    view.add_message(with_file(1, cat))
+    view.end_batch()
+    view.image_unavailable(cat.id, "The image could not be read.")
+    view.update()
+    assert view.files_shown == [("card", cat)]
+    card = view.card_for(cat.id)
+    assert card is not None
+    assert "The image could not be read." in str(card.size_label.cget("text"))
+    assert "[image:" not in view.transcript_text()
+
+
+def test_a_history_page_shows_its_files_as_the_live_ones(
+    make_view: Callable[[], ChatView],
+) -> None:
+    view = make_view()
+    view.start_room(None)
+    view.add_message(ChatMessage(10, "bob", "newest", time.time()))
+    view.end_batch()
+    report, cat = file_info(5), picture_info(6)
+    page = [with_file(3, report, "older report"), with_file(4, cat, "older cat")]
+    view.insert_page(page, more=False)
+    view.show_image(cat.id, Image.new("RGB", (100, 80), "teal"))
+    view.update()
+    text = view.transcript_text()
+    assert text.index("older report\n[file: report.pdf, 1.2 MB]") < text.index("newest")
+    assert "older cat\n[image: cat.png, 50 kB]\n" in text
+    assert [kind for kind, _file in view.files_shown] == ["card", "picture"]
+
+
+def test_old_cards_turn_into_words_that_still_save(
+    make_view: Callable[[], ChatView], files: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chat_view.filedialog, "asksaveasfilename", lambda **_o: "/tmp/x")
+    view = make_view()
+    for number in range(MAX_CARDS + 5):
+        view.add_message(with_file(number + 1, file_info(number + 1, f"file{number}.bin")))
+    view.end_batch()
+    assert len(view._cards) == MAX_CARDS
+    text = view.transcript_text()
+    assert "[file: file0.bin, 1.2 MB]" in text and "[file: file204.bin, 1.2 MB]" in text
+    first = view.transcript.search("[file: file0.bin", "1.0")
+    view.transcript.see(first)
+    view.update()
+    box = view.transcript.bbox(f"{first} + 3c")
+    assert box is not None
+    click(view.transcript, box[0] + 2, box[1] + box[3] // 2)
+    wait_until(view, lambda: files.named("save"), "the words' click")
+    assert files.named("save")[0][1].name == "file0.bin"
+
+
+# -- screenshots -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["light", "dark"])
+def test_screenshots_of_a_picture_a_card_and_a_progress_bar(
+    make_view: Callable[[], ChatView], tk_root: Any, mode: str
+) -> None:
+    if tk_root.theme_mode != mode:
+        tk_root.theme_mode = mode
+    view = make_view()
+    view.own_name = "alice"
+    picture = Image.new("RGB", (320, 213), "#f4a261")
+    for x in range(0, 320, 40):
+        for y in range(0, 213, 40):
+            picture.paste("#2a9d8f", (x, y, x + 20, y + 20))
+    cat = picture_info(7, "sunset.jpg", 183_201)
+    view.add_message(ChatMessage(1, "bob", "the view from the office", time.time()))
+    view.add_message(with_file(2, cat))
+    view.add_message(with_file(3, file_info(8, "Quarterly report.pdf"), "and the report"))
+    view.end_batch()
+    view.show_image(cat.id, picture)
+    view.transfer_started(1, "holiday.mp4", 48_000_000, upload=True)
+    view.transfer_progress(1, 20_000_000, 48_000_000)
+    view.transfer_started(2, "Quarterly report.pdf", 1_234_567, upload=False)
+    view.transfer_progress(2, 1_000_000, 1_234_567)
+    screenshot(tk_root, f"files-{mode}.png")
+
+
+# -- without Tk: thumbnails, the cache, the clipboard, the setting -----------------------
+
+
+def test_a_thumbnail_keeps_the_shape_within_320_by_240(tmp_path: Path) -> None:
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (1600, 400), "red").save(path)
+    thumb = attachments.make_thumbnail(path, (1600, 400))
+    assert thumb.size == (320, 80)
+
+
+def test_a_jpeg_is_decoded_at_a_reduced_scale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (4000, 3000), "blue").save(path, quality=50)
+    sizes: list[tuple[int, int]] = []
+    real = Image.Image.thumbnail
+
+    def thumbnail(self: Image.Image, size: Any, *args: Any, **kwargs: Any) -> None:
+        sizes.append(self.size)  # after draft: what is decoded
+        real(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "thumbnail", thumbnail)
+    thumb = attachments.make_thumbnail(path, (4000, 3000))
+    assert thumb.size == (320, 240)
+    assert sizes[0][0] <= 1000, sizes  # 1/4 or 1/8 scale, never the full 12 MP
+
+
+def test_an_image_bomb_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PNG whose header says 10,000 x 10,000 (100 MP): a few kB on disk.
+    path = tmp_path / "bomb.png"
+    Image.new("1", (10_000, 10_000)).save(path)
+    assert path.stat().st_size < 100_000
+    decoded: list[object] = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self))
+    with pytest.raises(attachments.ThumbnailError, match="too big"):
+        attachments.make_thumbnail(path, None)  # the header says so
+    with pytest.raises(attachments.ThumbnailError, match="too big"):
+        attachments.make_thumbnail(path, (10_000, 10_000))  # the message says so
+    # A message that lies (small) does not help: the header is read first.
+    with pytest.raises(attachments.ThumbnailError, match="too big"):
+        attachments.make_thumbnail(path, (10, 10))
+    assert decoded == []
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"\x89PNG\r\n\x1a\n" + b"\0" * 100, b"GIF89a" + b"\xff" * 50, b"not an image"]
+)
+def test_a_damaged_image_is_a_thumbnail_error_never_a_crash(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "damaged.png"
+    path.write_bytes(content)
+    with pytest.raises(attachments.ThumbnailError, match="could not be read"):
+        attachments.make_thumbnail(path, (10, 10))
+
+
+def test_the_cache_names_files_by_digest_never_by_their_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAN_CHAT_CACHE_DIR", str(tmp_path))
+    digest = "ab" * 32
+    named = FileInfo("f-1", "../../etc/passwd.txt", 5, "text/plain", digest)
+    assert attachments.cached_path(named) == tmp_path / "files" / f"{digest}.txt"
+    # A picture is kept as its media type says: "x.exe" sent as PNG opens as a PNG.
+    disguised = FileInfo("f-2", "x.exe", 5, "image/png", digest, 10, 10)
+    assert attachments.cached_path(disguised) == tmp_path / "files" / f"{digest}.png"
+    assert attachments.cached_path(FileInfo("f-3", "a", 5, "text/plain", "../x")) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "executable"),
+    [
+        ("setup.exe", True),
+        ("SETUP.EXE", True),
+        ("run.sh", True),
+        ("x.exe. ", True),
+        ("launcher.desktop", True),
+        ("photo.jpg", False),
+        ("notes.txt", False),
+        ("exe", False),
+    ],
+)
+def test_names_that_could_run_a_program(name: str, executable: bool) -> None:
+    assert attachments.looks_executable(name) is executable
+
+
+def test_a_pasted_picture_is_named_by_its_time() -> None:
+    when = datetime.datetime(2026, 12, 1, 17, 30, 5)
+    assert attachments.pasted_name(when) == "Pasted image 2026-12-01 17.30.05.png"
+
+
+def fake_xclip(folder: Path, targets: str, png: bytes) -> None:
+    """An ``xclip`` on the PATH that offers ``targets`` and answers with ``png``."""
+    (folder / "clip.png").write_bytes(png)
+    script = folder / "xclip"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        f'  *TARGETS*) printf "%s\\n" {targets!r} ;;\n'
+        f'  *image/png*) cat "{folder / "clip.png"}" ;;\n'
+        "  *) exit 1 ;;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+
+
+def png_bytes(size: tuple[int, int]) -> bytes:
+    from io import BytesIO  # noqa: PLC0415
+
+    out = BytesIO()
+    Image.new("1", size).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_the_clipboards_picture_through_xclip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(attachments.sys, "platform", "linux")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    picture = png_bytes((40, 30))
+    fake_xclip(tmp_path, "TARGETS image/png", picture)
+    assert attachments.clipboard_png() == picture
+    fake_xclip(tmp_path, "TARGETS UTF8_STRING", picture)  # text only: no picture
+    assert attachments.clipboard_png() is None
+    fake_xclip(tmp_path, "TARGETS image/png", png_bytes((10_000, 10_000)))  # a bomb
+    assert attachments.clipboard_png() is None
+    fake_xclip(tmp_path, "TARGETS image/png", b"not a png")
+    assert attachments.clipboard_png() is None
+
+
+def test_no_clipboard_tool_means_no_picture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(attachments.sys, "platform", "linux")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither xclip nor wl-paste
+    assert attachments.clipboard_png() is None
+
+
+@pytest.mark.parametrize(
+    ("saved", "expected"),
+    [(25, 25), (0, 0), (-1, 10), (10_000, 10), ("5", 10), (True, 10), (2.5, 10)],
+)
+def test_the_auto_download_setting_is_checked_on_load(
+    tmp_path: Path, saved: object, expected: int
+) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"auto_download_mb": saved}))
+    assert settings_store.load(path).auto_download_mb == expected
