@@ -6,12 +6,12 @@ How this works: ``FileSharing`` is the view's ``FileActions``. It calls
 ``ChatClient.upload``/``download``/``cancel`` and remembers, per transfer
 id, what the transfer is for (``_Job``): an upload (perhaps of a pasted
 picture in a temporary file, deleted when it ends), a Save… to the chosen
-path, an Open or a picture into the cache. Downloads into the cache go to
-a temporary name beside it and are renamed once the transfer says the file
-is whole and verified, so the cache only ever holds complete files. A
-picture is fetched by itself when the message says it is a raster image no
-bigger than the setting; its thumbnail is made on ``Thumbnails``' thread,
-and ``poll`` (each pump tick) hands finished ones to the view. Failures
+path, an Open or a picture into the cache (a download is written beside
+its destination and renamed there once whole and verified, so the cache
+only ever holds complete files). A picture is fetched by itself when the
+message says it is a raster image no bigger than the setting; its
+thumbnail is made on ``Thumbnails``' thread, and ``poll`` (each pump
+tick) hands finished ones to the view. Failures
 are a line in the transcript, in the words the transfer gave. Tk thread.
 """
 
@@ -48,9 +48,8 @@ TransferEvent = TransferStarted | TransferProgress | TransferDone | TransferFail
 @dataclass(slots=True)
 class _Job:
     """What one transfer is for: ``upload``, ``save``, ``open`` or ``picture``;
-    ``temporary``: a file of ours to delete when it ends (a pasted picture, a
-    download not yet renamed into the cache); ``keep``: where a finished cache
-    download goes."""
+    ``temporary``: a file of ours to delete when it ends (a pasted picture);
+    ``keep``: the cached file a download brings."""
 
     kind: str
     name: str
@@ -83,7 +82,10 @@ class FileSharing:
 
     # -- what the view asks -------------------------------------------------------
 
-    def attach(self, path: Path, name: str | None = None) -> int | None:
+    def attach(self, path: Path) -> None:
+        self._upload(path)
+
+    def _upload(self, path: Path, name: str | None = None) -> int | None:
         """Send the file at ``path`` (as ``name``); the transfer's id, or ``None``."""
         client = self._client()
         if client is None or not client.joined:
@@ -112,7 +114,7 @@ class FileSharing:
             path.unlink(missing_ok=True)
             self._notice(f"The pasted picture could not be kept to send: {exc}.", "error")
             return True
-        transfer = self.attach(path, attachments.pasted_name())
+        transfer = self._upload(path, attachments.pasted_name())
         if transfer is None:
             path.unlink(missing_ok=True)
         else:
@@ -181,13 +183,7 @@ class FileSharing:
         elif job.kind == "save":
             where = event.path or "the folder chosen"
             self._notice(f"Saved {short_name(job.name)} to {where}.", "system")
-        elif job.temporary is not None and job.keep is not None and job.file is not None:
-            try:
-                job.temporary.replace(job.keep)
-            except OSError as exc:
-                self._drop_temporary(job)
-                self._failed(job, f"It could not be kept in the cache: {exc.strerror or exc}.")
-                return
+        elif job.keep is not None and job.file is not None:
             if job.kind == "open":
                 self._open(job.keep)
             else:
@@ -259,22 +255,18 @@ class FileSharing:
         return transfer
 
     def _into_cache(self, file: FileInfo, kind: str) -> bool:
-        """Download ``file`` to a temporary name in the cache, renamed when whole."""
+        """Download ``file`` into the cache (``open`` or ``picture``)."""
         kept = attachments.cached_path(file)
         if kept is None:
             self._notice(f"{short_name(file.name)} has no proper digest to keep it by.", "error")
             return False
         try:
             kept.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(prefix=".part-", dir=kept.parent)
-            os.close(fd)
         except OSError as exc:
             self._notice(f"The cache folder cannot be used: {exc.strerror or exc}.", "error")
             return False
-        job = _Job(kind, file.name, file, temporary=Path(temporary), keep=kept)
-        transfer = self._download(file, Path(temporary), job)
+        transfer = self._download(file, kept, _Job(kind, file.name, file, keep=kept))
         if transfer is None:
-            self._drop_temporary(job)
             return False
         if kind == "picture":
             self._fetching[file.id] = transfer
