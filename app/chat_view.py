@@ -596,7 +596,10 @@ class ChatView(ttk.Frame):
                 parts.append(("\n", tags))
             for piece, is_link in fmt.split_links(line):
                 parts.append((piece, (*tags, "link") if is_link else tags))
-        return parts, ((*base, "cont") if further else base), mention
+        line_tags = (*base, "cont") if further else base
+        if grouped and message.file is not None and not message.text:
+            line_tags = (*line_tags, "elide")  # nothing to show but the file, on the next line
+        return parts, line_tags, mention
 
     def add_notice(self, text: str, kind: str = "system", ts: float | None = None) -> None:
         """A line from the app itself, with its time (``ts``, default now): ``system``,
@@ -973,7 +976,7 @@ class ChatView(ttk.Frame):
         self._file_count += 1
         tag = f"{FILE_TAG}{self._file_count}"
         self._shown_files[tag] = file
-        tags = (*line_tags, "cont", "file")
+        tags = (*(each for each in line_tags if each != "elide"), "cont", "file")
         text = self.transcript
         if self._files is not None and self._files.shown(file):
             self._waiting.setdefault(file.id, []).append(tag)

@@ -68,13 +68,13 @@ class FileSharing:
         client: Callable[[], ChatClient | None],
         auto_download_mb: Callable[[], int],
         notice: Callable[[str, str], None],
-        opener: Callable[[Path], str | None] = attachments.open_with_os,
+        opener: Callable[[Path], str | None] | None = None,
     ) -> None:
         self._view = view
         self._client = client
         self._auto_mb = auto_download_mb
         self._notice = notice
-        self._opener = opener
+        self._opener = opener  # None: attachments.open_with_os, looked up at each call
         self._jobs: dict[int, _Job] = {}
         self._fetching: dict[str, int] = {}  # file id: the transfer bringing its picture
         self._thumbnails = attachments.Thumbnails()
@@ -181,8 +181,8 @@ class FileSharing:
         if job.kind == "upload":
             self._drop_temporary(job)
         elif job.kind == "save":
-            where = event.path or "the folder chosen"
-            self._notice(f"Saved {short_name(job.name)} to {where}.", "system")
+            where = f" as {event.path}" if event.path is not None else ""
+            self._notice(f"Saved {short_name(job.name)}{where}.", "system")
         elif job.keep is not None and job.file is not None:
             if job.kind == "open":
                 self._open(job.keep)
@@ -273,7 +273,7 @@ class FileSharing:
         return True
 
     def _open(self, path: Path) -> None:
-        problem = self._opener(path)
+        problem = (self._opener or attachments.open_with_os)(path)
         if problem is not None:
             self._notice(problem, "error")
 

@@ -13,10 +13,18 @@ a card and a progress bar in both themes go to ``$LAN_CHAT_SHOTS`` (default
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
+import io
 import json
 import os
+import re
+import socket
+import struct
 import subprocess
+import tempfile
+import threading
 import time
 import tkinter
 from collections.abc import Callable, Iterator
@@ -26,14 +34,21 @@ from typing import Any
 import pytest
 from PIL import Image, ImageGrab
 
-from app import attachments, chat_view
+from app import attachments, chat_view, file_sharing
 from app import settings as settings_store
+from app.chat_app import ChatApp
 from app.chat_view import MAX_CARDS, ChatView
 from app.file_names import safe_file_name
+from app.last_seen import LastSeen
+from app.settings import Settings
 from server.protocol import ChatMessage, FileInfo
+from tests.conftest import reset_root
+from tests.trust_helpers import PlaintextAgreed
+from tests.wire import frame
 
 SHOTS = Path(os.environ.get("LAN_CHAT_SHOTS") or Path(__file__).resolve().parent / "screenshots")
 WAIT = 10.0
+HOST = "127.0.0.1"
 HOSTILE = [
     "../../x",
     "CON",
@@ -246,7 +261,7 @@ def test_files_dropped_on_the_window_are_sent(
 def test_without_tkdnd_there_is_no_drop_and_the_rest_works(
     make_view: Callable[[], ChatView], files: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tkinterdnd2.TkinterDnD as dnd  # noqa: PLC0415
+    from tkinterdnd2 import TkinterDnD as dnd  # noqa: PLC0415, N813
 
     def broken(_root: object) -> str:
         raise RuntimeError("Unable to load tkdnd library.")
@@ -541,7 +556,7 @@ def test_an_image_bomb_is_refused_before_decoding(
     Image.new("1", (10_000, 10_000)).save(path)
     assert path.stat().st_size < 100_000
     decoded: list[object] = []
-    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self))
+    monkeypatch.setattr(Image.Image, "load", decoded.append)
     with pytest.raises(attachments.ThumbnailError, match="too big"):
         attachments.make_thumbnail(path, None)  # the header says so
     with pytest.raises(attachments.ThumbnailError, match="too big"):
@@ -656,3 +671,428 @@ def test_the_auto_download_setting_is_checked_on_load(
     path = tmp_path / "settings.json"
     path.write_text(json.dumps({"auto_download_mb": saved}))
     assert settings_store.load(path).auto_download_mb == expected
+
+
+# -- the whole app against a server that shares files ------------------------------------
+
+
+class FileRoom:
+    """A scripted server of the files extension (PROTOCOL.md, "Files and
+    images") on 127.0.0.1, one connection at a time: a welcome offering
+    ``files``, then ``pushed`` (messages sent to whoever joins), uploads
+    checked by size and digest, says with a file echoed with its file
+    object, downloads answered in ``file-data`` frames of 65,536 bytes. While
+    ``gate`` is clear, ``upload`` and ``download`` wait for it (a transfer
+    held in progress). ``received``: each upload's bytes, by file id."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
+        self.received: dict[str, bytes] = {}
+        self.pushed: list[dict[str, Any]] = []
+        self.downloads: list[dict[str, Any]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self._stop = threading.Event()
+        self._next = 0
+        self._said = 0  # the last message id
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="file-room")
+        self.thread.start()
+
+    def add(self, name: str, data: bytes, mime: str, size: tuple[int, int] | None = None) -> dict:
+        self._next += 1
+        info: dict[str, Any] = {
+            "id": f"f-{self._next:024x}",
+            "name": name,
+            "size": len(data),
+            "mime": mime,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        if size is not None:
+            info["width"], info["height"] = size
+        self.files[info["id"]] = (info, data)
+        return info
+
+    def push(self, info: dict[str, Any], text: str = "", sender: str = "bob") -> None:
+        number = len(self.pushed) + 1
+        self.pushed.append(
+            {"type": "message", "id": number, "from": sender, "text": text, "ts": time.time()}
+            | {"file": info}
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.gate.set()
+        self.thread.join(10)
+        self.listener.close()
+        assert not self.thread.is_alive(), "the file room did not stop"
+        if self.failure is not None:
+            raise self.failure
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    sock, _ = self.listener.accept()
+                except TimeoutError:
+                    continue
+                with sock:
+                    self._serve(sock)
+        except BaseException as exc:  # reported by stop(), in the test's thread
+            self.failure = exc
+
+    def _frames(self, sock: socket.socket) -> Iterator[dict[str, Any]]:
+        buffer = b""
+        sock.settimeout(0.1)
+        while not self._stop.is_set():
+            while len(buffer) >= 4 and len(buffer) >= 4 + struct.unpack(">I", buffer[:4])[0]:
+                length = struct.unpack(">I", buffer[:4])[0]
+                yield json.loads(buffer[4 : 4 + length])
+                buffer = buffer[4 + length :]
+            try:
+                data = sock.recv(1 << 16)
+            except TimeoutError:
+                yield {}  # a tick: frames held back may go now
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buffer += data
+
+    def _serve(self, sock: socket.socket) -> None:
+        uploads: dict[int, dict[str, Any]] = {}
+        held: list[dict[str, Any]] = []  # uploads and downloads waiting for the gate
+        self._said = len(self.pushed)
+        for came in self._frames(sock):
+            if came.get("type") in ("upload", "download"):
+                held.append(came)
+            elif not self._send(sock, self._answer(came, uploads)):
+                return
+            while held and self.gate.is_set():
+                if not self._send(sock, self._answer(held.pop(0), uploads)):
+                    return
+            if came.get("type") == "bye":
+                return
+
+    @staticmethod
+    def _send(sock: socket.socket, out: list[dict[str, Any]]) -> bool:
+        try:
+            sock.sendall(b"".join(map(frame, out)))
+        except OSError:
+            return False
+        return True
+
+    def _answer(self, obj: dict[str, Any], uploads: dict[int, dict[str, Any]]) -> list[Any]:
+        """The frames that answer ``obj``."""
+        kind = obj.get("type")
+        out: list[dict[str, Any]] = []
+        if kind == "hello":
+            welcome = {
+                "type": "welcome",
+                "name": obj["name"],
+                "users": [obj["name"], "bob"],
+                "history_count": 0,
+                "features": ["files"],
+            }
+            out = [welcome, *self.pushed]
+        elif kind == "ping":
+            out = [{"type": "pong"}]
+        elif kind == "upload":
+            upload = len(uploads) + 1
+            uploads[upload] = {**obj, "data": b""}
+            out = [{"type": "upload-ready", "upload": upload, "chunk": 32768}]
+        elif kind == "upload-data":
+            held = uploads[obj["upload"]]
+            assert obj["offset"] == len(held["data"])
+            held["data"] += base64.b64decode(obj["data"])
+        elif kind == "upload-done":
+            held = uploads[obj["upload"]]
+            data = held["data"]
+            if hashlib.sha256(data).hexdigest() != obj["sha256"] or len(data) != held["size"]:
+                out = [{"type": "error", "code": "upload-invalid", "message": "No."}]
+            else:
+                info = self.add(held["name"], data, held["mime"])
+                self.received[info["id"]] = data
+                out = [{"type": "uploaded", "upload": obj["upload"], "file": info["id"]}]
+        elif kind == "say":
+            self._said += 1
+            said = {"type": "message", "id": self._said, "from": "alice", "text": obj["text"]}
+            said["ts"] = time.time()
+            if obj.get("file"):
+                said["file"] = self.files[obj["file"]][0]
+            out = [said]
+        elif kind == "download":
+            self.downloads.append(obj)
+            _info, data = self.files[obj["file"]]
+            start, end = obj["offset"], min(len(data), obj["offset"] + obj["length"])
+            for at in range(start, max(end, start + 1), 65536):
+                piece = data[at : min(end, at + 65536)]
+                out.append(
+                    {
+                        "type": "file-data",
+                        "file": obj["file"],
+                        "offset": at,
+                        "data": base64.b64encode(piece).decode(),
+                        "eof": at + len(piece) >= len(data),
+                    }
+                )
+        return out
+
+
+@pytest.fixture
+def file_room() -> Iterator[FileRoom]:
+    room = FileRoom()
+    yield room
+    room.stop()
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LAN_CHAT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "files"
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """What the app asked the OS to open (nothing is opened)."""
+    paths: list[Path] = []
+
+    def opener(path: Path) -> None:
+        paths.append(path)
+
+    monkeypatch.setattr(attachments, "open_with_os", opener)
+    return paths
+
+
+@pytest.fixture
+def make_app(
+    tk_root: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, opened: list[Path]
+) -> Iterator[Callable[..., ChatApp]]:
+    monkeypatch.setenv("LAN_CHAT_CONFIG_DIR", str(tmp_path / "config"))
+    apps: list[ChatApp] = []
+
+    def make(settings: Settings | None = None) -> ChatApp:
+        chat = ChatApp(
+            tk_root,
+            settings or Settings(host=HOST, name=""),
+            save_settings=lambda _settings: None,
+            known=PlaintextAgreed(),
+            on_exit=lambda: None,
+            last_seen=LastSeen(tmp_path / "last_seen.json"),
+        )
+        apps.append(chat)
+        tk_root.deiconify()
+        tk_root.geometry("920x640+0+0")
+        return chat
+
+    yield make
+    try:
+        for chat in apps:
+            chat.close()
+    finally:
+        reset_root(tk_root)
+
+
+def enter(app: ChatApp, port: int) -> None:
+    app.connect(HOST, port, "alice")
+    wait_until(app.root, lambda: app.client is not None and app.client.joined, "joined")
+    wait_until(app.root, app.view.transcript.winfo_viewable, "the window on the screen")
+
+
+def png_of(size: tuple[int, int], color: str = "orange") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_attach_sends_the_file_with_a_progress_row_and_the_echo_shows_its_card(
+    make_app: Callable[..., ChatApp],
+    file_room: FileRoom,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    errors: list[BaseException],
+) -> None:
+    notes = tmp_path / "notes.txt"
+    content = os.urandom(300_000)
+    notes.write_bytes(content)
+    monkeypatch.setattr(chat_view.filedialog, "askopenfilenames", lambda **_options: (str(notes),))
+    app = make_app()
+    enter(app, file_room.port)
+    file_room.gate.clear()  # the upload waits: its row is there to see
+    xdotool("key", "ctrl+o")  # the real shortcut, the patched dialog
+    wait_until(app.root, lambda: app.view.transfers, "the upload's row")
+    (row,) = app.view.transfers.values()
+    wait_until(app.root, row.winfo_viewable, "the row on the screen")
+    assert "Sending notes.txt" in str(row.name_label.cget("text"))
+    # The chat goes on while the file waits.
+    app.view.set_input("meanwhile")
+    app.view.send_input()
+    wait_until(app.root, lambda: "alice: meanwhile" in app.view.transcript_text(), "the chat")
+    file_room.gate.set()
+    wait_until(app.root, lambda: "[file: notes.txt, 300 kB]" in app.view.transcript_text(), "echo")
+    wait_until(app.root, lambda: not app.view.transfers, "the row gone")
+    assert list(file_room.received.values()) == [content]
+    assert not app.view.transfer_strip.winfo_ismapped()
+    assert errors == []
+
+
+def test_a_small_picture_comes_by_itself_shows_inline_and_opens_full_size(
+    make_app: Callable[..., ChatApp],
+    file_room: FileRoom,
+    cache: Path,
+    opened: list[Path],
+    errors: list[BaseException],
+) -> None:
+    data = png_of((800, 600))
+    file_room.push(file_room.add("cat.png", data, "image/png", (800, 600)), "our cat")
+    app = make_app()
+    enter(app, file_room.port)
+    wait_until(app.root, lambda: [k for k, _f in app.view.files_shown] == ["picture"], "inline")
+    (name,) = app.view.transcript.image_names()
+    settle(app.root, 0.2)
+    box = app.view.transcript.bbox(name)
+    assert box is not None and (box[2], box[3]) == (320, 240)  # 800x600 in 320x240
+    click(app.view.transcript, box[0] + 100, box[1] + 100)
+    wait_until(app.root, lambda: opened, "the picture opened")
+    assert opened[0].parent == cache and opened[0].suffix == ".png"
+    assert opened[0].read_bytes() == data
+    assert len(file_room.downloads) >= 1  # and once opened, from the cache: no more
+    downloads = len(file_room.downloads)
+    click(app.view.transcript, box[0] + 100, box[1] + 100)
+    wait_until(app.root, lambda: len(opened) == 2, "opened again")
+    assert len(file_room.downloads) == downloads
+    assert errors == []
+
+
+def test_a_picture_over_the_setting_is_a_card_and_is_not_fetched(
+    make_app: Callable[..., ChatApp], file_room: FileRoom
+) -> None:
+    data = png_of((2000, 2000), "navy")
+    file_room.push(file_room.add("big.png", data, "image/png", (2000, 2000)))
+    app = make_app(Settings(host=HOST, name="", auto_download_mb=0))
+    enter(app, file_room.port)
+    wait_until(app.root, lambda: app.view.files_shown, "the file shown")
+    settle(app.root, 0.3)
+    assert [kind for kind, _f in app.view.files_shown] == ["card"]
+    assert file_room.downloads == []
+
+
+def test_an_image_bomb_becomes_a_card_saying_it_is_too_big(
+    make_app: Callable[..., ChatApp], file_room: FileRoom
+) -> None:
+    out = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(out, "PNG")  # 100 MP in a few kB
+    bomb = file_room.add("innocent.png", out.getvalue(), "image/png", (100, 100))  # it lies
+    file_room.push(bomb)
+    app = make_app()
+    enter(app, file_room.port)
+    wait_until(app.root, lambda: app.view.card_for(bomb["id"]) is not None, "the card")
+    card = app.view.card_for(bomb["id"])
+    assert card is not None
+    assert "too big to show" in str(card.size_label.cget("text"))
+
+
+def test_save_writes_the_files_bytes_to_the_path_chosen(
+    make_app: Callable[..., ChatApp],
+    file_room: FileRoom,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    errors: list[BaseException],
+) -> None:
+    content = os.urandom(200_000)  # several ranges and file-data frames
+    report = file_room.add("../../report.pdf", content, "application/pdf")
+    file_room.push(report, "the report")
+    dest = tmp_path / "chosen" / "mine.pdf"
+    dest.parent.mkdir()
+    offered: list[str] = []
+    monkeypatch.setattr(
+        chat_view.filedialog,
+        "asksaveasfilename",
+        lambda **options: offered.append(options["initialfile"]) or str(dest),
+    )
+    app = make_app()
+    enter(app, file_room.port)
+    wait_until(app.root, lambda: app.view.card_for(report["id"]) is not None, "the card")
+    card = app.view.card_for(report["id"])
+    assert card is not None
+    wait_until(app.root, card.save_button.winfo_viewable, "the card on the screen")
+    click(card.save_button)
+    saved = f"Saved ../../report.pdf as {dest}."
+    wait_until(app.root, lambda: saved in app.view.transcript_text(), "saved")
+    assert offered == ["report.pdf"]
+    assert dest.read_bytes() == content
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["mine.pdf"]
+    assert errors == []
+
+
+def test_cancel_stops_a_download_and_says_so(
+    make_app: Callable[..., ChatApp],
+    file_room: FileRoom,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    errors: list[BaseException],
+) -> None:
+    report = file_room.add("report.pdf", os.urandom(100_000), "application/pdf")
+    file_room.push(report)
+    dest = tmp_path / "mine.pdf"
+    monkeypatch.setattr(chat_view.filedialog, "asksaveasfilename", lambda **_o: str(dest))
+    app = make_app()
+    enter(app, file_room.port)
+    wait_until(app.root, lambda: app.view.card_for(report["id"]) is not None, "the card")
+    file_room.gate.clear()  # the download is held
+    card = app.view.card_for(report["id"])
+    assert card is not None
+    card.save_button.invoke()
+    wait_until(app.root, lambda: app.view.transfers, "the download's row")
+    (row,) = app.view.transfers.values()
+    wait_until(app.root, row.cancel_button.winfo_viewable, "its cancel button")
+    click(row.cancel_button)
+    wait_until(app.root, lambda: not app.view.transfers, "the row gone")
+    wait_until(
+        app.root,
+        lambda: "Downloading report.pdf failed: Cancelled." in app.view.transcript_text(),
+        "the failure said",
+    )
+    file_room.gate.set()
+    settle(app.root, 0.3)
+    assert not dest.exists()
+    assert "Traceback" not in app.view.transcript_text()
+    assert errors == []
+
+
+def test_a_pasted_picture_is_sent_under_its_time_and_its_temporary_file_goes(
+    make_app: Callable[..., ChatApp],
+    file_room: FileRoom,
+    monkeypatch: pytest.MonkeyPatch,
+    errors: list[BaseException],
+) -> None:
+    picture = png_of((64, 48), "green")
+    monkeypatch.setattr(attachments, "clipboard_png", lambda: picture)
+    made: list[Path] = []
+    real = tempfile.mkstemp
+
+    def mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, path = real(*args, **kwargs)
+        made.append(Path(path))
+        return fd, path
+
+    monkeypatch.setattr(file_sharing.tempfile, "mkstemp", mkstemp)
+    app = make_app()
+    enter(app, file_room.port)
+    app.view.clipboard_clear()
+    app.view.focus_input()
+    settle(app.root, 0.1)
+    xdotool("key", "ctrl+v")
+    wait_until(app.root, lambda: file_room.received, "the picture uploaded")
+    (info,) = (file_room.files[key][0] for key in file_room.received)
+    assert re.fullmatch(r"Pasted image \d{4}-\d\d-\d\d \d\d\.\d\d\.\d\d\.png", info["name"])
+    assert list(file_room.received.values()) == [picture]
+    wait_until(app.root, lambda: "[file: Pasted image" in app.view.transcript_text(), "echo")
+    assert len(made) == 1
+    wait_until(app.root, lambda: not made[0].exists(), "the temporary file deleted")
+    assert not app.view.transfers
+    assert errors == []
