@@ -49,13 +49,15 @@ TransferEvent = TransferStarted | TransferProgress | TransferDone | TransferFail
 class _Job:
     """What one transfer is for: ``upload``, ``save``, ``open`` or ``picture``;
     ``temporary``: a file of ours to delete when it ends (a pasted picture);
-    ``keep``: the cached file a download brings."""
+    ``keep``: the cached file a download brings; ``open_too``: a picture's
+    download that is to be opened as well, once it is in."""
 
     kind: str
     name: str
     file: FileInfo | None = None
     temporary: Path | None = None
     keep: Path | None = None
+    open_too: bool = False
 
 
 class FileSharing:
@@ -130,6 +132,10 @@ class FileSharing:
         if kept is not None and kept.is_file():
             self._open(kept)
             return
+        fetching = self._fetching.get(file.id)
+        if fetching is not None and fetching in self._jobs:  # on its way: open it then
+            self._jobs[fetching].open_too = True
+            return
         self._into_cache(file, "open")
 
     def open_image(self, file: FileInfo) -> None:
@@ -184,9 +190,9 @@ class FileSharing:
             where = f" as {event.path}" if event.path is not None else ""
             self._notice(f"Saved {short_name(job.name)}{where}.", "system")
         elif job.keep is not None and job.file is not None:
-            if job.kind == "open":
+            if job.kind == "open" or job.open_too:
                 self._open(job.keep)
-            else:
+            if job.kind == "picture":
                 self._making.append((self._thumbnails.make(job.file, job.keep), job.file))
 
     def _failed(self, job: _Job, reason: str) -> None:

@@ -437,6 +437,23 @@ def test_a_picture_shows_inline_and_a_click_opens_it(
     assert errors == []
 
 
+def test_a_file_with_no_words_in_a_run_takes_no_empty_line(
+    make_view: Callable[[], ChatView],
+) -> None:
+    view = make_view()
+    report = file_info(9)
+    view.add_message(ChatMessage(1, "bob", "hello", time.time()))
+    view.add_message(with_file(2, report))  # bob again at once: his name is not shown again
+    view.end_batch()
+    view.update()
+    text = view.transcript
+    card = view.card_for(report.id)
+    assert card is not None
+    hello = text.search("hello", "1.0")
+    # The card's line comes right after hello's: no line of nothing between them.
+    assert text.count(f"{hello} linestart", str(card), "displaylines") == (1,)
+
+
 def test_a_picture_that_will_not_come_becomes_a_card_saying_why(
     make_view: Callable[[], ChatView],
 ) -> None:
@@ -768,6 +785,8 @@ class FileRoom:
         held: list[dict[str, Any]] = []  # uploads and downloads waiting for the gate
         self._said = len(self.pushed)
         for came in self._frames(sock):
+            if came.get("type") == "download":
+                self.downloads.append(came)
             if came.get("type") in ("upload", "download"):
                 held.append(came)
             elif not self._send(sock, self._answer(came, uploads)):
@@ -826,7 +845,6 @@ class FileRoom:
                 said["file"] = self.files[obj["file"]][0]
             out = [said]
         elif kind == "download":
-            self.downloads.append(obj)
             _info, data = self.files[obj["file"]]
             start, end = obj["offset"], min(len(data), obj["offset"] + obj["length"])
             for at in range(start, max(end, start + 1), 65536):
@@ -966,6 +984,31 @@ def test_a_small_picture_comes_by_itself_shows_inline_and_opens_full_size(
     wait_until(app.root, lambda: len(opened) == 2, "opened again")
     assert len(file_room.downloads) == downloads
     assert errors == []
+
+
+def test_a_picture_clicked_while_it_comes_opens_once_it_is_in_with_one_download(
+    make_app: Callable[..., ChatApp], file_room: FileRoom, opened: list[Path]
+) -> None:
+    data = png_of((200, 100))
+    cat = file_room.add("cat.png", data, "image/png", (200, 100))
+    file_room.push(cat)
+    file_room.gate.clear()  # the picture's download is held
+    app = make_app()
+    enter(app, file_room.port)
+    wait_until(app.root, lambda: file_room.downloads, "the picture asked for")
+    assert [kind for kind, _f in app.view.files_shown] == ["waiting"]
+    words = app.view.transcript.search("[image: cat.png", "1.0")
+    settle(app.root, 0.2)
+    box = app.view.transcript.bbox(f"{words} + 2c")
+    assert box is not None
+    click(app.view.transcript, box[0] + 1, box[1] + box[3] // 2)
+    settle(app.root, 0.3)
+    assert opened == []
+    file_room.gate.set()
+    wait_until(app.root, lambda: opened, "opened once in")
+    wait_until(app.root, lambda: [k for k, _f in app.view.files_shown] == ["picture"], "inline")
+    assert opened[0].read_bytes() == data
+    assert len(file_room.downloads) == 1
 
 
 def test_a_picture_over_the_setting_is_a_card_and_is_not_fetched(
