@@ -700,7 +700,8 @@ class FileRoom:
     checked by size and digest, says with a file echoed with its file
     object, downloads answered in ``file-data`` frames of 65,536 bytes. While
     ``gate`` is clear, ``upload`` and ``download`` wait for it (a transfer
-    held in progress). ``received``: each upload's bytes, by file id."""
+    held in progress); while ``too_large`` is set, uploads are refused.
+    ``received``: each upload's bytes, by file id."""
 
     def __init__(self) -> None:
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
@@ -709,6 +710,7 @@ class FileRoom:
         self.downloads: list[dict[str, Any]] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.too_large = False  # answer uploads with file-too-large
         self._stop = threading.Event()
         self._next = 0
         self._said = 0  # the last message id
@@ -820,6 +822,16 @@ class FileRoom:
             out = [welcome, *self.pushed]
         elif kind == "ping":
             out = [{"type": "pong"}]
+        elif kind == "upload" and self.too_large:
+            message = "Files may be at most 1 MB on this server."
+            out = [
+                {
+                    "type": "error",
+                    "code": "file-too-large",
+                    "message": message,
+                    "in_reply_to": "upload",
+                }
+            ]
         elif kind == "upload":
             upload = len(uploads) + 1
             uploads[upload] = {**obj, "data": b""}
@@ -832,7 +844,14 @@ class FileRoom:
             held = uploads[obj["upload"]]
             data = held["data"]
             if hashlib.sha256(data).hexdigest() != obj["sha256"] or len(data) != held["size"]:
-                out = [{"type": "error", "code": "upload-invalid", "message": "No."}]
+                out = [
+                    {
+                        "type": "error",
+                        "code": "upload-invalid",
+                        "message": "The file did not match.",
+                        "in_reply_to": "upload-done",
+                    }
+                ]
             else:
                 info = self.add(held["name"], data, held["mime"])
                 self.received[info["id"]] = data
@@ -1138,4 +1157,47 @@ def test_a_pasted_picture_is_sent_under_its_time_and_its_temporary_file_goes(
     assert len(made) == 1
     wait_until(app.root, lambda: not made[0].exists(), "the temporary file deleted")
     assert not app.view.transfers
+    assert errors == []
+
+
+def test_a_refused_upload_is_said_in_a_line_never_a_traceback(
+    make_app: Callable[..., ChatApp],
+    file_room: FileRoom,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    errors: list[BaseException],
+) -> None:
+    video = tmp_path / "holiday.mp4"
+    video.write_bytes(os.urandom(5000))
+    monkeypatch.setattr(chat_view.filedialog, "askopenfilenames", lambda **_o: (str(video),))
+    file_room.too_large = True
+    app = make_app()
+    enter(app, file_room.port)
+    app.view.attach_file()
+    wait_until(
+        app.root, lambda: "Sending holiday.mp4 failed: " in app.view.transcript_text(), "said"
+    )
+    (line,) = [each for each in app.view.transcript_text().splitlines() if "failed" in each]
+    assert "Traceback" not in line and "Error" not in line
+    wait_until(app.root, lambda: not app.view.transfers, "no row left")
+    assert file_room.received == {}
+    assert errors == []
+
+
+def test_leaving_the_room_ends_its_transfers_and_a_picture_on_its_way_becomes_a_card(
+    make_app: Callable[..., ChatApp], file_room: FileRoom, errors: list[BaseException]
+) -> None:
+    cat = file_room.add("cat.png", png_of((100, 100)), "image/png", (100, 100))
+    file_room.push(cat)
+    file_room.gate.clear()  # the picture's download is held
+    app = make_app()
+    enter(app, file_room.port)
+    wait_until(app.root, lambda: app.view.transfers, "the picture's row")
+    app.disconnect()
+    app.root.update()
+    assert app.view.transfers == {}
+    assert app.files.jobs == {}
+    card = app.view.card_for(cat["id"])
+    assert card is not None
+    assert "The connection ended" in str(card.size_label.cget("text"))
     assert errors == []
