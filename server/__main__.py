@@ -19,9 +19,11 @@ from pathlib import Path
 from server.admin import Console, start_console
 from server.chat_server import ChatServer, lan_addresses
 from server.config import (
+    DEFAULT_FILES_QUOTA_MB,
     DEFAULT_HISTORY,
     DEFAULT_IO_THREADS,
     DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_FILE_MB,
     DEFAULT_MAX_PER_IP,
     LOOPBACK,
     RATE_BURST,
@@ -178,15 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="where the server keeps what outlives it: its identity, bans, history "
-        f"(default: {default_data_dir()})",
+        help="where the server keeps what outlives it: its identity, bans, history, "
+        f"files (default: {default_data_dir()})",
     )
     # History on disk (PROTOCOL.md, "History pages and search").
     parser.add_argument(
         "--no-store",
         action="store_true",
         help="keep history in memory only, as many messages as --history (ids start "
-        "again at every start); identity and bans are still kept in the data folder",
+        "again at every start), and files until the server stops; identity and bans "
+        "are still kept in the data folder",
     )
     parser.add_argument(
         "--keep-days",
@@ -201,6 +204,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="keep only the newest N public messages (default: keep them all)",
+    )
+    # Files (PROTOCOL.md, "Files and images").
+    parser.add_argument(
+        "--max-file-mb",
+        type=_positive(int),
+        default=DEFAULT_MAX_FILE_MB,
+        metavar="N",
+        help="largest file someone may share, in MiB (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--files-quota-mb",
+        type=_positive(int),
+        default=DEFAULT_FILES_QUOTA_MB,
+        metavar="N",
+        help="room all shared files may take together, in MiB; beyond it the oldest "
+        "are forgotten (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-files",
+        action="store_true",
+        help="no file sharing: uploads are refused",
     )
     # Encryption (PROTOCOL.md, "Encryption"): the mode and the server's identity.
     parser.add_argument(
@@ -305,6 +329,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         store=not args.no_store,
         keep_days=args.keep_days,
         keep_messages=args.keep_messages,
+        files=not args.no_files,
+        max_file_mb=args.max_file_mb,
+        files_quota_mb=args.files_quota_mb,
         op_password=read_password(args.op_password_file, OP_PASSWORD_ENV),
         tls=args.tls,
         # per-address limits

@@ -26,14 +26,25 @@ import errno
 import ipaddress
 import logging
 import selectors
+import shutil
 import socket
 import ssl
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from server.config import GIL_SWITCH_INTERVAL, HISTORY_FILE, ServerConfig, TlsMode, features
+from server.config import (
+    FILES_FOLDER,
+    GIL_SWITCH_INTERVAL,
+    HISTORY_FILE,
+    ServerConfig,
+    TlsMode,
+    features,
+)
+from server.files import FileStore
 from server.history import HistoryService
 from server.identity import Identity, IdentityError, load_identity
 from server.io_loop import IOLoop, Waker
@@ -47,12 +58,14 @@ from server.store.bans import BanStore
 from server.store.lock import FolderInUse, FolderLock, StoreError, lock_data_folder
 from server.store.memory import MemoryHistory
 from server.store.sqlite import SqliteHistory
+from server.transfers import FileService
 
 logger = logging.getLogger("server")
 
 LISTEN_BACKLOG = 4096  # the kernel caps it at somaxconn; join bursts need room
 ACCEPT_BATCH = 256  # accepts per wake-up, so that a stop request is seen soon
 SHUTDOWN_GRACE = 1.0  # seconds clients get to take the shutdown frame
+MIB = 1024 * 1024
 HISTORY_FLUSH = 0.5  # seconds the last messages get to reach the disk at a stop
 # Windows has only select(), which CPython builds for 512 sockets at most:
 # there a loop takes 500 connections and more loops start as needed.
@@ -95,9 +108,13 @@ class ChatServer:
         self._folder_lock: FolderLock | None = None
         self._saving = True
         self.history = self._open_history(config)  # raises FolderInUse
+        self._files_temp: Path | None = None  # a folder of files removed at the stop
+        self.files: FileService | None = None
         try:
+            self.files = self._open_files(config)
             self._start(config)
         except BaseException:
+            self._close_files()
             self._close_history()
             raise
 
@@ -115,7 +132,8 @@ class ChatServer:
             else Secret.from_password(config.op_password),
             tls=config.tls,
             guesses=GuessCounter(exempt=self.limits.exempt),
-            features=features(config),
+            # Only what it can do: no files if no folder could keep them.
+            features=features(dataclasses.replace(config, files=self.files is not None)),
             # room password extension: hashed once, here
             room_secret=None
             if config.room_password is None
@@ -223,6 +241,7 @@ class ChatServer:
             loop.close()
         if self._answers is not None:
             self._answers.close()
+        self._close_files()
         self._close_history()
 
     # -- internals ---------------------------------------------------------
@@ -254,6 +273,35 @@ class ChatServer:
             )
             return MemoryHistory(config.history)
         return self._disk
+
+    def _open_files(self, config: ServerConfig) -> FileService | None:
+        """The shared files: in the data folder beside the history on disk; in a
+        temporary folder without the store, or if that folder cannot be used."""
+        if not config.files:
+            return None
+        max_file, quota = config.max_file_mb * MIB, config.files_quota_mb * MIB
+        if self._disk is not None:
+            folder = config.data_path() / FILES_FOLDER
+            try:
+                return FileService(FileStore(folder, max_file=max_file, quota=quota))
+            except (StoreError, OSError) as exc:
+                logger.error("Cannot keep files in %s (%s); they are kept until the server "
+                             "stops only.", folder, exc)  # fmt: skip
+        try:
+            self._files_temp = Path(tempfile.mkdtemp(prefix="lan-chat-files-"))
+            store = FileStore(self._files_temp / FILES_FOLDER, max_file=max_file, quota=quota)
+        except (StoreError, OSError) as exc:
+            logger.error("Cannot keep files anywhere (%s); file sharing is off.", exc)
+            return None
+        return FileService(store)
+
+    def _close_files(self) -> None:
+        if self.files is not None:
+            self.files.close()
+            self.files = None
+        if self._files_temp is not None:
+            shutil.rmtree(self._files_temp, ignore_errors=True)
+            self._files_temp = None
 
     def _history_status(self, text: str, saving: bool) -> None:
         """The disk store's thread: its disk failed, is slow, or works again."""
@@ -316,6 +364,7 @@ class ChatServer:
             self._release,
             tls=self._tls,
             history=self._answers,
+            files=self.files,
         )
 
     def _least_busy_loop(self) -> IOLoop:

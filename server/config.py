@@ -23,6 +23,12 @@ IDLE_TIMEOUT = 90.0
 DEFAULT_HISTORY = 100
 HISTORY_FILE = "history.sqlite3"  # in the data folder
 DEFAULT_MAX_QUEUE = 1024 * 1024
+# Files (PROTOCOL.md, "Files and images"): kept in FILES_FOLDER of the data
+# folder; the largest upload, and what all of them together may take (the
+# oldest go first), in MiB.
+FILES_FOLDER = "files"
+DEFAULT_MAX_FILE_MB = 100
+DEFAULT_FILES_QUOTA_MB = 4096
 
 DEFAULT_MAX_CLIENTS = 10_000
 # One loop thread serves every connection. A second one overlaps one
@@ -115,6 +121,12 @@ class ServerConfig:
     store: bool = True
     keep_days: float | None = None
     keep_messages: int | None = None
+    # Files: False answers every file frame files-disabled. Without the
+    # store they are kept in a temporary folder, gone at the stop with the
+    # messages that named them.
+    files: bool = True
+    max_file_mb: int = DEFAULT_MAX_FILE_MB
+    files_quota_mb: int = DEFAULT_FILES_QUOTA_MB
 
     def data_path(self) -> Path:
         """The data folder this configuration names (not created here)."""
@@ -131,6 +143,8 @@ def features(config: ServerConfig) -> tuple[str, ...]:
         offered.append("password")
     offered.append("operators")  # always: the console is one, and bans apply
     offered += ["history-pages", "search"]  # always: over the disk, or what memory holds
+    if config.files:
+        offered.append("files")
     return tuple(offered)
 
 

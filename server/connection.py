@@ -29,6 +29,14 @@ writes them without blocking; if the peer stops reading and its backlog
 (what the room holds plus what the transport did not take) passes the
 room's bound, it is dropped as ``too-slow`` at once.
 
+Downloads (PROTOCOL.md, "Files and images") go in a lane of their own:
+``file-data`` frames the session's transfers read for it. ``flush`` writes
+one only when the room holds nothing for the connection, asks the room
+again after each, and writes at most ``FILE_DATA_PER_FLUSH`` bytes of them
+per pass of the loop; they never count towards the slow-reader bound. So
+a chat frame waits behind one ``file-data`` frame at most, and however
+many people download, every connection's chat goes first.
+
 A connection starts plaintext and its first read decides (PROTOCOL.md,
 "Encryption"): a first byte of 0x16 starts a TLS handshake, so the socket
 is handed, with what was read, to a ``TlsTransport``, which does the
@@ -48,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -75,6 +84,7 @@ if TYPE_CHECKING:
     from ssl import SSLContext
 
     from server.history import HistoryService
+    from server.transfers import FileService
 
 logger = logging.getLogger("server")
 
@@ -83,6 +93,10 @@ FRAMES_PER_PASS = 64  # frames handled per pass at most
 REPLY_PAUSE_SHARE = 4  # input pauses while replies owed exceed max_queue / this
 SEND_CHUNK = 256 * 1024
 CLOSE_GRACE = 2.0  # seconds a closing peer gets to read its last frames
+FILE_DATA_PER_FLUSH = 256 * 1024  # bytes of downloads written per pass at most
+# While a connection downloads, the OS holds at most this much unsent for it:
+# the rest of a download waits here, where a chat frame can still overtake it.
+DOWNLOAD_UNSENT = 128 * 1024
 
 
 class Loop(Protocol):
@@ -117,7 +131,10 @@ class Connection:
 
     __slots__ = (
         "_close_deadline",
+        "_downloading",
+        "_downloads_due",
         "_eof_sent",
+        "_file_data",
         "_input_waiting",
         "_pause_at",
         "_paused",
@@ -150,6 +167,7 @@ class Connection:
         *,
         tls: SSLContext | None = None,
         history: HistoryService | None = None,
+        files: FileService | None = None,
     ) -> None:
         self.transport = transport
         self.loop = loop
@@ -161,6 +179,9 @@ class Connection:
         self._sniffing = isinstance(transport, PlainTransport)
         self._tls = tls
         self.outbox = Outbox()
+        self._file_data: deque[bytes] = deque()  # downloads' frames, after the chat's
+        self._downloads_due = False  # a flush of them waits for the next pass
+        self._downloading = False  # download frames were queued since the lane was empty
         self.decoder = FrameDecoder(MAX_CLIENT_FRAME)
         self.session = Session(
             room,
@@ -170,6 +191,7 @@ class Connection:
             peer=format_address(address),
             now=time.monotonic(),
             history=history,
+            files=files,
         )
         self._unsent = memoryview(b"")
         self._unsent_counted = 0  # of _unsent, bytes that count towards the room's bound
@@ -214,6 +236,20 @@ class Connection:
             self.session.resume(time.monotonic())
             self._set_input_waiting(True)
         self._update_events()
+
+    def send_file_data(self, frames: list[bytes]) -> None:
+        """Queue download frames, written when the room holds nothing for this peer."""
+        if self.session.state is not State.JOINED:
+            return  # closing: its last chat frames only
+        if not self._downloading:
+            self._downloading = True
+            self.transport.limit_unsent(DOWNLOAD_UNSENT)
+        self._file_data.extend(frames)
+        self.loop.mark_dirty(self)
+
+    def file_data_queued(self) -> int:
+        """Download frames not yet written."""
+        return len(self._file_data)
 
     # -- events from the loop ----------------------------------------------
 
@@ -358,26 +394,26 @@ class Connection:
             if self.room.overrun(self, self._unsent_owed()):
                 self._drop_too_slow()
             return
-        more = True
-        while more:
+        more = True  # the room may hold more for this peer
+        downloads = FILE_DATA_PER_FLUSH
+        while True:
             if not self._unsent:
-                replies = self.outbox.replies
-                chunk = self.room.pull(self, SEND_CHUNK)
-                if chunk is None:
+                pulled = self._pull() if more else 0
+                if pulled is None:
                     self._drop_too_slow()
                     return
-                if self._paused and self.outbox.replies <= self._pause_at:
-                    self._paused = False
-                    self.session.resume(time.monotonic())
-                    self._set_input_waiting(True)  # what is buffered first, then read
-                if not chunk:
+                if pulled:
+                    # A short chunk emptied the outbox; whatever is queued after
+                    # this pull comes with a new flush request.
+                    more = pulled >= SEND_CHUNK
+                elif self._file_data and downloads > 0:
+                    frame = self._file_data.popleft()
+                    downloads -= len(frame)
+                    self._unsent = memoryview(frame)
+                    self._unsent_counted = 0  # downloads never count towards the bound
+                    more = True  # chat queued meanwhile goes before the next one
+                else:
                     break
-                # A short chunk emptied the outbox; whatever is queued after
-                # this pull comes with a new flush request.
-                more = len(chunk) >= SEND_CHUNK
-                self._unsent = memoryview(chunk)
-                # Only this thread takes replies, so the drop is what this took.
-                self._unsent_counted = len(chunk) - (replies - self.outbox.replies)
             try:
                 sent = self.transport.send(self._unsent)
             except TransportClosed as exc:
@@ -396,9 +432,39 @@ class Connection:
             return
         if self._watching_writes:
             self._watch_writes(False)
+        if self._downloading:
+            if self._file_data:
+                if downloads <= 0 and not self._downloads_due:
+                    # The rest in the next pass, after everyone else's input and chat.
+                    self._downloads_due = True
+                    self.loop.call_soon(self._flush_downloads)
+            else:
+                self._downloading = False
+                self.transport.limit_unsent(0)
+            self.session.file_data_sent()  # which may queue more, downloading again
         # What a hold keeps back is still owed: it is flushed once shown.
         if self.session.state is State.CLOSING and not self.room.owes(self):
             self._finish_close()
+
+    def _pull(self) -> int | None:
+        """Take what the room holds for this peer into ``_unsent``: how many
+        bytes (0: nothing), or ``None`` when it is too slow to keep."""
+        replies = self.outbox.replies
+        chunk = self.room.pull(self, SEND_CHUNK)
+        if chunk is None:
+            return None
+        if self._paused and self.outbox.replies <= self._pause_at:
+            self._paused = False
+            self.session.resume(time.monotonic())
+            self._set_input_waiting(True)  # what is buffered first, then read
+        self._unsent = memoryview(chunk)
+        # Only this thread takes replies, so the drop is what this took.
+        self._unsent_counted = len(chunk) - (replies - self.outbox.replies)
+        return len(chunk)
+
+    def _flush_downloads(self) -> None:
+        self._downloads_due = False
+        self.flush()
 
     def _wait_to_write(self, want: Want) -> None:
         """The transport takes no more for now: write again on ``want``'s event."""
@@ -459,6 +525,7 @@ class Connection:
         discarded so that it does not make the kernel reset the connection;
         what is owed is written, then our FIN."""
         self._close_deadline = time.monotonic() + CLOSE_GRACE
+        self._file_data.clear()  # its downloads end with it
         self._paused = False
         if self._input_waiting:
             self._set_input_waiting(False)

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from ssl import SSLContext
 
     from server.history import HistoryService
+    from server.transfers import FileService
 
 logger = logging.getLogger("server")
 
@@ -119,9 +120,11 @@ class IOLoop:
         *,
         tls: SSLContext | None = None,
         history: HistoryService | None = None,
+        files: FileService | None = None,
     ) -> None:
         self.room = room
         self._history = history  # answers its sessions' history and search
+        self._files = files  # its sessions' uploads and downloads; None: no files
         self.config = config
         self._tls = tls  # the server's TLS context; None: it serves no TLS
         self._on_release = on_release
@@ -373,6 +376,7 @@ class IOLoop:
             self.config,
             tls=self._tls,
             history=self._history,
+            files=self._files,
         )
         self._connections.add(conn)
         self._selector.register(conn.transport, selectors.EVENT_READ, conn)

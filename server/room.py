@@ -59,6 +59,7 @@ from server.protocol import (
     MAX_NAME_INPUT,
     ChatMessage,
     ErrorCode,
+    FileInfo,
     Joined,
     LeaveReason,
     Left,
@@ -337,8 +338,17 @@ class Room:
         self._on_broadcast(urgent)
         return old
 
-    def say(self, member: Member, text: str, *, action: bool = False, to: str | None = None) -> int:
-        """Send a message from ``member`` to the room, or privately ``to`` a user.
+    def say(
+        self,
+        member: Member,
+        text: str,
+        *,
+        action: bool = False,
+        to: str | None = None,
+        file: FileInfo | None = None,
+    ) -> int:
+        """Send a message from ``member`` to the room, or privately ``to`` a user,
+        with ``file`` if it carries one.
 
         Returns the message id. Raises ``RemoteProtocolError`` ``no-such-user``.
         """
@@ -364,6 +374,7 @@ class Room:
                 self._now(),
                 action,
                 None if recipient is None else recipient.name,
+                file=file,
             )
             held = gave_up = False
             if recipient is None:

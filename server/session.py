@@ -49,6 +49,12 @@ comes back (on this session's thread, through ``Link.call_soon``) the
 session is ``waiting``: its adapter serves no more of its input, so that
 a connection has one question out at a time and what it sent after the
 question is handled after the answer, in order.
+
+Files (PROTOCOL.md, "Files and images"): the session hands its file frames
+to its ``Transfers`` (``server.transfers``), which leaves the disk to
+threads of its own and may make the session wait the same way (``busy``).
+A ``say`` with a file posts it: whoever can see the message may then
+download it.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ from server.protocol import (
     BanList,
     Bans,
     Bye,
+    Download,
     Error,
     ErrorCode,
     Hello,
@@ -92,6 +99,9 @@ from server.protocol import (
     SendNotice,
     Shutdown,
     Unban,
+    Upload,
+    UploadData,
+    UploadDone,
     Who,
     Whois,
     clean_text,
@@ -105,6 +115,7 @@ from server.store.words import query_words
 
 if TYPE_CHECKING:
     from server.history import Answer, HistoryService
+    from server.transfers import FileService, Transfers
 
 logger = logging.getLogger("server")
 
@@ -116,6 +127,7 @@ _RATE_LIMITED_TYPES = frozenset(
     {
         Say.TYPE,
         Rename.TYPE,
+        Upload.TYPE,  # files: an upload, like a say (its data frames take none)
         # operators extension: the same bucket as say
         Op.TYPE,
         Kick.TYPE,
@@ -169,6 +181,12 @@ class Link(Protocol):
     def resume_input(self) -> None:
         """Serve input again: the question the session waited on is answered."""
 
+    def send_file_data(self, frames: list[bytes]) -> None:
+        """Queue ``file-data`` frames, to be written when no chat frame is owed."""
+
+    def file_data_queued(self) -> int:
+        """How many ``file-data`` frames are not written yet."""
+
     @property
     def secure(self) -> bool:
         """Whether the connection is encrypted (TLS)."""
@@ -220,6 +238,7 @@ class Session:
         "_wrong_ops",
         "_wrong_passwords",
         "config",
+        "files",
         "history",
         "link",
         "member",
@@ -238,9 +257,12 @@ class Session:
         peer: str,
         now: float,
         history: HistoryService | None = None,
+        files: FileService | None = None,
     ) -> None:
         self.room = room
         self.history = history  # None: it answers no history or search
+        # None: the server shares no files (files-disabled)
+        self.files: Transfers | None = None if files is None else files.transfers(self)
         self.config = config
         self.member = member
         self.link = link
@@ -267,9 +289,10 @@ class Session:
 
     @property
     def waiting(self) -> bool:
-        """Whether a question (a history page, a search) waits for its answer:
-        the adapter serves no more input until ``Link.resume_input``."""
-        return self._waiting
+        """Whether a question (a history page, a search, an upload's end) waits
+        for its answer, or file transfers wait for the disk: the adapter
+        serves no more input until ``Link.resume_input``."""
+        return self._waiting or (self.files is not None and self.files.busy)
 
     @property
     def who(self) -> str:
@@ -412,6 +435,7 @@ class Session:
         if self.state is State.CLOSING or self.state is State.CLOSED:
             return
         self._leave(reason)
+        self._end_transfers()
         if goodbye is not None:
             # A reply of sorts: it must not tip a member near the bound over it.
             self.room.send(self.member, goodbye, reply=True)
@@ -427,6 +451,7 @@ class Session:
         if self.state is State.CLOSED:
             return
         self._leave(reason)
+        self._end_transfers()
         self.room.discard(self.member)
         self.state = State.CLOSED
         self.link.on_closed()
@@ -447,8 +472,26 @@ class Session:
         self.state = State.JOINED
         logger.info("%s joined, %d online", self.who, online)
 
+    def _end_transfers(self) -> None:
+        if self.files is not None:
+            self.files.close()
+
     def _on_say(self, say: Say) -> None:
-        self.room.say(self.member, clean_text(say.text), action=say.action, to=say.to)
+        if say.file is None:
+            self.room.say(self.member, clean_text(say.text), action=say.action, to=say.to)
+            return
+        files = self._transfers(Say.TYPE)
+        # With a file, the text may be empty.
+        text = "" if say.text.isspace() or not say.text else clean_text(say.text)
+        sender = self.member.name
+        assert sender is not None  # say is no greeting frame
+        info = files.postable(say.file, sender)
+        to = say.to
+        if to is not None:
+            found = self.room.seat(to)  # the name as the room spells it, for the file's readers
+            to = to if found is None else found[0]  # unknown: the room says no-such-user
+        self.room.say(self.member, text, action=say.action, to=say.to, file=info)
+        files.posted(info.id, sender, to)
 
     def _on_rename(self, rename: Rename) -> None:
         old = self.room.rename(self.member, normalize_name(rename.name))
@@ -512,6 +555,66 @@ class Session:
             self.fail(answer, LeaveReason.ERROR)
         self.link.resume_input()
 
+    # -- files and images (PROTOCOL.md) -------------------------------------------
+
+    def _transfers(self, kind: str) -> Transfers:
+        if self.files is None:
+            raise RemoteProtocolError(
+                ErrorCode.FILES_DISABLED, "This server does not share files.", kind
+            )
+        return self.files
+
+    def _on_upload(self, upload: Upload) -> None:
+        self._transfers(Upload.TYPE).upload(upload)
+
+    def _on_upload_data(self, data: UploadData) -> None:
+        self._transfers(UploadData.TYPE).data(data)
+
+    def _on_upload_done(self, done: UploadDone) -> None:
+        self._transfers(UploadDone.TYPE).done(done)
+
+    def _on_download(self, download: Download) -> None:
+        name = self.member.name
+        assert name is not None  # download is no greeting frame
+        self._transfers(Download.TYPE).download(download, name)
+
+    # What its Transfers needs (``server.transfers.Asker``).
+
+    def reply(self, message: Message) -> None:
+        """Queue ``message`` as a reply to this session's client."""
+        self.room.send(self.member, message, reply=True)
+
+    def refuse(self, error: ProtocolError) -> None:
+        """Answer a (non-fatal) error found after the frame was handled."""
+        self.fail(error, LeaveReason.ERROR)
+
+    def later(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` on this session's thread while it is in the room. Any thread."""
+
+        def run() -> None:
+            if self.state is State.JOINED:
+                callback()
+
+        self.link.call_soon(run)
+
+    def files_ready(self) -> None:
+        """Its transfers no longer hold its input back."""
+        if not self._waiting:
+            self.link.resume_input()
+
+    def send_file_data(self, frames: list[bytes]) -> None:
+        """Queue ``file-data`` frames behind the chat frames."""
+        self.link.send_file_data(frames)
+
+    def file_data_queued(self) -> int:
+        """How many ``file-data`` frames are not written yet."""
+        return self.link.file_data_queued()
+
+    def file_data_sent(self) -> None:
+        """Its connection wrote download frames: time to read the next range?"""
+        if self.files is not None and self.state is State.JOINED:
+            self.files.pump()
+
     # -- operators (PROTOCOL.md, "Operators and moderation") ------------------
 
     @property
@@ -530,6 +633,7 @@ class Session:
         if self.state is not State.JOINED:
             return  # gone already
         logger.warning("%s: kicked: %s", self.who, message)
+        self._end_transfers()
         self.room.send(self.member, Error(ErrorCode.KICKED, message), reply=True)
         online = self.room.leave(self.member, LeaveReason.KICKED, by=by, message=message)
         logger.info("%s left (kicked), %s online", self.who, online)
@@ -686,6 +790,11 @@ class Session:
         # history pages and search
         History: _on_history,
         Search: _on_search,
+        # files and images
+        Upload: _on_upload,
+        UploadData: _on_upload_data,
+        UploadDone: _on_upload_done,
+        Download: _on_download,
     }
 
 

@@ -305,18 +305,21 @@ def test_the_guess_counter_shares_the_exemption(start_server) -> None:
 @pytest.mark.parametrize(
     ("tls", "expected"),
     [
-        (TlsMode.AUTO, ["tls", "operators", "history-pages", "search"]),
-        (TlsMode.REQUIRED, ["tls", "operators", "history-pages", "search"]),
+        (TlsMode.AUTO, ["tls", "operators", "history-pages", "search", "files"]),
+        (TlsMode.REQUIRED, ["tls", "operators", "history-pages", "search", "files"]),
     ],
 )
 def test_features_per_configuration(tls, expected) -> None:
     assert list(features(ServerConfig(tls=tls))) == expected
-    assert list(features(ServerConfig(tls=TlsMode.OFF))) == ["operators", "history-pages", "search"]
+    plain = ["operators", "history-pages", "search", "files"]
+    assert list(features(ServerConfig(tls=TlsMode.OFF))) == plain
+    assert list(features(ServerConfig(tls=TlsMode.OFF, files=False))) == plain[:-1]
 
 
 def test_a_room_password_is_a_feature() -> None:
     config = ServerConfig(tls=TlsMode.REQUIRED, room_password="open sesame")
-    assert list(features(config)) == ["tls", "password", "operators", "history-pages", "search"]
+    expected = ["tls", "password", "operators", "history-pages", "search", "files"]
+    assert list(features(config)) == expected
 
 
 @pytest.mark.parametrize("tls", [TlsMode.OFF, TlsMode.AUTO])

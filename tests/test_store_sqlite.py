@@ -676,10 +676,10 @@ def test_a_writer_that_fails_for_another_reason_fails_over_too(
     saved = say(store, "saved")
     assert store.flush(10.0)
 
-    def broken(text: str) -> frozenset[str]:
+    def broken(message: object) -> frozenset[str]:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(sqlite_module, "words", broken)
+    monkeypatch.setattr(sqlite_module, "message_words", broken)
     doomed = say(store, "never written")
     wait_for(lambda: statuses and durable[-1] == doomed.id)  # the room does not wait
     assert statuses == [

@@ -92,9 +92,25 @@ class Transport(Protocol):
         """Say we will send no more (TCP FIN; TLS close_notify first)."""
         ...
 
+    def limit_unsent(self, limit: int) -> None:
+        """Keep at most about ``limit`` bytes unsent in the OS's buffer (0: the OS's own
+        default), where the OS can (``TCP_NOTSENT_LOWAT``): what is written after
+        them then waits in ours, where it can still be overtaken."""
+        ...
+
     def close(self) -> None:
         """Release the socket at once, whatever is unsent."""
         ...
+
+
+def _limit_unsent(sock: socket.socket, limit: int) -> None:
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)  # Linux and macOS
+    if option is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, limit)
+    except OSError:
+        pass  # the peer may have reset it already; the next send will tell
 
 
 class PlainTransport:
@@ -108,6 +124,9 @@ class PlainTransport:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def limit_unsent(self, limit: int) -> None:
+        _limit_unsent(self.sock, limit)
 
     def recv(self, max_bytes: int) -> bytes | Want:
         try:
@@ -198,6 +217,9 @@ class TlsTransport:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def limit_unsent(self, limit: int) -> None:
+        _limit_unsent(self.sock, limit)
 
     def recv(self, max_bytes: int) -> bytes | Want:
         if self._closing:

@@ -116,7 +116,13 @@ class HistoryEntry:
 def as_history(message: ChatMessage) -> ChatMessage:
     """``message`` as replayed from history (``history`` true)."""
     return ChatMessage(
-        message.id, message.sender, message.text, message.ts, message.action, history=True
+        message.id,
+        message.sender,
+        message.text,
+        message.ts,
+        message.action,
+        history=True,
+        file=message.file,
     )
 
 

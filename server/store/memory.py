@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from server.protocol import ChatMessage, NameList, Users, encode, json_string
 from server.store import HistoryEntry, HistoryStore, IdSource, NameRegistry, Owner
-from server.store.words import query_words, words
+from server.store.words import message_words, query_words
 
 
 class Roster:
@@ -147,7 +147,7 @@ class _Entry(HistoryEntry):
     def words(self) -> frozenset[str]:
         # Two searches may both work them out: the same words, either kept.
         if self._words is None:
-            self._words = words(self.message.text)
+            self._words = message_words(self.message)
         return self._words
 
 

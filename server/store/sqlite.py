@@ -70,6 +70,7 @@ queued is committed), ``close``, ``uses_fts``, and ``StoreError`` (from
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import sqlite3
 import threading
@@ -79,10 +80,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from server.config import DEFAULT_HISTORY
-from server.protocol import ChatMessage
+from server.protocol import ChatMessage, FileInfo, ProtocolError
 from server.store import MAX_ID, HistoryEntry, HistoryStore, IdSource
 from server.store.lock import StoreError
-from server.store.words import query_words, words
+from server.store.words import message_words, query_words
 
 logger = logging.getLogger("server")
 
@@ -101,8 +102,8 @@ _FTS = "fts5"
 _WORDS = "words"
 _RARITY_CAP = 5_000  # index rows counted per word to find the rarest
 
-_COLUMNS = "m.id, m.ts, m.sender, m.text, m.action"
-_Row = tuple[int, float, str, str, int]
+_COLUMNS = "m.id, m.ts, m.sender, m.text, m.action, m.file"
+_Row = tuple[int, float, str, str, int, str | None]
 
 
 def fts5_available() -> bool:
@@ -281,8 +282,11 @@ class SqliteHistory(HistoryStore, IdSource):
         )
         connection.execute(
             "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, ts REAL NOT NULL,"
-            " sender TEXT NOT NULL, text TEXT NOT NULL, action INTEGER NOT NULL)"
+            " sender TEXT NOT NULL, text TEXT NOT NULL, action INTEGER NOT NULL, file TEXT)"
         )
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(messages)")}
+        if "file" not in columns:  # a database from before files: its messages have none
+            connection.execute("ALTER TABLE messages ADD COLUMN file TEXT")
         stored = _meta(connection, "index")
         if fts is None:
             wanted = stored if stored in (_FTS, _WORDS) else (_FTS if fts5_available() else _WORDS)
@@ -310,7 +314,7 @@ class SqliteHistory(HistoryStore, IdSource):
             after = 0
             while True:  # every stored message, a chunk at a time
                 rows = connection.execute(
-                    "SELECT id, ts, sender, text, action FROM messages WHERE id > ?"
+                    "SELECT id, ts, sender, text, action, file FROM messages WHERE id > ?"
                     " ORDER BY id LIMIT 10000",
                     (after,),
                 ).fetchall()
@@ -391,7 +395,7 @@ class SqliteHistory(HistoryStore, IdSource):
         _check_limit(limit)
         wanted = query_words(query)  # at most MAX_QUERY_WORDS of them
         below = MAX_ID if before is None else min(before, MAX_ID)
-        newest = [m for m in reversed(self._unsaved_below(below)) if wanted <= words(m.text)]
+        newest = [m for m in reversed(self._unsaved_below(below)) if wanted <= message_words(m)]
         if self._fts:
             match = " ".join(f'"{word}"' for word in sorted(wanted))
             rows = self._read(
@@ -677,8 +681,8 @@ class SqliteHistory(HistoryStore, IdSource):
 
     def _insert(self, connection: sqlite3.Connection, batch: list[ChatMessage]) -> None:
         connection.executemany(
-            "INSERT INTO messages (id, ts, sender, text, action) VALUES (?, ?, ?, ?, ?)",
-            [(m.id, m.ts, m.sender, m.text, int(m.action)) for m in batch],
+            "INSERT INTO messages (id, ts, sender, text, action, file) VALUES (?, ?, ?, ?, ?, ?)",
+            [(m.id, m.ts, m.sender, m.text, int(m.action), _file_json(m.file)) for m in batch],
         )
         self._index(connection, batch)
 
@@ -686,12 +690,12 @@ class SqliteHistory(HistoryStore, IdSource):
         if self._fts:
             connection.executemany(
                 "INSERT INTO message_fts (rowid, words) VALUES (?, ?)",
-                [(m.id, " ".join(found)) for m in batch if (found := words(m.text))],
+                [(m.id, " ".join(found)) for m in batch if (found := message_words(m))],
             )
         else:
             connection.executemany(
                 "INSERT INTO message_words (word, id) VALUES (?, ?)",
-                [(word, m.id) for m in batch for word in words(m.text)],
+                [(word, m.id) for m in batch for word in message_words(m)],
             )
 
     def _release(self, last_id: int) -> None:
@@ -773,7 +777,7 @@ class SqliteHistory(HistoryStore, IdSource):
         try:
             connection.execute("BEGIN IMMEDIATE")
             rows = connection.execute(
-                "SELECT id, ts, text FROM messages ORDER BY id LIMIT ?", (DELETE_CHUNK,)
+                f"SELECT {_COLUMNS} FROM messages m ORDER BY m.id LIMIT ?", (DELETE_CHUNK,)
             ).fetchall()
             # Times follow ids (but for a clock set back): stop at the first kept one.
             doomed = []
@@ -789,7 +793,7 @@ class SqliteHistory(HistoryStore, IdSource):
                 else:
                     connection.executemany(
                         "DELETE FROM message_words WHERE word = ? AND id = ?",
-                        [(word, row[0]) for row in doomed for word in words(row[2])],
+                        [(word, row[0]) for row in doomed for word in message_words(_message(row))],
                     )
             connection.execute("COMMIT")
         except sqlite3.Error as error:
@@ -838,7 +842,24 @@ def _combine(
 
 
 def _message(row: _Row) -> ChatMessage:
-    return ChatMessage(row[0], row[2], row[3], row[1], bool(row[4]))
+    return ChatMessage(row[0], row[2], row[3], row[1], bool(row[4]), file=_file(row[5]))
+
+
+def _file_json(file: FileInfo | None) -> str | None:
+    if file is None:
+        return None
+    return json.dumps(file.to_wire(), ensure_ascii=False, separators=(",", ":"))
+
+
+def _file(text: str | None) -> FileInfo | None:
+    """A stored message's file; one the database mangled is left out, not fatal."""
+    if text is None:
+        return None
+    try:
+        return FileInfo.from_wire(json.loads(text))
+    except (ValueError, TypeError, AttributeError, ProtocolError):
+        logger.warning("history: a message's file could not be read back: %.80r", text)
+        return None
 
 
 def _message_id(message: ChatMessage) -> int:

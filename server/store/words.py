@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from server.protocol import ChatMessage
+
 # A word character, but not the underscore that ``\w`` adds to letters and numbers.
 _WORD = re.compile(r"[^\W_]+")
 
@@ -28,6 +30,14 @@ def words(text: str) -> frozenset[str]:
     folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
     bare = "".join(char for char in folded if not unicodedata.category(char).startswith("M"))
     return frozenset(_WORD.findall(bare))
+
+
+def message_words(message: ChatMessage) -> frozenset[str]:
+    """What a search finds ``message`` by: the words of its text and of its file's name."""
+    found = words(message.text)
+    if message.file is not None:
+        found |= words(message.file.name)
+    return found
 
 
 MAX_QUERY_WORDS = 16
