@@ -6,10 +6,10 @@ its network thread only. The UI's calls (``ChatClient.upload``,
 it the server's answers (``upload-ready``, ``uploaded``, ``file-data``,
 the errors in reply to file frames) and asks it, each time round its
 loop, for the frames to send: ``control`` (small ones: ``upload``,
-``upload-done``, ``download``) and ``data`` (``upload-data``, called only
-once every chat frame queued is out, and only while the bytes waiting to
-go are fewer than ``DATA_AHEAD``: chat overtakes upload data, and memory
-stays bounded by a few chunks). It tells the UI through
+``download``) and ``data`` (``upload-data`` and ``upload-done``, asked for
+only once every chat frame queued is in the bytes to send ahead of it,
+and only while those are fewer than ``DATA_AHEAD``: chat overtakes upload
+data, and memory stays bounded by a few chunks). It tells the UI through
 ``TransferStarted``, ``TransferProgress`` (at most ``PROGRESS_RATE`` a
 second per transfer, and the last one at 100 %), ``TransferDone`` and
 ``TransferFailed``.
@@ -251,7 +251,7 @@ class Transfers:
         download.part = dest.with_name(dest.name + ".part")
         self._post(TransferStarted(transfer, False, info.name, info.size))
         try:
-            download.file = open(download.part, "wb")  # noqa: SIM115 - closed in _end
+            download.file = open(download.part, "wb")  # noqa: SIM115 - closed when it ends
         except OSError as exc:
             self._fail(download, f"Cannot save {dest.name}: {exc.strerror or exc}.")
             return
@@ -280,9 +280,8 @@ class Transfers:
             if not upload.failed:
                 self._fail(upload, reason)
             self._close(upload)
-        for download in self._downloads:
+        for download in list(self._downloads):  # each leaves the list as it fails
             self._fail(download, reason)
-        self._downloads.clear()
         self._ranges.clear()
         self._unconfirmed = None
 
