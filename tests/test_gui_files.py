@@ -30,6 +30,7 @@ import tkinter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from PIL import Image, ImageGrab
@@ -41,10 +42,12 @@ from app.chat_view import MAX_CARDS, ChatView
 from app.file_names import safe_file_name
 from app.last_seen import LastSeen
 from app.settings import Settings
+from server.chat_server import ChatServer
 from server.protocol import ChatMessage, FileInfo
+from tests import test_server_files as server_files
 from tests.conftest import reset_root
 from tests.trust_helpers import PlaintextAgreed
-from tests.wire import frame
+from tests.wire import RawClient, frame
 
 SHOTS = Path(os.environ.get("LAN_CHAT_SHOTS") or Path(__file__).resolve().parent / "screenshots")
 WAIT = 10.0
@@ -1201,3 +1204,100 @@ def test_leaving_the_room_ends_its_transfers_and_a_picture_on_its_way_becomes_a_
     assert card is not None
     assert "The connection ended" in str(card.size_label.cget("text"))
     assert errors == []
+
+
+# -- against the real server ---------------------------------------------------------------
+
+
+@pytest.fixture
+def real(
+    start_server: Callable[..., ChatServer], open_client: Callable[..., RawClient]
+) -> tuple[ChatServer, Callable[[], RawClient]]:
+    """A real server, and a way for bob (a raw client) to join it."""
+    server = start_server()
+    return server, lambda: open_client(server, "bob")
+
+
+def test_real_server_a_picture_attached_shows_inline_for_its_sender_and_reaches_others(
+    make_app: Callable[..., ChatApp],
+    real: tuple[ChatServer, Callable[[], RawClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    errors: list[BaseException],
+) -> None:
+    server, bob_joins = real
+    bob = bob_joins()
+    photo = tmp_path / "sunset.png"
+    photo.write_bytes(png_of((640, 480), "#e76f51"))
+    monkeypatch.setattr(chat_view.filedialog, "askopenfilenames", lambda **_o: (str(photo),))
+    app = make_app()
+    enter(app, server.port)
+    app.view.attach_file()
+    wait_until(app.root, lambda: ("picture", ANY) in _kinds(app), "the picture inline")
+    wait_until(app.root, lambda: not app.view.transfers, "every row gone")
+    said = server_files.answer(bob, "message")
+    assert said["from"] == "alice"
+    assert (said["file"]["name"], said["file"]["width"], said["file"]["height"]) == (
+        "sunset.png",
+        640,
+        480,
+    )
+    (name,) = app.view.transcript.image_names()
+    box = app.view.transcript.bbox(name)
+    assert box is not None and (box[2], box[3]) == (320, 240)
+    assert errors == []
+
+
+def test_real_server_a_file_from_someone_else_saves_byte_for_byte(
+    make_app: Callable[..., ChatApp],
+    real: tuple[ChatServer, Callable[[], RawClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    errors: list[BaseException],
+) -> None:
+    server, bob_joins = real
+    app = make_app()
+    enter(app, server.port)
+    bob = bob_joins()
+    content = os.urandom(700_000)  # three ranges
+    file_id = server_files.upload(bob, content, "CON", mime="application/octet-stream")
+    server_files.post(bob, file_id, "a device name")
+    wait_until(app.root, lambda: app.view.card_for(file_id) is not None, "bob's card")
+    offered: list[str] = []
+    dest = tmp_path / "saved.bin"
+    monkeypatch.setattr(
+        chat_view.filedialog,
+        "asksaveasfilename",
+        lambda **options: offered.append(options["initialfile"]) or str(dest),
+    )
+    card = app.view.card_for(file_id)
+    assert card is not None
+    wait_until(app.root, card.save_button.winfo_viewable, "the card on the screen")
+    click(card.save_button)
+    wait_until(app.root, lambda: f"as {dest}." in app.view.transcript_text(), "saved")
+    assert dest.read_bytes() == content
+    assert offered == ["_CON"]
+    assert errors == []
+
+
+def test_real_server_a_late_joiner_sees_the_files_said_before(
+    make_app: Callable[..., ChatApp],
+    real: tuple[ChatServer, Callable[[], RawClient]],
+) -> None:
+    server, bob_joins = real
+    bob = bob_joins()
+    report = server_files.upload(bob, b"%PDF-1.4 tiny", "report.pdf", mime="application/pdf")
+    server_files.post(bob, report, "before you came")
+    picture = server_files.upload(bob, png_of((300, 200)), "chart.png", mime="image/png")
+    server_files.post(bob, picture)
+    app = make_app()
+    enter(app, server.port)
+    wait_until(app.root, lambda: len(app.view.files_shown) == 2, "both files")
+    wait_until(app.root, lambda: ("picture", ANY) in _kinds(app), "the picture inline")
+    text = app.view.transcript_text()
+    assert "before you came\n[file: report.pdf, 13 bytes]" in text
+    assert [kind for kind, _f in app.view.files_shown] == ["card", "picture"]
+
+
+def _kinds(app: ChatApp) -> list[tuple[str, Any]]:
+    return [(kind, ANY) for kind, _file in app.view.files_shown]
