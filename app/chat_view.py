@@ -339,6 +339,8 @@ class ChatView(ttk.Frame):
         self._counter_label = ttk.Label(row, text="", bootstyle="secondary")
         self._counter_label.grid(row=2, column=1, columnspan=2, sticky="se", padx=(8, 0))
         self.input.bind("<<Paste>>", self._paste_in_input)
+        # Ctrl+O sends a file; Tk's Text would also open a line there ("break").
+        self.input.bind("<Control-o>", self._attach_key)
         self.input.bind("<Return>", self._enter)
         self.input.bind("<KP_Enter>", self._enter)
         self.input.bind("<Shift-Return>", self._newline)
@@ -929,6 +931,10 @@ class ChatView(ttk.Frame):
             return  # cancelled ("" or an empty tuple, by platform)
         for name in self.tk.splitlist(chosen) if isinstance(chosen, str) else chosen:
             self._files.attach(Path(name))
+
+    def _attach_key(self, _event: tkinter.Event) -> str:
+        self.attach_file()
+        return "break"
 
     def _paste_in_input(self, _event: tkinter.Event) -> str | None:
         """Ctrl+V: text as ever; an image (with no text) is sent as a file."""

@@ -224,6 +224,29 @@ def test_the_paperclip_sends_the_files_chosen_in_the_dialog(
     assert errors == []
 
 
+def test_ctrl_o_in_the_input_box_opens_the_dialog_once_and_types_nothing(
+    make_app: Callable[..., ChatApp],
+    file_room: FileRoom,
+    monkeypatch: pytest.MonkeyPatch,
+    errors: list[BaseException],
+) -> None:
+    asked: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        chat_view.filedialog, "askopenfilenames", lambda **options: asked.append(options) or ""
+    )
+    app = make_app()
+    enter(app, file_room.port)
+    app.view.set_input("a draft")
+    app.view.focus_input()
+    settle(app.root, 0.2)
+    xdotool("key", "ctrl+o")
+    wait_until(app.root, lambda: asked, "the dialog")
+    settle(app.root, 0.2)
+    assert len(asked) == 1
+    assert app.view.input_text() == "a draft"  # Tk's Text would open a line at Ctrl+O
+    assert errors == []
+
+
 def test_ctrl_v_of_a_picture_sends_it_and_text_still_pastes(
     make_view: Callable[[], ChatView], files: Recorder, errors: list[BaseException]
 ) -> None:
