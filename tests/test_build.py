@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import os
 import re
 import shutil
@@ -65,10 +68,10 @@ def test_archives_and_checksums(built: Path) -> None:
     assert not (built / "build" / "server").exists()  # PyInstaller kept out of build/
 
 
-def test_frozen_server_serves_two_clients_and_stops_on_sigint(built: Path) -> None:
+def test_frozen_server_serves_two_clients_and_stops_on_sigint(built: Path, tmp_path: Path) -> None:
     binary = built / "pyinstaller-dist" / "lan-chat-server" / "chat-server"
     proc = subprocess.Popen(
-        [str(binary), "--host", "127.0.0.1", "--port", "0"],
+        [str(binary), "--host", "127.0.0.1", "--port", "0", "--data-dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -83,6 +86,20 @@ def test_frozen_server_serves_two_clients_and_stops_on_sigint(built: Path) -> No
             bob.join("bob")
             alice.send({"type": "say", "text": "hello from a frozen server"})
             assert bob.skip_until("message")["text"] == "hello from a frozen server"
+            # It carries Pillow, for the size of a shared image.
+            picture = io.BytesIO()
+            Image.new("RGB", (64, 48)).save(picture, "PNG")
+            data = picture.getvalue()
+            alice.send({"type": "upload", "name": "p.png", "size": len(data)})
+            number = alice.skip_until("upload-ready")["upload"]
+            alice.send({"type": "upload-data", "upload": number, "offset": 0,
+                        "data": base64.b64encode(data).decode()})  # fmt: skip
+            digest = hashlib.sha256(data).hexdigest()
+            alice.send({"type": "upload-done", "upload": number, "sha256": digest})
+            file_id = alice.skip_until("uploaded")["file"]
+            alice.send({"type": "say", "text": "", "file": file_id})
+            shared = bob.skip_until("message")["file"]
+            assert (shared["width"], shared["height"], shared["mime"]) == (64, 48, "image/png")
             proc.send_signal(signal.SIGINT)
             assert alice.skip_until("shutdown")["message"] == "The server is shutting down"
             assert proc.wait(timeout=5) == 0

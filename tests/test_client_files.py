@@ -949,3 +949,136 @@ def test_a_hostile_file_over_the_wire_arrives_safe(
     message = wait_for(client, Received, WAIT)[-1].message
     assert message.file is None and message.text == "hi"
     drain(client)
+
+
+# -- against the real server --------------------------------------------------------
+
+
+def uploaded(client: ChatClient, path: Path, **options: Any) -> FileInfo:
+    """Upload ``path`` and return the posted file."""
+    transfer = client.upload(path, **options)
+    assert transfer is not None
+    done = until(client, TransferDone, transfer)[-1]
+    assert isinstance(done.file, FileInfo)
+    return done.file
+
+
+def downloaded(client: ChatClient, files: dict[Path, FileInfo]) -> None:
+    """Download every file at once, each into its path; fails on any failure."""
+    transfers = {client.download(info, dest): dest for dest, info in files.items()}
+    assert None not in transfers
+    done: set[int] = set()
+    deadline = time.monotonic() + 3 * WAIT
+    while len(done) < len(transfers):
+        event = wait_for(client, (TransferDone, TransferFailed), deadline - time.monotonic())[-1]
+        assert isinstance(event, TransferDone), event
+        assert event.path == transfers[event.transfer]
+        done.add(event.transfer)
+
+
+def test_real_server_round_trip_two_downloads_at_once(
+    start_server: Callable[..., Any], connect: Callable[..., ChatClient], tmp_path: Path
+) -> None:
+    server = start_server()
+    alice = connect(server.port)
+    first, second = tmp_path / "first.bin", tmp_path / "second.jpg"
+    first.write_bytes(payload(3_500_000, 1))
+    second.write_bytes(payload(1_200_000, 2))
+    one = uploaded(alice, first, text="the first")
+    two = uploaded(alice, second)
+    assert (one.name, one.size, one.sha256) == (
+        "first.bin",
+        3_500_000,
+        hashlib.sha256(first.read_bytes()).hexdigest(),
+    )
+    assert two.mime == "image/jpeg"
+    back = tmp_path / "back"
+    back.mkdir()
+    downloaded(alice, {back / "first.bin": one, back / "second.jpg": two})
+    assert (back / "first.bin").read_bytes() == first.read_bytes()
+    assert (back / "second.jpg").read_bytes() == second.read_bytes()
+    assert sorted(p.name for p in back.iterdir()) == ["first.bin", "second.jpg"]
+
+
+def test_real_server_a_late_joiner_downloads_while_the_uploader_does(
+    start_server: Callable[..., Any], connect: Callable[..., ChatClient], tmp_path: Path
+) -> None:
+    server = start_server()
+    alice = connect(server.port)
+    path = tmp_path / "shared.bin"
+    path.write_bytes(payload(2_000_000, 3))
+    info = uploaded(alice, path)
+    bob = ChatClient(HOST, server.port, "bob", known=PlaintextAgreed())
+    try:
+        bob.start()
+        wait_for(bob, Welcomed, WAIT)
+        theirs = alice.download(info, tmp_path / "alice.bin")
+        mine = bob.download(info, tmp_path / "bob.bin")
+        assert theirs is not None and mine is not None
+        until(bob, TransferDone, mine)
+        until(alice, TransferDone, theirs)
+    finally:
+        bob.close(3.0)
+    assert (tmp_path / "alice.bin").read_bytes() == path.read_bytes()
+    assert (tmp_path / "bob.bin").read_bytes() == path.read_bytes()
+
+
+def test_real_server_chat_goes_on_during_an_upload(
+    start_server: Callable[..., Any],
+    connect: Callable[..., ChatClient],
+    open_client: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    server = start_server()
+    alice = connect(server.port)
+    bob = open_client(server, "bob")
+    path = tmp_path / "big.bin"
+    path.write_bytes(payload(30_000_000, 4))
+    transfer = alice.upload(path)
+    wait_for(alice, TransferProgress, WAIT)
+    alice.say("still here")
+    message = bob.skip_until("message", WAIT)
+    assert message["text"] == "still here"
+    seen = until(alice, TransferDone, transfer)
+    # The say was echoed before the upload's end.
+    texts = [e.message.text for e in seen if isinstance(e, Received)]
+    assert texts[0] == "still here"
+
+
+def test_real_server_refusals_are_the_transfers(
+    start_server: Callable[..., Any], connect: Callable[..., ChatClient], tmp_path: Path
+) -> None:
+    server = start_server(max_file_mb=1)
+    alice = connect(server.port)
+    big, small = tmp_path / "big.bin", tmp_path / "small.txt"
+    big.write_bytes(payload(1_500_000))
+    small.write_bytes(b"small")
+    transfer = alice.upload(big, text="too big")
+    seen = until(alice, TransferFailed)
+    assert seen[-1].transfer == transfer and seen[-1].text == "too big"
+    assert "1 MB" in seen[-1].reason or "MiB" in seen[-1].reason, seen[-1].reason
+    nothing = FileInfo("f-" + "0" * 24, "x", 5, "text/plain", hashlib.sha256(b"x").hexdigest())
+    missing = alice.download(nothing, tmp_path / "x")
+    seen += until(alice, TransferFailed)
+    assert seen[-1] == TransferFailed(missing, "There is no such file.")
+    assert uploaded(alice, small).size == 5
+    assert not [e for e in seen if isinstance(e, Received)], seen
+
+
+def test_real_server_cancel_mid_upload_then_upload_again(
+    start_server: Callable[..., Any], connect: Callable[..., ChatClient], tmp_path: Path
+) -> None:
+    server = start_server()
+    alice = connect(server.port)
+    big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+    big.write_bytes(payload(30_000_000))
+    small.write_bytes(payload(100_000, 5))
+    transfer = alice.upload(big)
+    wait_for(alice, TransferProgress, WAIT)
+    assert transfer is not None
+    alice.cancel(transfer)
+    assert until(alice, TransferFailed)[-1] == TransferFailed(transfer, "Cancelled.")
+    info = uploaded(alice, small)
+    back = tmp_path / "back.bin"
+    downloaded(alice, {back: info})
+    assert back.read_bytes() == small.read_bytes()
