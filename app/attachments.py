@@ -5,7 +5,10 @@ The cache (``cache_dir``, the user's cache folder) keeps each downloaded
 file under its SHA-256, never under the name it came with: a name from the
 network is never a path. A file there has been verified by the download
 (its digest matched), so it is reused for every message that carries it,
-in this run or the next.
+in this run or the next. It is kept under ``CACHE_BYTES``: ``prune_cache``
+(run on the worker thread at the first thumbnail of a run) deletes the
+files used longest ago; a file is marked used (its time touched) each time
+it is shown or opened.
 
 Thumbnails are made here with Pillow and kept in the cache too (a small
 PNG per digest), so a history page of pictures costs a few small reads.
@@ -67,6 +70,7 @@ EXECUTABLE = (
 )
 MAX_CLIPBOARD = 64 * 1024 * 1024  # bytes of an image read from the clipboard
 CLIPBOARD_SECONDS = 3.0
+CACHE_BYTES = 1024 * 1024 * 1024  # the cache's files at most, the least recently used out
 SHA256 = re.compile(r"[0-9a-f]{64}")
 SUFFIX = re.compile(r"\.[a-z0-9]{1,10}")
 
@@ -145,7 +149,9 @@ def cached_thumbnail(file: FileInfo, path: Path) -> Image.Image:
     """``file``'s thumbnail: the one kept in the cache, or made from ``path``
     (its verified download) and kept. Raises ``ThumbnailError``."""
     kept = thumbnail_path(file)
+    touch(path)
     if kept is not None and kept.is_file():
+        touch(kept)
         try:
             with Image.open(kept) as image:
                 if image.width <= THUMBNAIL_SIZE[0] and image.height <= THUMBNAIL_SIZE[1]:
@@ -165,10 +171,46 @@ def cached_thumbnail(file: FileInfo, path: Path) -> Image.Image:
     return picture
 
 
+def touch(path: Path) -> None:
+    """Mark a cached file as used now (the cache keeps the recently used)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # gone or read-only: it is only an order of eviction
+
+
+def prune_cache(limit: int = CACHE_BYTES, folder: Path | None = None) -> int:
+    """Delete the cache's least recently used files until they take at most
+    ``limit`` bytes; returns how many were deleted. Any thread."""
+    folder = folder or cache_dir()
+    found: list[tuple[float, int, Path]] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                # A ".part" is a download being written: never taken from under it.
+                if entry.is_file(follow_symlinks=False) and not entry.name.endswith(".part"):
+                    stat = entry.stat(follow_symlinks=False)
+                    found.append((stat.st_mtime, stat.st_size, Path(entry.path)))
+    except OSError:
+        return 0  # no cache yet, or none to be had
+    total = sum(size for _when, size, _path in found)
+    deleted = 0
+    for _when, size, path in sorted(found):
+        if total <= limit:
+            break
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        total -= size
+        deleted += 1
+    return deleted
+
+
 class Thumbnails:
     """Makes thumbnails on one worker thread (``thumbnails``), started at the
-    first; ``close`` waits for it. Any thread may call ``make``; ``close``
-    is the owner's, once."""
+    first, which first prunes the cache; ``close`` waits for it. Any thread
+    may call ``make``; ``close`` is the owner's, once."""
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
@@ -178,6 +220,7 @@ class Thumbnails:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="thumbnails")
+                self._pool.submit(prune_cache)
             return self._pool.submit(cached_thumbnail, file, path)
 
     def close(self) -> None:

@@ -130,6 +130,7 @@ class FileSharing:
         """Open with the OS: the cached copy, or once it is downloaded."""
         kept = attachments.cached_path(file)
         if kept is not None and kept.is_file():
+            attachments.touch(kept)
             self._open(kept)
             return
         fetching = self._fetching.get(file.id)

@@ -650,6 +650,19 @@ def test_names_that_could_run_a_program(name: str, executable: bool) -> None:
     assert attachments.looks_executable(name) is executable
 
 
+def test_the_cache_keeps_the_recently_used_within_its_bound(tmp_path: Path) -> None:
+    now = time.time()
+    for number, age in enumerate([50, 40, 30, 20, 10]):  # file 0 used longest ago
+        path = tmp_path / f"{number}.bin"
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (now - age, now - age))
+    (tmp_path / "5.bin.part").write_bytes(b"x" * 5000)  # a download on its way
+    attachments.touch(tmp_path / "0.bin")  # used just now
+    assert attachments.prune_cache(2500, tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.bin", "4.bin", "5.bin.part"]
+    assert attachments.prune_cache(2500, tmp_path / "none") == 0
+
+
 def test_a_pasted_picture_is_named_by_its_time() -> None:
     when = datetime.datetime(2026, 12, 1, 17, 30, 5)
     assert attachments.pasted_name(when) == "Pasted image 2026-12-01 17.30.05.png"
