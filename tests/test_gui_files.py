@@ -1337,3 +1337,46 @@ def test_real_server_a_late_joiner_sees_the_files_said_before(
 
 def _kinds(app: ChatApp) -> list[tuple[str, Any]]:
     return [(kind, ANY) for kind, _file in app.view.files_shown]
+
+
+def test_real_server_an_older_page_shows_its_files_at_the_top(
+    make_app: Callable[..., ChatApp], start_server: Callable[..., ChatServer], open_client: Any
+) -> None:
+    server = start_server(history=3)  # the welcome replays the last three
+    bob = open_client(server, "bob")
+    picture = server_files.upload(bob, png_of((120, 90)), "old chart.png", mime="image/png")
+    server_files.post(bob, picture, "an old chart")
+    report = server_files.upload(bob, b"old words", "old notes.txt", mime="text/plain")
+    server_files.post(bob, report, "old notes")
+    for number in range(3):
+        bob.send({"type": "say", "text": f"later {number}"})
+        server_files.answer(bob, "message")
+    app = make_app()
+    enter(app, server.port)
+    wait_until(app.root, lambda: "later 2" in app.view.transcript_text(), "the replay")
+    assert app.view.files_shown == []
+    wait_until(app.root, lambda: app.view.paging == "ready", "older pages offered")
+    assert app.view.ask_older()
+    wait_until(app.root, lambda: len(app.view.files_shown) == 2, "the page's files")
+    wait_until(app.root, lambda: ("picture", ANY) in _kinds(app), "its picture inline")
+    text = app.view.transcript_text()
+    assert text.index("an old chart\n[image: old chart.png") < text.index("later 0")
+    assert "old notes\n[file: old notes.txt, 9 bytes]" in text
+
+
+def test_real_server_without_files_the_paperclip_says_so(
+    make_app: Callable[..., ChatApp],
+    start_server: Callable[..., ChatServer],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    server = start_server(files=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("words")
+    monkeypatch.setattr(chat_view.filedialog, "askopenfilenames", lambda **_o: (str(notes),))
+    app = make_app()
+    enter(app, server.port)
+    app.view.attach_file()
+    app.root.update()
+    assert "This server does not take files." in app.view.transcript_text()
+    assert app.view.transfers == {}
