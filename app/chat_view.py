@@ -225,6 +225,7 @@ class ChatView(ttk.Frame):
         self._waiting: dict[str, list[str]] = {}  # a picture to come, by file id: its tags
         self._photos: dict[str, ImageTk.PhotoImage] = {}  # shown, by tag, oldest first
         self._cards: deque[FileCard] = deque()
+        self._as_words: set[str] = set()  # the tags of old cards and pictures turned to words
         self._file_count = 0
         self._transfers: dict[int, TransferRow] = {}
         self.drop_enabled = False
@@ -1013,6 +1014,7 @@ class ChatView(ttk.Frame):
         tags = self.transcript.tag_names(index)
         self.transcript.delete(index)
         self.transcript.insert(index, card.text, (*tags, "file-link"))
+        self._as_words.update(tag for tag in tags if tag.startswith(FILE_TAG))
 
     def show_image(self, file_id: str, picture: Image.Image) -> None:
         """The picture of the file ``file_id`` has come: its thumbnail replaces
@@ -1052,6 +1054,7 @@ class ChatView(ttk.Frame):
         self.transcript.delete(index)
         if file is not None:
             self.transcript.insert(index, _picture_words(file), tags)
+            self._as_words.add(tag)
 
     def image_unavailable(self, file_id: str, reason: str) -> None:
         """The picture of ``file_id`` will not come (too big, unreadable, the
@@ -1101,6 +1104,7 @@ class ChatView(ttk.Frame):
             if kind == "tagon" and value.startswith(FILE_TAG):
                 self._shown_files.pop(value, None)
                 self._photos.pop(value, None)
+                self._as_words.discard(value)
                 text.tag_delete(value)
                 for tags in self._waiting.values():
                     if value in tags:
@@ -1154,11 +1158,14 @@ class ChatView(ttk.Frame):
 
     @property
     def files_shown(self) -> list[tuple[str, FileInfo]]:
-        """Each file in the transcript, in order, as ``card``, ``picture`` or ``waiting``."""
+        """Each file in the transcript (in the order they went in), as ``card``, ``picture``,
+        ``waiting`` (for its picture) or ``words`` (an old one)."""
         found: list[tuple[str, FileInfo]] = []
         for tag, file in self._shown_files.items():
             if tag in self._photos:
                 found.append(("picture", file))
+            elif tag in self._as_words:
+                found.append(("words", file))
             elif any(tag in tags for tags in self._waiting.values()):
                 found.append(("waiting", file))
             else:

@@ -523,6 +523,7 @@ def test_old_cards_turn_into_words_that_still_save(
         view.add_message(with_file(number + 1, file_info(number + 1, f"file{number}.bin")))
     view.end_batch()
     assert len(view._cards) == MAX_CARDS
+    assert [kind for kind, _f in view.files_shown] == ["words"] * 5 + ["card"] * MAX_CARDS
     text = view.transcript_text()
     assert "[file: file0.bin, 1.2 MB]" in text and "[file: file204.bin, 1.2 MB]" in text
     first = view.transcript.search("[file: file0.bin", "1.0")
@@ -533,6 +534,33 @@ def test_old_cards_turn_into_words_that_still_save(
     click(view.transcript, box[0] + 2, box[1] + box[3] // 2)
     wait_until(view, lambda: files.named("save"), "the words' click")
     assert files.named("save")[0][1].name == "file0.bin"
+
+
+def test_old_pictures_turn_into_words_that_still_open(
+    make_view: Callable[[], ChatView], files: Recorder
+) -> None:
+    view = make_view()
+    count = chat_view.MAX_THUMBNAILS + 3
+    pictures = [picture_info(100 + number, f"pic{number}.png") for number in range(count)]
+    for number, picture in enumerate(pictures):
+        view.add_message(with_file(number + 1, picture))
+    view.end_batch()
+    tiny = Image.new("RGB", (8, 8), "red")
+    for picture in pictures:
+        view.show_image(picture.id, tiny)
+    view.update()
+    assert len(view.transcript.image_names()) == chat_view.MAX_THUMBNAILS
+    kinds = [kind for kind, _file in view.files_shown]
+    assert kinds == ["words"] * 3 + ["picture"] * chat_view.MAX_THUMBNAILS
+    first = view.transcript.search("[image: pic0.png", "1.0")
+    assert first, "the oldest picture is words now"
+    view.transcript.see(first)
+    view.update()
+    box = view.transcript.bbox(f"{first} + 3c")
+    assert box is not None
+    click(view.transcript, box[0] + 2, box[1] + box[3] // 2)
+    wait_until(view, lambda: files.named("open_image"), "the words' click")
+    assert files.named("open_image") == [("open_image", pictures[0])]
 
 
 # -- screenshots -------------------------------------------------------------------------
