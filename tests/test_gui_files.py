@@ -582,6 +582,8 @@ def test_screenshots_of_a_picture_a_card_and_a_progress_bar(
     view.add_message(ChatMessage(1, "bob", "the view from the office", time.time()))
     view.add_message(with_file(2, cat))
     view.add_message(with_file(3, file_info(8, "Quarterly report.pdf"), "and the report"))
+    hostile = file_info(10, "../../CON\n\u202egnp.exe" + "x" * 300, mime="text/plain")
+    view.add_message(with_file(4, hostile, "a hostile name", sender="eve"))
     view.end_batch()
     view.show_image(cat.id, picture)
     view.transfer_started(1, "holiday.mp4", 48_000_000, upload=True)
@@ -689,6 +691,28 @@ def test_the_cache_keeps_the_recently_used_within_its_bound(tmp_path: Path) -> N
     assert attachments.prune_cache(2500, tmp_path) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.bin", "4.bin", "5.bin.part"]
     assert attachments.prune_cache(2500, tmp_path / "none") == 0
+
+
+def test_a_file_is_opened_with_xdg_open_and_its_absence_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(attachments.sys, "platform", "linux")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    target = tmp_path / "a file; rm -rf x.txt"  # a shell would split it
+    assert attachments.open_with_os(target) == "There is no xdg-open here to open files with."
+    said = tmp_path / "said"
+    opener = bin_dir / "xdg-open"
+    opener.write_text(f'#!/bin/sh\nprintf "%s" "$1" > "{said}"\n')
+    opener.chmod(0o755)
+    assert attachments.open_with_os(target) is None
+    deadline = time.monotonic() + WAIT
+    while not (said.exists() and said.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert said.read_text() == str(target)
+    for child in attachments._opened:  # reaped here, not left to the next call
+        child.wait(WAIT)
 
 
 def test_a_pasted_picture_is_named_by_its_time() -> None:
