@@ -70,6 +70,12 @@ connection counts as healthy, resetting the backoff, only once it has
 lasted ``HEALTHY_AFTER``. While the server is plainly restarting (it said
 ``shutdown``, or refuses connections), retries come every ``FAST_RETRY``
 seconds at most for the first ``FAST_FOR`` seconds of the outage.
+
+Files go through the same connection (``upload``, ``download``, ``cancel``):
+``app.transfers`` keeps their state and checks every answer; this thread
+runs it, sends its upload data only behind every chat frame queued, and
+fails every transfer when the connection is lost. A message's file is made
+safe like the rest (``_safe_file``).
 """
 
 from __future__ import annotations
@@ -87,12 +93,26 @@ import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from queue import Queue
 from typing import Any, cast
 
+from app.file_names import shown_file_name
+from app.transfers import (
+    DATA_AHEAD,
+    FILE_FRAMES,
+    LOST,
+    TransferDone,
+    TransferFailed,
+    TransferProgress,
+    Transfers,
+    TransferStarted,
+    file_id_fits,
+)
 from app.trust import KnownServers, Pin
 from app.trust import address as address_of
 from server.protocol import (
+    DEFAULT_MIME,
     LONE_SURROGATE,
     MAX_CLIENT_FRAME,
     MAX_NAME_LENGTH,
@@ -107,6 +127,8 @@ from server.protocol import (
     ChatMessage,
     Error,
     ErrorCode,
+    FileData,
+    FileInfo,
     FrameDecoder,
     Hello,
     History,
@@ -121,14 +143,19 @@ from server.protocol import (
     RemoteProtocolError,
     Rename,
     Renamed,
+    RuleViolation,
     Say,
     Search,
     SearchResults,
     Shutdown,
     Unknown,
+    Uploaded,
+    UploadReady,
     Users,
     Welcome,
     Who,
+    clean_mime,
+    clean_sha256,
     encode,
     parse_message,
 )
@@ -372,6 +399,10 @@ Event = (
     | SearchFound
     | Unsent
     | Stopped
+    | TransferStarted
+    | TransferProgress
+    | TransferDone
+    | TransferFailed
 )
 
 
@@ -603,6 +634,40 @@ def _safe_names(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(_safe_name(name) for name in names[:MAX_USERS])
 
 
+# A file a message may carry: no larger (a terabyte: no chat server keeps
+# more), and an image no wider or taller, in pixels.
+MAX_FILE_SIZE = 2**40
+MAX_IMAGE_SIDE = 100_000
+
+
+def _safe_file(info: FileInfo | None) -> FileInfo | None:
+    """A message's file made safe to show and to ask for: its name one short
+    line (``shown_file_name``); a width or height out of range dropped; an
+    unknown media type the default. A file whose id, size or SHA-256 is
+    unfit is dropped (``None``): it could not be downloaded and checked,
+    and the message's text still shows."""
+    if info is None or not file_id_fits(info.id) or not 0 <= info.size <= MAX_FILE_SIZE:
+        return None
+    try:
+        sha256 = clean_sha256(info.sha256)
+    except RuleViolation:
+        return None
+    try:
+        mime = clean_mime(info.mime)
+    except RuleViolation:
+        mime = DEFAULT_MIME
+    width, height = info.width, info.height
+    if not (
+        width is not None
+        and height is not None
+        and 0 < width <= MAX_IMAGE_SIDE
+        and 0 < height <= MAX_IMAGE_SIDE
+    ):
+        width = height = None
+    name = shown_file_name(info.name)
+    return replace(info, name=name, sha256=sha256, mime=mime, width=width, height=height)
+
+
 def _made_safe(message: Message) -> Message:
     """``message`` with every field the UI shows made safe to show (see above)."""
     match message:
@@ -613,6 +678,7 @@ def _made_safe(message: Message) -> Message:
                 text=_safe_text(message.text),
                 ts=_safe_ts(message.ts),
                 to=None if message.to is None else _safe_name(message.to),
+                file=_safe_file(message.file),
             )
         case Joined():
             return replace(message, name=_safe_name(message.name), ts=_safe_ts(message.ts))
@@ -763,6 +829,11 @@ class ChatClient:
         self._welcomed_at: float | None = None  # on this connection
         self._shutdown_said = False  # on this connection
         self._refused_ping = False  # on this connection: a ping too large to answer
+        self._features: tuple[str, ...] = ()  # the last welcome's
+        # Uploads and downloads, run by the network thread; the UI's calls reach
+        # them as commands (under ``_lock``), run at the top of its loop.
+        self._transfers = Transfers(self._post, self._queue_say, self.events.has_room)
+        self._commands: deque[Callable[[], None]] = deque()
         self._thread = threading.Thread(target=self._run, name="chat-network", daemon=True)
 
     # -- the UI's side (any thread) -----------------------------------------
@@ -813,6 +884,45 @@ class ChatClient:
         ``False`` while not in the room. Only for a server whose welcome lists ``search``."""
         return self._send(Search(query, limit, before), joined_only=True)
 
+    def upload(
+        self, path: Path, *, name: str | None = None, to: str | None = None, text: str = ""
+    ) -> int | None:
+        """Upload the file at ``path`` (shown as ``name``, by default its own) and
+        post it, with ``text``, to the room or to ``to``; returns the transfer's
+        id, told about in ``Transfer*`` events. ``None`` (nothing done) while
+        not in the room or when the server's welcome does not offer ``files``.
+
+        Raises ``LocalProtocolError`` for text too large for a frame, as ``say`` does.
+        """
+        encode(Say(text, to=to, file="f-" + "0" * 24), MAX_CLIENT_FRAME)
+        transfer = self._transfers.new_id()
+        started = self._command(
+            lambda: self._transfers.start_upload(transfer, Path(path), name, to, text)
+        )
+        return transfer if started else None
+
+    def download(self, file: FileInfo, dest: Path) -> int | None:
+        """Download ``file`` (a message's) into ``dest``, checked against its size
+        and SHA-256; returns the transfer's id, or ``None`` as ``upload`` does."""
+        transfer = self._transfers.new_id()
+        started = self._command(lambda: self._transfers.start_download(transfer, file, dest))
+        return transfer if started else None
+
+    def cancel(self, transfer: int) -> None:
+        """Stop ``transfer``: ``TransferFailed`` ("Cancelled.") follows, unless it
+        is over already (or its file's message is out)."""
+        with self._lock:
+            self._commands.append(lambda: self._transfers.cancel(transfer))
+        self._wake()
+
+    def _command(self, command: Callable[[], None]) -> bool:
+        with self._lock:
+            if not self._joined or "files" not in self._features:
+                return False
+            self._commands.append(command)
+        self._wake()
+        return True
+
     def choose_name(self, name: str) -> None:
         """Try another name after ``NameRefused`` (on the next connection if
         this one is gone)."""
@@ -855,6 +965,18 @@ class ChatClient:
             self._outgoing.append((message, frame))
         self._wake()
         return True
+
+    def _queue_say(self, say: Say) -> None:
+        """Queue a file's say (from the network thread: the transfers')."""
+        with self._lock:
+            self._outgoing.append((say, encode(say, MAX_CLIENT_FRAME)))
+
+    def _run_commands(self) -> None:
+        with self._lock:
+            commands = list(self._commands)
+            self._commands.clear()
+        for command in commands:
+            command()
 
     def _wake(self) -> None:
         try:
@@ -1197,21 +1319,11 @@ class ChatClient:
         # socket reads on input and writes on room, TLS may need either for either.
         read_waits, write_waits = Want.READ, Want.WRITE
         while True:
+            self._run_commands()
             if self._handle_frames(decoder, out, reconnecting):
                 last_heard = time.monotonic()
                 pinged = False
-            # Queue what the UI asked for; says and renames wait for the server's
-            # answer. The rest waits in _outgoing until the socket has taken
-            # what is here.
-            while self._outgoing and len(out) < MAX_CLIENT_FRAME:
-                message, frame = self._outgoing.popleft()
-                if isinstance(message, Say | Rename):
-                    self._pending.append(message)
-                elif isinstance(message, Who):
-                    self._whos += 1
-                elif isinstance(message, History | Search):
-                    self._asked.append(message)
-                out += frame
+            self._queue(out)
             if out:
                 write_waits = self._transmit(transport, out)
             reading = self.events.has_room()
@@ -1232,12 +1344,36 @@ class ChatClient:
             # Input the transport holds already (TLS) is never reported by the
             # selector: it is read without waiting.
             held = reading and transport.pending() > 0
-            wait = 0.0 if held else (self._dead_after if pinged else self._ping_after) - silent
+            if held or (not out and self._transfers.has_data()):  # or data to read from a file
+                wait = 0.0
+            else:
+                wait = (self._dead_after if pinged else self._ping_after) - silent
             ready = 0
             for _key, mask in self._wait(max(0.0, wait)):
                 ready |= mask
             if held or (reading and ready & _SELECT[read_waits]):
                 read_waits = self._receive(transport, decoder)
+
+    def _queue(self, out: bytearray) -> None:
+        """Queue what the UI asked for in ``out``; says and renames wait for the
+        server's answer. The rest waits in _outgoing until the socket has taken
+        what is here. Upload data goes only behind every chat frame, and only
+        a few chunks ahead."""
+        while self._outgoing and len(out) < MAX_CLIENT_FRAME:
+            message, frame = self._outgoing.popleft()
+            if isinstance(message, Say | Rename):
+                self._pending.append(message)
+            elif isinstance(message, Who):
+                self._whos += 1
+            elif isinstance(message, History | Search):
+                self._asked.append(message)
+            out += frame
+        for control in self._transfers.control():
+            out += control
+        while not self._outgoing and len(out) < DATA_AHEAD:
+            if (data := self._transfers.data()) is None:
+                break
+            out += data
 
     def _watch(self, transport: Transport, events: int) -> None:
         """Have the selector watch ``transport`` for ``events`` (none: not at all)."""
@@ -1317,6 +1453,7 @@ class ChatClient:
             self._greeting = False
             self._joined = True
             self._welcomed_at = time.monotonic()
+            self._features = message.features or ()
             self._post(Welcomed(message, reconnecting, self._pin, insecure))
         elif isinstance(message, Error):
             return self._on_error(message)
@@ -1327,11 +1464,19 @@ class ChatClient:
             return None
         elif isinstance(message, HistoryPage | SearchResults):
             self._answer_page(message)
+        elif isinstance(message, UploadReady):
+            return b"".join(self._transfers.on_upload_ready(message))
+        elif isinstance(message, Uploaded):
+            return b"".join(self._transfers.on_uploaded(message))
+        elif isinstance(message, FileData):
+            return b"".join(self._transfers.on_file_data(message))
         else:
             asked = False
             if isinstance(message, ChatMessage) and not message.history:
-                if message.sender == self._name:
-                    self._answered(Say)  # the echo confirms our oldest say
+                # The echo confirms our oldest say, and a file's say its upload.
+                said = self._answered(Say) if message.sender == self._name else None
+                if isinstance(said, Say) and said.file is not None:
+                    self._transfers.posted(said, message.file)
             elif isinstance(message, Renamed) and message.old == self._name:
                 self._answered(Rename)
                 self._name = self._wanted_name = message.new  # and reclaimed after a drop
@@ -1413,8 +1558,11 @@ class ChatClient:
             raise _Dropped("The server is full. Try again later.")
         if error.code == ErrorCode.TIMEOUT and not self._joined:
             raise _Dropped("The server stopped waiting for a name. Connect again.")
+        if error.in_reply_to in FILE_FRAMES:  # about a transfer: it says so itself
+            return b"".join(self._transfers.on_error(error))
         if error.in_reply_to == Say.TYPE and (say := self._answered(Say)) is not None:
-            self._post(Unsent((say,), error.message))
+            if not (isinstance(say, Say) and self._transfers.refused(say, error.message)):
+                self._post(Unsent((say,), error.message))
             return None
         if error.in_reply_to == Rename.TYPE:
             self._answered(Rename)  # the error says why; the name stays as it was
@@ -1455,6 +1603,14 @@ class ChatClient:
             self._outgoing.clear()
             says = (*self._pending, *queued)
             self._pending.clear()
+            commands = list(self._commands)
+            self._commands.clear()
+        for command in commands:  # transfers asked for just now: they fail with the rest
+            command()
+        # A file's say is given back by its transfer's failure, with its words.
+        transfers = self._transfers
+        says = tuple(s for s in says if not (isinstance(s, Say) and transfers.unsent(s)))
+        transfers.lost(reason if self._stop.is_set() else LOST)
         if says:
             self._post(Unsent(says, reason))
         return was_in
@@ -1476,6 +1632,10 @@ __all__ = [
     "SearchFound",
     "ServerShutdown",
     "Stopped",
+    "TransferDone",
+    "TransferFailed",
+    "TransferProgress",
+    "TransferStarted",
     "TrustNeeded",
     "Unsent",
     "Welcomed",
