@@ -8,7 +8,8 @@ so a burst of thousands of
 messages is shown in slices and the window never stops responding. What
 the user types goes through ``commands.parse_input`` to the client; the
 room's history (older pages, search, "New since you left") goes through
-``RoomHistory`` (app/room_history.py). Everything here runs on the Tk thread.
+``RoomHistory`` (app/room_history.py), files and their transfers through
+``FileSharing`` (app/file_sharing.py). Everything here runs on the Tk thread.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from app import text as fmt
 from app.alerts import DesktopNotifications
 from app.chat_view import LOOKALIKE_MARK, Action, ChatView
 from app.connect_dialog import ConnectDialog
+from app.file_sharing import FileSharing
 from app.last_seen import LastSeen, last_seen_path
 from app.network import (
     ChatClient,
@@ -44,6 +46,10 @@ from app.network import (
     SearchFound,
     ServerShutdown,
     Stopped,
+    TransferDone,
+    TransferFailed,
+    TransferProgress,
+    TransferStarted,
     TrustNeeded,
     Unsent,
     Welcomed,
@@ -168,6 +174,12 @@ class ChatApp:
         root.title("LAN Chat")
         root.protocol("WM_DELETE_WINDOW", self.quit)
         self._restore_geometry()
+        self.files = FileSharing(
+            lambda: self.view,
+            client=lambda: self.client,
+            auto_download_mb=lambda: self.settings.auto_download_mb,
+            notice=self.notice,
+        )
         self.view = ChatView(
             root,
             on_send=self.on_send,
@@ -178,6 +190,7 @@ class ChatApp:
             on_search=lambda query, before: self.history.search(query, before),  # noqa: PLW0108
             on_choose_result=lambda message: self.history.show_context(message),  # noqa: PLW0108
             on_end_reached=self._read_to_end,
+            files=self.files,
         )
         self.history = RoomHistory(
             self.view,
@@ -197,6 +210,7 @@ class ChatApp:
             "<Control-0>": lambda _e: self.change_font_size(0),
             "<Control-q>": lambda _e: self.quit(),
             "<Control-f>": lambda _e: self.history.open_search(),
+            "<Control-o>": lambda _e: self.view.attach_file(),
         }
         for sequence, action in self._shortcuts.items():
             root.bind_all(sequence, action)
@@ -211,6 +225,7 @@ class ChatApp:
         chat = ttk.Menu(menubar, tearoff=False)
         chat.add_command(label="Connect to another server…", command=self.open_dialog)
         chat.add_command(label="Disconnect", command=self.disconnect)
+        chat.add_command(label="Send a file…", accelerator="Ctrl+O", command=self.view.attach_file)
         chat.add_separator()
         chat.add_command(label="Quit", command=self.quit, accelerator="Ctrl+Q")
         menubar.add_cascade(label="Chat", menu=chat)
@@ -410,6 +425,7 @@ class ChatApp:
             self.root.after_cancel(self._pump_id)
             self._pump_id = None
         self._drop_client()
+        self.files.close()
         self.history.save()
         self.desktop.close()
         self._remember_geometry()
@@ -432,6 +448,7 @@ class ChatApp:
         if self.client is not None:
             self.client.close()
             self.client = None
+            self.files.connection_ended()
         self._retry_at = None
 
     # -- the pump -----------------------------------------------------------------
@@ -457,6 +474,7 @@ class ChatApp:
                 else:
                     more = True
                 self.view.end_batch()
+            self.files.poll()
             if self._retry_at is not None:
                 seconds = max(0, round(self._retry_at - time.monotonic()))
                 self.view.update_banner(f"{self._lost_reason} Retrying in {seconds} s…")
@@ -511,6 +529,8 @@ class ChatApp:
                 self.notice(
                     f"Not sent: {reason} {back} back in the box; Enter sends it again.", "error"
                 )
+            case TransferStarted() | TransferProgress() | TransferDone() | TransferFailed():
+                self.files.handle(event)
             case Stopped():
                 pass
 

@@ -39,20 +39,31 @@ theme; so are the other colours of the transcript.
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 import tkinter
 import webbrowser
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from tkinter import filedialog
 from tkinter import font as tkfont
+from typing import Protocol
 
 import ttkbootstrap as ttk
+from PIL import Image, ImageTk
 
 from app import emoji_images, lookalike
 from app import text as fmt
+from app.attachments import looks_executable
+from app.file_card import FileCard, TransferRow, short_name
+from app.file_names import human_size, safe_file_name
 from app.search_panel import SearchPanel
-from server.protocol import MAX_TEXT_LENGTH, ChatMessage, name_identity
+from server.protocol import MAX_TEXT_LENGTH, ChatMessage, FileInfo, name_identity
+
+logger = logging.getLogger("app.chat_view")
 
 MAX_LINES = 10_000  # transcript lines kept; older ones are dropped in chunks
 COUNTER_FROM = MAX_TEXT_LENGTH - 500  # the length counter shows from here on
@@ -83,6 +94,40 @@ ANCHOR = "anchor"  # a mark: the line at the top of the view while a page goes i
 DIVIDER_TEXT = "New since you left"
 BEGINNING_TEXT = "Beginning of the room"
 NOT_KEPT_TEXT = "Older messages are not shown here: Ctrl+F searches all of them."
+# Files in the transcript shown as widgets or pictures, at most: Tk looks
+# through every embedded window and image of a Text as it lays it out, and a
+# thumbnail holds up to 300 KB. Older ones become a line of text that still
+# answers a click (a picture opens, a file is offered to save).
+MAX_CARDS = 200
+MAX_THUMBNAILS = 100
+TRANSFER_ROWS = 4  # shown at once; "and N more" says the rest
+FILE_TAG = "attached-"  # a tag per file shown: attached-1, attached-2, ...
+
+
+class FileActions(Protocol):
+    """What the view asks of whoever handles files (app/file_sharing.py)."""
+
+    def attach(self, path: Path) -> None:
+        """Send the file at ``path``."""
+
+    def paste_image(self) -> bool:
+        """Send the clipboard's image, if it holds one; whether it did."""
+
+    def save(self, file: FileInfo, dest: Path) -> None:
+        """Download ``file`` to ``dest`` (the person chose it)."""
+
+    def open(self, file: FileInfo) -> None:
+        """Download ``file`` to the cache and open it with the OS."""
+
+    def open_image(self, file: FileInfo) -> None:
+        """Show the picture ``file`` full size."""
+
+    def cancel(self, transfer: int) -> None:
+        """Stop a transfer."""
+
+    def shown(self, file: FileInfo) -> bool:
+        """``file`` went into the transcript: whether its picture will come
+        (``show_image`` or ``image_unavailable``) rather than a card."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +160,11 @@ class ChatView(ttk.Frame):
         on_search: Callable[[str, int | None], None] | None = None,
         on_choose_result: Callable[[ChatMessage], None] | None = None,
         on_end_reached: Callable[[], None] | None = None,
+        files: FileActions | None = None,
     ) -> None:
         super().__init__(master)
         self.on_send = on_send
+        self._init_files(files)
         # The person reached the top of the transcript: ask for an older page
         # (returns whether it was asked for). Search: see app/search_panel.py.
         self.on_reach_top = on_reach_top
@@ -164,10 +211,24 @@ class ChatView(ttk.Frame):
             self.transcript, self.font.metrics("linespace"), astral_ok=self._astral_ok
         )
         self._build_input()
+        if files is not None:
+            self._enable_drop()
         self.status_label = ttk.Label(self, text="", bootstyle="secondary", padding=(10, 4))
         self.status_label.grid(row=3, column=0, sticky="we")
         self._build_security()
         self._recolor = ttk.theme_aware(lambda _style: self.apply_theme())
+
+    def _init_files(self, files: FileActions | None) -> None:
+        """The cards, pictures and transfers shown (see ``_attachment_line``)."""
+        self._files = files
+        self._shown_files: dict[str, FileInfo] = {}  # by tag (attached-N)
+        self._waiting: dict[str, list[str]] = {}  # a picture to come, by file id: its tags
+        self._photos: dict[str, ImageTk.PhotoImage] = {}  # shown, by tag, oldest first
+        self._cards: deque[FileCard] = deque()
+        self._as_words: set[str] = set()  # the tags of old cards and pictures turned to words
+        self._file_count = 0
+        self._transfers: dict[int, TransferRow] = {}
+        self.drop_enabled = False
 
     def destroy(self) -> None:
         ttk.remove_theme_change_callback(self._recolor)
@@ -227,6 +288,11 @@ class ChatView(ttk.Frame):
             self.scrolled, text="", bootstyle="primary", command=self.scroll_to_end
         )
         self.transcript.tag_bind("link", "<Button-1>", self._open_link)
+        self.transcript.tag_bind("picture-link", "<Button-1>", self._picture_clicked)
+        self.transcript.tag_bind("file-link", "<Button-1>", self._file_words_clicked)
+        for tag in ("picture-link", "file-link"):
+            self.transcript.tag_bind(tag, "<Enter>", lambda _e: self._link_cursor("hand2"))
+            self.transcript.tag_bind(tag, "<Leave>", lambda _e: self._link_cursor("arrow"))
         self.transcript.tag_bind("link", "<Enter>", lambda _e: self._link_cursor("hand2"))
         self.transcript.tag_bind("link", "<Leave>", lambda _e: self._link_cursor("arrow"))
         middle.add(self.scrolled, weight=4)
@@ -257,14 +323,25 @@ class ChatView(ttk.Frame):
         row = ttk.Frame(self, padding=(10, 8, 10, 0))
         row.grid(row=2, column=0, sticky="we")
         row.columnconfigure(0, weight=1)
+        # Transfers in progress, one row each, above the box (shown while any is).
+        self.transfer_strip = ttk.Frame(row, padding=(0, 0, 0, 6))
+        self._more_label = ttk.Label(self.transfer_strip, text="", bootstyle="secondary")
         self.input = tkinter.Text(row, height=3, wrap="word", font=self.font, undo=True)
-        self.input.grid(row=0, column=0, rowspan=2, sticky="we")
+        self.input.grid(row=1, column=0, rowspan=2, sticky="we")
+        self.attach_button = ttk.Button(
+            row, icon="paperclip", bootstyle="secondary-outline", command=self.attach_file
+        )
+        if self._files is not None:
+            self.attach_button.grid(row=1, column=1, sticky="n", padx=(8, 0))
         send_button = ttk.Button(
             row, text="Send", icon="send-fill", bootstyle="primary", command=self.send_input
         )
-        send_button.grid(row=0, column=1, sticky="n", padx=(8, 0))
+        send_button.grid(row=1, column=2, sticky="n", padx=(8, 0))
         self._counter_label = ttk.Label(row, text="", bootstyle="secondary")
-        self._counter_label.grid(row=1, column=1, sticky="s", padx=(8, 0))
+        self._counter_label.grid(row=2, column=1, columnspan=2, sticky="se", padx=(8, 0))
+        self.input.bind("<<Paste>>", self._paste_in_input)
+        # Ctrl+O sends a file; Tk's Text would also open a line there ("break").
+        self.input.bind("<Control-o>", self._attach_key)
         self.input.bind("<Return>", self._enter)
         self.input.bind("<KP_Enter>", self._enter)
         self.input.bind("<Shift-Return>", self._newline)
@@ -451,7 +528,9 @@ class ChatView(ttk.Frame):
         then the new-messages button counts them."""
         lines = int(self.transcript.index("end-1c").split(".")[0])
         if lines > MAX_LINES:
-            self._edit(lambda: self.transcript.delete("1.0", f"{lines - MAX_LINES + 1}.0"))
+            cut = f"{lines - MAX_LINES + 1}.0"
+            self._forget_files_in("1.0", cut)
+            self._edit(lambda: self.transcript.delete("1.0", cut))
             if self._room_open and self.transcript.compare(ROOM_TOP, "==", "1.0"):
                 self._paging = "off"  # the oldest lines shown are gone: no page fits above
         if self._following:
@@ -478,6 +557,9 @@ class ChatView(ttk.Frame):
         )
         parts, line_tags, mention = self._message_line(message, grouped)
         self._append(parts, line_tags)
+        if message.file is not None:
+            file = message.file
+            self._edit(lambda: self._attachment_line(file, line_tags, "end"))
         self._group = (message.sender, message.ts) if plain else None
         self._note_id(message)
         return mention
@@ -517,7 +599,10 @@ class ChatView(ttk.Frame):
                 parts.append(("\n", tags))
             for piece, is_link in fmt.split_links(line):
                 parts.append((piece, (*tags, "link") if is_link else tags))
-        return parts, ((*base, "cont") if further else base), mention
+        line_tags = (*base, "cont") if further else base
+        if grouped and message.file is not None and not message.text:
+            line_tags = (*line_tags, "elide")  # nothing to show but the file, on the next line
+        return parts, line_tags, mention
 
     def add_notice(self, text: str, kind: str = "system", ts: float | None = None) -> None:
         """A line from the app itself, with its time (``ts``, default now): ``system``,
@@ -619,6 +704,7 @@ class ChatView(ttk.Frame):
             self.transcript.configure(state="disabled")
 
     def clear_transcript(self) -> None:
+        self._forget_files_in("1.0", "end")
         self._edit(lambda: self.transcript.delete("1.0", "end"))
         self._day = None
         self._group = None
@@ -719,7 +805,7 @@ class ChatView(ttk.Frame):
         page = [m for m in messages if oldest is None or m.id < oldest]
         fits = MAX_LINES - int(self.transcript.index("end-1c").split(".")[0]) - 3
         page, cut = _fitting(page, fits)
-        lines: list[tuple[list[tuple[str, tuple[str, ...]]], tuple[str, ...]]] = []
+        lines: list[_Line] = []
         unread = sum(map(self._unread, page))
         divided = False
         day: datetime.date | None = None
@@ -742,6 +828,8 @@ class ChatView(ttk.Frame):
             )
             parts, line_tags, _mention = self._message_line(message, grouped)
             lines.append((parts, line_tags))
+            if message.file is not None:
+                lines.append((message.file, line_tags))
             group = (message.sender, message.ts) if plain else None
         text = self.transcript
         below = self._top_day
@@ -773,15 +861,16 @@ class ChatView(ttk.Frame):
         self._paging = "ready" if more and not cut else "ended"
         return unread
 
-    def _insert_lines(
-        self, lines: list[tuple[list[tuple[str, tuple[str, ...]]], tuple[str, ...]]]
-    ) -> None:
+    def _insert_lines(self, lines: list[_Line]) -> None:
         """Put ``lines`` in at ``ROOM_TOP``, in their order, above what is there."""
         text = self.transcript
         text.mark_set(PAGE_AT, ROOM_TOP)
         text.mark_gravity(PAGE_AT, "right")  # each piece goes in after the last
         for parts, line_tags in lines:
-            self._emoji.insert_line([*parts, ("\n", line_tags)], at=PAGE_AT)
+            if isinstance(parts, FileInfo):
+                self._attachment_line(parts, line_tags, PAGE_AT)
+            else:
+                self._emoji.insert_line([*parts, ("\n", line_tags)], at=PAGE_AT)
         text.mark_unset(PAGE_AT)
 
     def _keep_place(self, change: Callable[[], None]) -> None:
@@ -806,8 +895,333 @@ class ChatView(ttk.Frame):
         text.mark_unset(ANCHOR)
 
     def transcript_text(self) -> str:
-        """Everything shown, one line per message or notice."""
-        return self._emoji.get("1.0", "end-1c").removesuffix("\n")
+        """Everything shown, one line per message or notice (and per file: its
+        card or picture as "[file: name, size]", "[image: name, size]")."""
+        pieces: list[str] = []
+        text = self.transcript
+        for kind, value, index in text.dump("1.0", "end-1c", text=True, image=True, window=True):
+            if kind == "text":
+                pieces.append(value)
+            elif kind == "window":
+                card = self._card_at(value)
+                pieces.append(card.text if card is not None else "")
+            else:
+                file = self._file_at(index)
+                if file is not None:
+                    pieces.append(_picture_words(file))
+                else:
+                    pieces.append(emoji_images.sequence_of(value) or "")
+        return "".join(pieces).removesuffix("\n")
+
+    # -- files: attach, paste, drop; cards and pictures; transfers ----------------
+    #
+    # A message's file goes on a line of its own under its text, tagged
+    # ``attached-N`` (N counts every file shown): a card (app/file_card.py,
+    # embedded in the Text), or, for a picture that ``FileActions.shown``
+    # says will come, a line of words that ``show_image`` replaces with the
+    # thumbnail (or ``image_unavailable`` with a card). Past ``MAX_CARDS``
+    # and ``MAX_THUMBNAILS`` the oldest turn back into words that still
+    # answer a click. Lines trimmed away take their files with them.
+
+    def attach_file(self) -> None:
+        """The paperclip and Ctrl+O: choose files, then send them."""
+        if self._files is None:
+            return
+        chosen = filedialog.askopenfilenames(parent=self.winfo_toplevel(), title="Send files")
+        if not chosen:
+            return  # cancelled ("" or an empty tuple, by platform)
+        for name in self.tk.splitlist(chosen) if isinstance(chosen, str) else chosen:
+            self._files.attach(Path(name))
+
+    def _attach_key(self, _event: tkinter.Event) -> str:
+        self.attach_file()
+        return "break"
+
+    def _paste_in_input(self, _event: tkinter.Event) -> str | None:
+        """Ctrl+V: text as ever; an image (with no text) is sent as a file."""
+        if self._files is None:
+            return None
+        try:
+            has_text = bool(self.clipboard_get())
+        except tkinter.TclError:  # no text on the clipboard (perhaps a picture)
+            has_text = False
+        if not has_text and self._files.paste_image():
+            return "break"
+        return None
+
+    def _enable_drop(self) -> None:
+        """Files dropped anywhere on the view are sent. tkdnd (the Tk extension,
+        loaded by tkinterdnd2) does the platform's part; without it there is
+        no drop, and nothing else changes."""
+        try:
+            from tkinterdnd2 import TkinterDnD  # noqa: PLC0415 - optional
+
+            TkinterDnD._require(self)
+            command = self.register(self._dropped)
+            self.tk.call("tkdnd::drop_target", "register", str(self), "DND_Files")
+            self.tk.call("bind", str(self), "<<Drop:DND_Files>>", f"{command} %D")
+        except Exception as exc:  # the package, its library or Tcl said no
+            logger.info("No drag and drop of files: %s", exc)
+            return
+        self.drop_enabled = True
+
+    def _dropped(self, data: str) -> str:
+        """tkdnd's drop: ``data`` is a Tcl list of paths. Returns the action taken."""
+        if self._files is None:
+            return "refuse_drop"
+        try:
+            paths = [Path(each) for each in self.tk.splitlist(data)]
+        except tkinter.TclError:
+            return "refuse_drop"
+        for path in paths:
+            self._files.attach(path)
+        return "copy"
+
+    def _attachment_line(self, file: FileInfo, line_tags: tuple[str, ...], at: str) -> None:
+        """(In an edit.) ``file`` on a line of its own at ``at`` (the end, or a
+        mark of right gravity), indented under its message's text."""
+        self._file_count += 1
+        tag = f"{FILE_TAG}{self._file_count}"
+        self._shown_files[tag] = file
+        tags = (*(each for each in line_tags if each != "elide"), "cont", "file")
+        text = self.transcript
+        if self._files is not None and self._files.shown(file):
+            self._waiting.setdefault(file.id, []).append(tag)
+            text.insert(at, f"{_picture_words(file)} …", (*tags, tag, "picture-link"))
+        else:
+            self._insert_card(file, at, (*tags, tag))
+        text.insert(at, "\n", tags)
+
+    def _insert_card(self, file: FileInfo, at: str, tags: tuple[str, ...], note: str = "") -> None:
+        """(In an edit.) ``file``'s card at ``at``."""
+        card = FileCard(
+            self.transcript, file, on_save=self._save_clicked, on_open=self._open_clicked, note=note
+        )
+        card.name_label.configure(font=self.font)
+        self.transcript.window_create(at, window=card, padx=2, pady=3)
+        for each in tags:
+            self.transcript.tag_add(each, str(card))
+        self._cards.append(card)
+        while len(self._cards) > MAX_CARDS:
+            self._card_to_words(self._cards.popleft())
+
+    def _card_to_words(self, card: FileCard) -> None:
+        """(In an edit.) An old card becomes words that still offer Save… on a click."""
+        try:
+            index = self.transcript.index(str(card))
+        except tkinter.TclError:
+            return  # gone with old lines
+        tags = self.transcript.tag_names(index)
+        self.transcript.delete(index)
+        self.transcript.insert(index, card.text, (*tags, "file-link"))
+        self._as_words.update(tag for tag in tags if tag.startswith(FILE_TAG))
+
+    def show_image(self, file_id: str, picture: Image.Image) -> None:
+        """The picture of the file ``file_id`` has come: its thumbnail replaces
+        the words that stood for it, wherever it is shown."""
+        tags = self._waiting.pop(file_id, [])
+        text = self.transcript
+        if not tags:
+            return
+        photo = ImageTk.PhotoImage(picture, master=text)
+
+        def change() -> None:
+            for tag in tags:
+                found = text.tag_ranges(tag)
+                if not found:
+                    continue
+                start = str(found[0])
+                keep = text.tag_names(start)
+                text.delete(start, found[-1])
+                name = text.image_create(start, image=photo, name=f"picture-{tag}", pady=3)
+                for each in keep:
+                    text.tag_add(each, name)
+                self._photos[tag] = photo
+            while len(self._photos) > MAX_THUMBNAILS:
+                self._picture_to_words(next(iter(self._photos)))
+
+        self._change_in_place(change)
+
+    def _picture_to_words(self, tag: str) -> None:
+        """(In an edit.) An old thumbnail becomes words; a click still opens it."""
+        self._photos.pop(tag, None)
+        file = self._shown_files.get(tag)
+        try:
+            index = self.transcript.index(f"picture-{tag}")
+        except tkinter.TclError:
+            return
+        tags = self.transcript.tag_names(index)
+        self.transcript.delete(index)
+        if file is not None:
+            self.transcript.insert(index, _picture_words(file), tags)
+            self._as_words.add(tag)
+
+    def image_unavailable(self, file_id: str, reason: str) -> None:
+        """The picture of ``file_id`` will not come (too big, unreadable, the
+        download failed): a card, saying why, stands where it was to be."""
+        tags = self._waiting.pop(file_id, [])
+        text = self.transcript
+
+        def change() -> None:
+            for tag in tags:
+                found = text.tag_ranges(tag)
+                file = self._shown_files.get(tag)
+                if not found or file is None:
+                    continue
+                start = str(found[0])
+                keep = tuple(t for t in text.tag_names(start) if t != "picture-link")
+                text.delete(start, found[-1])
+                text.mark_set(PAGE_AT, start)
+                text.mark_gravity(PAGE_AT, "right")
+                self._insert_card(file, PAGE_AT, keep, note=reason)
+                text.mark_unset(PAGE_AT)
+
+        if tags:
+            self._change_in_place(change)
+
+    def _change_in_place(self, change: Callable[[], None]) -> None:
+        """Make ``change`` (a line growing or shrinking) keeping the end in view
+        when following, else the line at the top of the view where it is."""
+        text = self.transcript
+        if self._following:
+            self._edit(change)
+            text.see("end")
+            return
+        text.mark_set(ANCHOR, text.index("@0,0"))
+        before = text.dlineinfo(ANCHOR)
+        self._edit(change)
+        if before is not None:
+            text.yview(ANCHOR)
+            after = text.dlineinfo(ANCHOR)
+            if after is not None and after[1] != before[1]:
+                text.yview_scroll(after[1] - before[1], "pixels")
+        text.mark_unset(ANCHOR)
+
+    def _forget_files_in(self, start: str, end: str) -> None:
+        """The files shown between ``start`` and ``end`` are about to go."""
+        text = self.transcript
+        for kind, value, _index in text.dump(start, end, tag=True, window=True):
+            if kind == "tagon" and value.startswith(FILE_TAG):
+                self._shown_files.pop(value, None)
+                self._photos.pop(value, None)
+                self._as_words.discard(value)
+                text.tag_delete(value)
+                for tags in self._waiting.values():
+                    if value in tags:
+                        tags.remove(value)
+            elif kind == "window":
+                self._cards = deque(card for card in self._cards if str(card) != value)
+        for file_id in [key for key, tags in self._waiting.items() if not tags]:
+            del self._waiting[file_id]
+
+    def _file_at(self, index: str) -> FileInfo | None:
+        for tag in self.transcript.tag_names(index):
+            if tag.startswith(FILE_TAG):
+                return self._shown_files.get(tag)
+        return None
+
+    def _card_at(self, name: str) -> FileCard | None:
+        return next((card for card in self._cards if str(card) == name), None)
+
+    def _picture_clicked(self, _event: tkinter.Event) -> None:
+        file = self._file_at("current")
+        if file is not None and self._files is not None:
+            self._files.open_image(file)
+
+    def _file_words_clicked(self, _event: tkinter.Event) -> None:
+        file = self._file_at("current")
+        if file is not None:
+            self._save_clicked(file)
+
+    def _save_clicked(self, file: FileInfo) -> None:
+        """Save…: ask where (offering the name made safe), then download there."""
+        if self._files is None:
+            return
+        chosen = filedialog.asksaveasfilename(
+            parent=self.winfo_toplevel(), title="Save file", initialfile=safe_file_name(file.name)
+        )
+        if chosen:
+            self._files.save(file, Path(chosen))
+
+    def _open_clicked(self, file: FileInfo) -> None:
+        """Open: a file that could run a program is asked about first."""
+        if self._files is None:
+            return
+        if looks_executable(file.name) and not confirm(
+            self,
+            "Open a program?",
+            f"{short_name(file.name)} could be a program: opening it may run it, "
+            "with your rights on this computer. Open it only if you trust its sender.",
+        ):
+            return
+        self._files.open(file)
+
+    @property
+    def files_shown(self) -> list[tuple[str, FileInfo]]:
+        """Each file in the transcript (in the order they went in), as ``card``, ``picture``,
+        ``waiting`` (for its picture) or ``words`` (an old one)."""
+        found: list[tuple[str, FileInfo]] = []
+        for tag, file in self._shown_files.items():
+            if tag in self._photos:
+                found.append(("picture", file))
+            elif tag in self._as_words:
+                found.append(("words", file))
+            elif any(tag in tags for tags in self._waiting.values()):
+                found.append(("waiting", file))
+            else:
+                found.append(("card", file))
+        return found
+
+    def card_for(self, file_id: str) -> FileCard | None:
+        """The newest card shown for ``file_id`` (for tests)."""
+        return next((c for c in reversed(self._cards) if c.file.id == file_id), None)
+
+    def transfer_started(self, transfer: int, name: str, size: int, *, upload: bool) -> None:
+        """A row for the transfer above the input box: name, progress, Cancel."""
+        files = self._files
+        row = TransferRow(
+            self.transfer_strip,
+            name,
+            size,
+            upload=upload,
+            on_cancel=lambda: files.cancel(transfer) if files is not None else None,
+        )
+        self._transfers[transfer] = row
+        self._lay_out_transfers()
+
+    def transfer_progress(self, transfer: int, done: int, size: int) -> None:
+        row = self._transfers.get(transfer)
+        if row is not None:
+            row.progress(done, size)
+
+    def transfer_ended(self, transfer: int) -> None:
+        row = self._transfers.pop(transfer, None)
+        if row is not None:
+            row.destroy()
+            self._lay_out_transfers()
+
+    @property
+    def transfers(self) -> dict[int, TransferRow]:
+        """The transfers shown, by id."""
+        return dict(self._transfers)
+
+    def _lay_out_transfers(self) -> None:
+        strip = self.transfer_strip
+        if not self._transfers:
+            strip.grid_remove()
+            return
+        rows = list(self._transfers.values())
+        for row in rows:
+            row.pack_forget()
+        self._more_label.pack_forget()
+        for row in rows[:TRANSFER_ROWS]:
+            row.pack(fill="x")
+        more = len(rows) - TRANSFER_ROWS
+        if more > 0:
+            self._more_label.configure(text=f"and {more:,} more")
+            self._more_label.pack(fill="x")
+        if not strip.winfo_manager():
+            strip.grid(row=0, column=0, columnspan=3, sticky="we")
 
     # -- who is online, status, banner ----------------------------------------
 
@@ -1201,6 +1615,8 @@ class ChatView(ttk.Frame):
             "day", justify="center", foreground=muted, font=self._bold_font, spacing1=8, spacing3=4
         )
         text.tag_configure("link", foreground=own, underline=True)
+        text.tag_configure("picture-link", foreground=own)
+        text.tag_configure("file-link", foreground=own, underline=True)
         divider = fmt.readable(colors.danger, mention)
         text.tag_configure(
             "divider", justify="center", foreground=divider, font=self._bold_font, spacing1=6
@@ -1245,6 +1661,21 @@ class ChatView(ttk.Frame):
     def _warning_color(self) -> str:
         colors = _style().colors
         return fmt.readable(colors.danger, colors.bg)
+
+
+# A line of a page: its (piece, tags) parts, or a file shown on a line of its
+# own; and the tags of the line.
+_Line = tuple[list[tuple[str, tuple[str, ...]]] | FileInfo, tuple[str, ...]]
+
+
+def confirm(parent: tkinter.Misc, title: str, question: str) -> bool:
+    """Ask a yes-or-no question in a modal box (tests replace it)."""
+    answer = ttk.Messagebox.yesno(question, title, parent=parent, localize=False)
+    return answer == "Yes"
+
+
+def _picture_words(file: FileInfo) -> str:
+    return f"[image: {short_name(file.name)}, {human_size(file.size)}]"
 
 
 class _Tip:
@@ -1302,6 +1733,7 @@ def _fitting(page: list[ChatMessage], lines: int) -> tuple[list[ChatMessage], bo
     taken = 0
     for index in range(len(page) - 1, -1, -1):
         taken += 2 + fmt.one_kind_of_newline(page[index].text).count("\n")
+        taken += page[index].file is not None
         if taken > lines:
             return page[index + 1 :], True
     return page, False

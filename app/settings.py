@@ -25,6 +25,9 @@ logger = logging.getLogger("app.settings")
 APP_NAME = "lan-chat"
 MIN_FONT_SIZE = 8
 MAX_FONT_SIZE = 28
+# Images up to this many MB are downloaded as they arrive and shown inline;
+# bigger ones (and every other file) wait for a click. 0 turns it off.
+MAX_AUTO_DOWNLOAD_MB = 1000
 # Tk's "WIDTHxHEIGHT+X+Y" (a negative position is "+-X"); a few digits each.
 GEOMETRY = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})\+(-?[0-9]{1,5})\+(-?[0-9]{1,5})")
 
@@ -32,8 +35,9 @@ GEOMETRY = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})\+(-?[0-9]{1,5})\+(-?
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The last connection, the theme, the font size, the window's geometry
-    (Tk's "WIDTHxHEIGHT+X+Y", or empty for the default), and whether mentions
-    and private messages in the background alert at all."""
+    (Tk's "WIDTHxHEIGHT+X+Y", or empty for the default), whether mentions
+    and private messages in the background alert at all, and how big an image
+    may be to be downloaded by itself and shown inline (MB; 0: none)."""
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
@@ -42,6 +46,7 @@ class Settings:
     font_size: int = 11
     geometry: str = ""
     notifications: bool = True
+    auto_download_mb: int = 10
 
     def with_font_size(self, size: int) -> Settings:
         return replace(self, font_size=max(MIN_FONT_SIZE, min(MAX_FONT_SIZE, size)))
@@ -72,6 +77,8 @@ def load(path: Path | None = None) -> Settings:
             values[field.name] = value
     if parse_geometry(values.get("geometry", "")) is None:
         values.pop("geometry", None)
+    if not 0 <= values.get("auto_download_mb", 0) <= MAX_AUTO_DOWNLOAD_MB:
+        values.pop("auto_download_mb")
     settings = Settings(**values)
     return settings.with_font_size(settings.font_size)
 

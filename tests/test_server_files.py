@@ -473,3 +473,47 @@ def test_chat_is_not_delayed_by_downloads_of_others(server, open_client):
         for thread in threads:
             thread.join(30)
     assert not errors
+
+
+def test_a_slow_disk_holds_back_the_uploader_not_the_room(server, open_client, monkeypatch):
+    from server import files as files_module  # noqa: PLC0415 - patched for this test only
+    from server import transfers as transfers_module  # noqa: PLC0415
+
+    real_write = files_module.Incoming.write
+    written: list[int] = []
+
+    def slow_write(self, offset: int, data: bytes) -> None:
+        time.sleep(0.02)  # 1.6 MB/s: a disk far slower than the client
+        real_write(self, offset, data)
+        written.append(offset)
+
+    monkeypatch.setattr(files_module.Incoming, "write", slow_write)
+    real_data = transfers_module.Transfers.data
+    queued: list[int] = []
+
+    def counted_data(self, data) -> None:
+        real_data(self, data)
+        queued.append(self._writing)  # chunks read from alice, not yet on disk
+
+    monkeypatch.setattr(transfers_module.Transfers, "data", counted_data)
+    alice = open_client(server, "alice")
+    bob = open_client(server, "bob")
+    data = os.urandom(100 * CHUNK)  # 3.2 MB: 2 s of that disk
+    number = start_upload(alice, data)
+    sender = threading.Thread(target=send_data, args=(alice, number, data))
+    sender.start()
+    try:
+        time.sleep(0.3)
+        # The server reads no more of alice than its disk keeps up with (TCP
+        # holds the rest back), and bob is answered meanwhile.
+        for n in range(5):
+            bob.send({"type": "ping", "n": n})
+            answer(bob, "pong", n=n)
+        assert len(written) < 60
+    finally:
+        sender.join(30)
+    digest = hashlib.sha256(data).hexdigest()
+    alice.send({"type": "upload-done", "upload": number, "sha256": digest})
+    uploaded = answer(alice, "uploaded", upload=number)
+    assert len(written) == 100 and uploaded["file"].startswith("f-")
+    assert max(queued) == transfers_module.WRITES_AHEAD  # never more read ahead of the disk
