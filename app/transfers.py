@@ -423,8 +423,8 @@ class Transfers:
             logger.warning("dropped file data nobody asked for")
             return []
         owner = wanted.owner
-        problem = self._check(wanted, data)
-        if isinstance(problem, str):
+        checked = self._check(wanted, data)
+        if isinstance(checked, str):
             # Its file's data cannot be followed any more: drop its ranges.
             for each in [r for r in self._ranges if r.owner is owner]:
                 self._ranges.remove(each)
@@ -432,16 +432,16 @@ class Transfers:
                     self._unconfirmed = None
             owner.ranges = 0
             if owner in self._downloads:
-                self._fail(owner, problem)
+                self._fail(owner, checked)
             return self.control()
         if wanted is self._unconfirmed:
             self._unconfirmed = None
-        wanted.got += len(problem)
+        wanted.got += len(checked)
         if wanted.offset + wanted.got == wanted.end:
             self._ranges.remove(wanted)
             owner.ranges -= 1
         if owner in self._downloads:
-            self._write(owner, problem)
+            self._write(owner, checked)
         return self.control()
 
     def posted(self, say: Say, file: FileInfo | None) -> None:
