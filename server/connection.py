@@ -117,6 +117,9 @@ class Loop(Protocol):
     def call_soon(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` on the loop's thread. Any thread."""
 
+    def when_idle(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` once the loop's pass has done everything else. Its thread only."""
+
 
 def format_address(address: Any) -> str:
     """``host:port`` for IPv4, ``[host]:port`` for IPv6."""
@@ -435,9 +438,9 @@ class Connection:
         if self._downloading:
             if self._file_data:
                 if downloads <= 0 and not self._downloads_due:
-                    # The rest in the next pass, after everyone else's input and chat.
+                    # The rest after everyone else's input and chat.
                     self._downloads_due = True
-                    self.loop.call_soon(self._flush_downloads)
+                    self.loop.when_idle(self._flush_downloads)
             else:
                 self._downloading = False
                 self.transport.limit_unsent(0)

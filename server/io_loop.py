@@ -143,6 +143,9 @@ class IOLoop:
         self._new: deque[tuple[socket.socket, Any, bool | RemoteProtocolError]] = deque()
         self._dirty: deque[Connection] = deque()
         self._calls: deque[Callable[[], object]] = deque()
+        # Its own thread's work that may wait for everything else of a pass
+        # (the rest of a download): run after the pass's flushes.
+        self._idle: list[Callable[[], object]] = []
         self._broadcast = False
         self._presence_due: float | None = None  # when held-back presence must go out
         self._flush_all_took = 0.0  # seconds the last flush of every member took
@@ -257,7 +260,14 @@ class IOLoop:
         try:
             while self._stop_message is None:
                 wake_at = next_tick
-                if self._new or self._dirty or self._calls or self._broadcast or self._input:
+                if (
+                    self._new
+                    or self._dirty
+                    or self._calls
+                    or self._broadcast
+                    or self._input
+                    or self._idle
+                ):
                     wake_at = 0.0
                 elif (presence_due := self._presence_due) is not None:
                     wake_at = min(wake_at, presence_due)
@@ -267,6 +277,7 @@ class IOLoop:
                 if presence_due is not None and time.monotonic() >= presence_due:
                     self._broadcast = True
                 self._run_queues()
+                self._run_idle()
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TIMER_TICK
@@ -345,6 +356,19 @@ class IOLoop:
                     self._serve_input(backlog=False)
                     self._run_own_queues()
             self._flush_all_took = took
+
+    def when_idle(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` at the end of this pass, after its input, callbacks and
+        flushes (asked for by such a callback: of the next). Its own thread only."""
+        self._idle.append(callback)
+
+    def _run_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for callback in idle:
+            try:
+                callback()
+            except Exception:
+                logger.exception("%s: a callback failed: %r", self.thread.name, callback)
 
     def _run_own_queues(self) -> None:
         """Open handed-over connections, run the callbacks asked for, flush

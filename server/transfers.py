@@ -17,7 +17,9 @@ hand results back through the connection's ``call_soon``:
   not served meanwhile, so TCP slows the uploader down and the replies
   keep their order.
 - ``files-down`` reads download ranges and encodes them as ``file-data``
-  frames of ``FILE_DATA_CHUNK`` bytes. A connection reads ahead one range
+  frames of ``FILE_DATA_CHUNK`` bytes, keeping the last ``ENCODED_CACHE``
+  bytes of them: when a class downloads the same handout at once, each
+  range is read and encoded once, not once per person. A connection reads ahead one range
   at most: the next is read when what it holds is down to one range's
   frames. The connection writes these frames only when it owes no chat
   frame (``Connection.flush``), and they never count towards the
@@ -34,7 +36,7 @@ import base64
 import binascii
 import logging
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar
@@ -73,6 +75,8 @@ DOWNLOADS_QUEUED = 16
 """Download ranges one connection may have asked for before its input waits."""
 FILE_DATA_CHUNK = 65_536
 """Bytes of file data per ``file-data`` frame: a chat frame waits behind one at most."""
+ENCODED_CACHE = 8 * 1024 * 1024
+"""Bytes of encoded ``file-data`` frames kept for other downloads of the same ranges."""
 READ_AHEAD_FRAMES = MAX_DOWNLOAD // FILE_DATA_CHUNK
 """A connection's next range is read when it holds no more frames than this."""
 # The longest base64 text of MAX_CHUNK bytes.
@@ -161,6 +165,9 @@ class FileService:
         self.downloads = _Worker("files-down")
         self._owners = 0
         self._owners_lock = threading.Lock()
+        # Only files-down touches these.
+        self._encoded: OrderedDict[tuple[str, int, int], list[bytes]] = OrderedDict()
+        self._encoded_bytes = 0
 
     def transfers(self, asker: Asker) -> Transfers:
         """A new connection's transfers, under an owner token of its own."""
@@ -168,6 +175,21 @@ class FileService:
             self._owners += 1
             owner = self._owners
         return Transfers(self, asker, owner)
+
+    def file_data(self, info: FileInfo, offset: int, length: int) -> list[bytes]:
+        """The ``file-data`` frames of a range (on files-down): read and encoded, or kept."""
+        key = (info.id, offset, length)
+        frames = self._encoded.get(key)
+        if frames is not None:
+            self._encoded.move_to_end(key)
+            return frames
+        frames = _file_data(self.store.read(info.id, offset, length), info, offset)
+        self._encoded[key] = frames
+        self._encoded_bytes += sum(map(len, frames))
+        while self._encoded_bytes > ENCODED_CACHE:
+            _, dropped = self._encoded.popitem(last=False)
+            self._encoded_bytes -= sum(map(len, dropped))
+        return frames
 
     def close(self, timeout: float = 2.0) -> None:
         """Finish what was asked (uploads in progress are dropped), then close the store."""
@@ -354,9 +376,9 @@ class Transfers:
         busy = self.busy
         info, offset, length = self._ranges.popleft()
         self._reading = True
-        store = self._store
+        service = self._service
         self._service.downloads.submit(
-            lambda: _file_data(store.read(info.id, offset, length), info, offset),
+            lambda: service.file_data(info, offset, length),
             lambda result: self._asker.later(lambda: self._read(result)),
         )
         if busy and not self.busy:
