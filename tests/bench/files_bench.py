@@ -22,7 +22,10 @@ and runs two parts:
    got meanwhile.
 
 On a 2-core machine the server takes one core and this process and the
-paced benchmark's share the other: numbers are for comparing runs.
+paced benchmark's share the other: numbers are for comparing runs. The
+exit status is 1 only when something went wrong (a file that came back
+different, a canary or a paced message lost, a downloader that failed); a
+goal missed is printed as MISSED.
 """
 
 from __future__ import annotations
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"uploading, {peaks.get('download', 0):.1f} MB downloading"
             )
             canary_ok = p99(latencies) < CANARY_GOAL_MS and not missed
-            ok &= canary_ok
+            ok &= not missed
             print(
                 f"canary: {len(latencies)} seen, {len(missed)} missed, p50 / p99 / max "
                 f"{ms(latencies)} ms (goal: p99 under {CANARY_GOAL_MS:g} ms: "
@@ -344,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             took = time.perf_counter() - started
             latency = result.get("latency_ms") or {}
             paced_ok = latency.get("p99", float("inf")) < PACED_GOAL_MS and not result.get("losses")
-            ok &= paced_ok
+            ok &= result.get("losses") == 0 and len(counts) == args.downloaders
             print(
                 f"{args.downloaders} downloaders: {sum(counts) / took / 1e6:.1f} MB/s together "
                 f"over {took:.1f} s ({len(counts)} finished), server RSS peak "
