@@ -877,14 +877,20 @@ class ChatView(ttk.Frame):
         """Make ``change`` above the view with the line at its top staying at the
         same pixel (or, following the end, with the end still in view)."""
         text = self.transcript
+        top = text.index("@0,0")
+        if text.compare(top, "<", ROOM_TOP) and text.dlineinfo(ROOM_TOP) is not None:
+            top = ROOM_TOP  # the lines above the room's (a join notice) make way
+        self._keep_line(top, change)
+
+    def _keep_line(self, top: str, change: Callable[[], None]) -> None:
+        """Make ``change`` with the line at ``top`` staying at the same pixel (or,
+        following the end, with the end still in view)."""
+        text = self.transcript
         if self._following:
             self._edit(change)
             text.see("end")
             return
-        top = text.index("@0,0")
-        if text.compare(top, "<", ROOM_TOP) and text.dlineinfo(ROOM_TOP) is not None:
-            top = ROOM_TOP  # the lines above the room's (a join notice) make way
-        text.mark_set(ANCHOR, top)  # of right gravity: the page goes in before it
+        text.mark_set(ANCHOR, top)  # of right gravity: what goes in before it pushes it
         before = text.dlineinfo(ANCHOR)
         self._edit(change)
         if before is not None:
@@ -1082,20 +1088,7 @@ class ChatView(ttk.Frame):
     def _change_in_place(self, change: Callable[[], None]) -> None:
         """Make ``change`` (a line growing or shrinking) keeping the end in view
         when following, else the line at the top of the view where it is."""
-        text = self.transcript
-        if self._following:
-            self._edit(change)
-            text.see("end")
-            return
-        text.mark_set(ANCHOR, text.index("@0,0"))
-        before = text.dlineinfo(ANCHOR)
-        self._edit(change)
-        if before is not None:
-            text.yview(ANCHOR)
-            after = text.dlineinfo(ANCHOR)
-            if after is not None and after[1] != before[1]:
-                text.yview_scroll(after[1] - before[1], "pixels")
-        text.mark_unset(ANCHOR)
+        self._keep_line(self.transcript.index("@0,0"), change)
 
     def _forget_files_in(self, start: str, end: str) -> None:
         """The files shown between ``start`` and ``end`` are about to go."""

@@ -16,7 +16,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from server.store.words import words
@@ -38,7 +38,72 @@ def message(
     }
 
 
-class FakeRoom:
+class ScriptedServer:
+    """Listens on 127.0.0.1 and serves one connection after another with
+    ``_serve``, on a thread of its own, until ``stop``, which raises what went
+    wrong there in the test's thread. ``hold``, set at first, is for the
+    script: while it is clear, answers wait. A subclass sets up what
+    ``_serve`` uses before calling ``__init__``, which starts the thread."""
+
+    def __init__(self, name: str) -> None:
+        self.hold = threading.Event()
+        self.hold.set()
+        self._stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=name)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.hold.set()
+        self.thread.join(10)
+        self.listener.close()
+        assert not self.thread.is_alive(), f"{self.thread.name} did not stop"
+        if self.failure is not None:
+            raise self.failure
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    sock, _ = self.listener.accept()
+                except TimeoutError:
+                    continue
+                with sock:
+                    self._serve(sock)
+        except BaseException as exc:  # reported by stop(), in the test's thread
+            self.failure = exc
+
+    def _frames(self, sock: socket.socket, *, ticks: bool = False) -> Iterator[dict[str, Any]]:
+        """The client's frames, one at a time, until it closes or ``stop``;
+        with ``ticks``, ``{}`` whenever 0.1 s passed without one."""
+        buffer = b""
+        sock.settimeout(0.1)
+        while not self._stop.is_set():
+            while len(buffer) >= 4 and len(buffer) >= 4 + struct.unpack(">I", buffer[:4])[0]:
+                length = struct.unpack(">I", buffer[:4])[0]
+                yield json.loads(buffer[4 : 4 + length])
+                buffer = buffer[4 + length :]
+            try:
+                data = sock.recv(1 << 16)
+            except TimeoutError:
+                if ticks:
+                    yield {}
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buffer += data
+
+    def _serve(self, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class FakeRoom(ScriptedServer):
     """Listens on 127.0.0.1; each connection gets a welcome (with ``features``)
     and the newest ``replay`` of ``messages``, then its ``history`` and
     ``search`` answered. ``answer(frame)`` may replace an answer (a dict or
@@ -58,55 +123,7 @@ class FakeRoom:
         self.features = features
         self.answer = answer
         self.requests: list[dict[str, Any]] = []
-        self.hold = threading.Event()
-        self.hold.set()
-        self._stop = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="fake-room")
-        self.thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.hold.set()
-        self.thread.join(10)
-        self.listener.close()
-        assert not self.thread.is_alive(), "the fake room did not stop"
-        if self.failure is not None:
-            raise self.failure
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    sock, _ = self.listener.accept()
-                except TimeoutError:
-                    continue
-                with sock:
-                    self._serve(sock)
-        except BaseException as exc:  # reported by stop(), in the test's thread
-            self.failure = exc
-
-    def _frames(self, sock: socket.socket) -> Any:
-        """The client's frames, one at a time, until it closes or ``stop``."""
-        buffer = b""
-        sock.settimeout(0.1)
-        while not self._stop.is_set():
-            while len(buffer) >= 4 and len(buffer) >= 4 + struct.unpack(">I", buffer[:4])[0]:
-                length = struct.unpack(">I", buffer[:4])[0]
-                yield json.loads(buffer[4 : 4 + length])
-                buffer = buffer[4 + length :]
-            try:
-                data = sock.recv(1 << 16)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            buffer += data
+        super().__init__("fake-room")
 
     def _serve(self, sock: socket.socket) -> None:
         for obj in self._frames(sock):

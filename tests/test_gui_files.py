@@ -21,10 +21,8 @@ import json
 import os
 import re
 import socket
-import struct
 import subprocess
 import tempfile
-import threading
 import time
 import tkinter
 from collections.abc import Callable, Iterator
@@ -46,6 +44,7 @@ from server.chat_server import ChatServer
 from server.protocol import ChatMessage, FileInfo
 from tests import test_server_files as server_files
 from tests.conftest import reset_root
+from tests.fake_room import ScriptedServer
 from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient, frame
 
@@ -784,13 +783,13 @@ def test_the_auto_download_setting_is_checked_on_load(
 # -- the whole app against a server that shares files ------------------------------------
 
 
-class FileRoom:
+class FileRoom(ScriptedServer):
     """A scripted server of the files extension (PROTOCOL.md, "Files and
     images") on 127.0.0.1, one connection at a time: a welcome offering
     ``files``, then ``pushed`` (messages sent to whoever joins), uploads
     checked by size and digest, says with a file echoed with its file
     object, downloads answered in ``file-data`` frames of 65,536 bytes. While
-    ``gate`` is clear, ``upload`` and ``download`` wait for it (a transfer
+    ``hold`` is clear, ``upload`` and ``download`` wait for it (a transfer
     held in progress); while ``too_large`` is set, uploads are refused.
     ``received``: each upload's bytes, by file id."""
 
@@ -799,18 +798,10 @@ class FileRoom:
         self.received: dict[str, bytes] = {}
         self.pushed: list[dict[str, Any]] = []
         self.downloads: list[dict[str, Any]] = []
-        self.gate = threading.Event()
-        self.gate.set()
         self.too_large = False  # answer uploads with file-too-large
-        self._stop = threading.Event()
         self._next = 0
         self._said = 0  # the last message id
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="file-room")
-        self.thread.start()
+        super().__init__("file-room")
 
     def add(self, name: str, data: bytes, mime: str, size: tuple[int, int] | None = None) -> dict:
         self._next += 1
@@ -833,58 +824,18 @@ class FileRoom:
             | {"file": info}
         )
 
-    def stop(self) -> None:
-        self._stop.set()
-        self.gate.set()
-        self.thread.join(10)
-        self.listener.close()
-        assert not self.thread.is_alive(), "the file room did not stop"
-        if self.failure is not None:
-            raise self.failure
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    sock, _ = self.listener.accept()
-                except TimeoutError:
-                    continue
-                with sock:
-                    self._serve(sock)
-        except BaseException as exc:  # reported by stop(), in the test's thread
-            self.failure = exc
-
-    def _frames(self, sock: socket.socket) -> Iterator[dict[str, Any]]:
-        buffer = b""
-        sock.settimeout(0.1)
-        while not self._stop.is_set():
-            while len(buffer) >= 4 and len(buffer) >= 4 + struct.unpack(">I", buffer[:4])[0]:
-                length = struct.unpack(">I", buffer[:4])[0]
-                yield json.loads(buffer[4 : 4 + length])
-                buffer = buffer[4 + length :]
-            try:
-                data = sock.recv(1 << 16)
-            except TimeoutError:
-                yield {}  # a tick: frames held back may go now
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            buffer += data
-
     def _serve(self, sock: socket.socket) -> None:
         uploads: dict[int, dict[str, Any]] = {}
-        held: list[dict[str, Any]] = []  # uploads and downloads waiting for the gate
+        held: list[dict[str, Any]] = []  # uploads and downloads waiting for the hold
         self._said = len(self.pushed)
-        for came in self._frames(sock):
+        for came in self._frames(sock, ticks=True):  # a tick: what is held may go now
             if came.get("type") == "download":
                 self.downloads.append(came)
             if came.get("type") in ("upload", "download"):
                 held.append(came)
             elif not self._send(sock, self._answer(came, uploads)):
                 return
-            while held and self.gate.is_set():
+            while held and self.hold.is_set():
                 if not self._send(sock, self._answer(held.pop(0), uploads)):
                     return
             if came.get("type") == "bye":
@@ -1050,7 +1001,7 @@ def test_attach_sends_the_file_with_a_progress_row_and_the_echo_shows_its_card(
     monkeypatch.setattr(chat_view.filedialog, "askopenfilenames", lambda **_options: (str(notes),))
     app = make_app()
     enter(app, file_room.port)
-    file_room.gate.clear()  # the upload waits: its row is there to see
+    file_room.hold.clear()  # the upload waits: its row is there to see
     xdotool("key", "ctrl+o")  # the real shortcut, the patched dialog
     wait_until(app.root, lambda: app.view.transfers, "the upload's row")
     (row,) = app.view.transfers.values()
@@ -1060,7 +1011,7 @@ def test_attach_sends_the_file_with_a_progress_row_and_the_echo_shows_its_card(
     app.view.set_input("meanwhile")
     app.view.send_input()
     wait_until(app.root, lambda: "alice: meanwhile" in app.view.transcript_text(), "the chat")
-    file_room.gate.set()
+    file_room.hold.set()
     wait_until(app.root, lambda: "[file: notes.txt, 300 kB]" in app.view.transcript_text(), "echo")
     wait_until(app.root, lambda: not app.view.transfers, "the row gone")
     assert list(file_room.received.values()) == [content]
@@ -1102,7 +1053,7 @@ def test_a_picture_clicked_while_it_comes_opens_once_it_is_in_with_one_download(
     data = png_of((200, 100))
     cat = file_room.add("cat.png", data, "image/png", (200, 100))
     file_room.push(cat)
-    file_room.gate.clear()  # the picture's download is held
+    file_room.hold.clear()  # the picture's download is held
     app = make_app()
     enter(app, file_room.port)
     wait_until(app.root, lambda: file_room.downloads, "the picture asked for")
@@ -1114,7 +1065,7 @@ def test_a_picture_clicked_while_it_comes_opens_once_it_is_in_with_one_download(
     click(app.view.transcript, box[0] + 1, box[1] + box[3] // 2)
     settle(app.root, 0.3)
     assert opened == []
-    file_room.gate.set()
+    file_room.hold.set()
     wait_until(app.root, lambda: opened, "opened once in")
     wait_until(app.root, lambda: [k for k, _f in app.view.files_shown] == ["picture"], "inline")
     assert opened[0].read_bytes() == data
@@ -1196,7 +1147,7 @@ def test_cancel_stops_a_download_and_says_so(
     app = make_app()
     enter(app, file_room.port)
     wait_until(app.root, lambda: app.view.card_for(report["id"]) is not None, "the card")
-    file_room.gate.clear()  # the download is held
+    file_room.hold.clear()  # the download is held
     card = app.view.card_for(report["id"])
     assert card is not None
     card.save_button.invoke()
@@ -1210,7 +1161,7 @@ def test_cancel_stops_a_download_and_says_so(
         lambda: "Downloading report.pdf failed: Cancelled." in app.view.transcript_text(),
         "the failure said",
     )
-    file_room.gate.set()
+    file_room.hold.set()
     settle(app.root, 0.3)
     assert not dest.exists()
     assert "Traceback" not in app.view.transcript_text()
@@ -1280,7 +1231,7 @@ def test_leaving_the_room_ends_its_transfers_and_a_picture_on_its_way_becomes_a_
 ) -> None:
     cat = file_room.add("cat.png", png_of((100, 100)), "image/png", (100, 100))
     file_room.push(cat)
-    file_room.gate.clear()  # the picture's download is held
+    file_room.hold.clear()  # the picture's download is held
     app = make_app()
     enter(app, file_room.port)
     wait_until(app.root, lambda: app.view.transfers, "the picture's row")
