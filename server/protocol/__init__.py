@@ -4,7 +4,8 @@ How this works: a TCP stream carries frames, each a 4-byte big-endian
 length and a UTF-8 JSON object with a string ``type`` (``framing``).
 ``parse_message`` turns a payload into one of the frozen dataclasses of
 ``messages`` (or ``Unknown``); ``encode`` turns a dataclass back into frame
-bytes. ``rules`` holds what makes a name or a text valid, ``errors`` what
+bytes. ``rules`` holds what makes a name or a text valid, ``discovery`` the LAN
+discovery datagrams, ``errors`` what
 can go wrong and whose fault it is, and ``transport`` the one vocabulary in
 which both sides read and write a socket. Nothing here starts a thread or
 touches Tk, and nothing imports the rest of the server: this package is
@@ -16,6 +17,15 @@ limits, timeouts, queue sizes) is the server's own (``server.config``).
 
 from __future__ import annotations
 
+from server.protocol.discovery import (
+    MIN_QUERY,
+    QUERY_SIZE,
+    Announcement,
+    encode_query,
+    encode_reply,
+    parse_query,
+    parse_reply,
+)
 from server.protocol.errors import (
     FATAL_ERRORS,
     NO_RECONNECT_ERRORS,
@@ -135,12 +145,15 @@ __all__ = [
     "MAX_SERVER_FRAME",
     "MAX_TEXT_LENGTH",
     "MAX_UPLOADS",
+    "MIN_QUERY",
     "NAME_PUNCTUATION",
     "NO_RECONNECT_ERRORS",
     "PROTOCOL_VERSION",
+    "QUERY_SIZE",
     "SERVER_MESSAGES",
     "SHOWN_LENGTH",
     "TEXT_REMOVED",
+    "Announcement",
     "Ban",
     "BanEntry",
     "BanList",
@@ -197,10 +210,14 @@ __all__ = [
     "decode_payload",
     "encode",
     "encode_page",
+    "encode_query",
+    "encode_reply",
     "json_string",
     "name_identity",
     "normalize_name",
     "parse_message",
+    "parse_query",
+    "parse_reply",
     "show_wire",
     "sort_names",
 ]
