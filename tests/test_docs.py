@@ -78,9 +78,10 @@ def test_the_leave_table_lists_every_reason() -> None:
 
 
 def test_welcome_features_are_the_servers() -> None:
-    # Discovery is listed by a server that answers discovery queries.
-    everything = config.ServerConfig(room_password="x", tls=config.TlsMode.AUTO, files=True)
-    offered = {*config.features(everything), "discovery"}
+    everything = config.ServerConfig(
+        room_password="x", tls=config.TlsMode.AUTO, files=True, discovery=True
+    )
+    offered = set(config.features(everything))
     (what,) = _table_rows("field")["features"]
     assert set(re.findall(r"`([a-z-]+)`", what)) == offered, what
 
