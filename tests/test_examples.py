@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from server.chat_server import ChatServer
-from server.config import ServerConfig
+from server.config import ServerConfig, TlsMode
 from tests.wire import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,3 +205,26 @@ def test_the_bot_comes_back_after_the_server_restarts(
         serving.join(5.0)
         second.server_close()
     assert not serving.is_alive()
+
+
+def test_the_bot_takes_another_name_when_its_own_is_taken(
+    start_server: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+    start_bot: Callable[[int, str], BotProcess],
+) -> None:
+    server = start_server()
+    holder = open_client(server, "Echo")  # the same name by identity
+    bot = start_bot(server.port, "echo")
+    assert _next(holder, lambda f: f["type"] == "joined")["name"] == "echo-2", bot.output()
+    holder.send({"type": "say", "text": "hi echo-2"})
+    assert _next(holder, _said_by("echo-2"))["text"] == "@Echo you said: hi echo-2"
+    assert bot.stop() == 0, bot.output()
+
+
+def test_the_bot_stops_for_good_when_the_server_wants_no_plaintext(
+    start_server: Callable[..., ChatServer], start_bot: Callable[[int, str], BotProcess]
+) -> None:
+    server = start_server(tls=TlsMode.REQUIRED)
+    bot = start_bot(server.port, "echo")
+    assert bot.proc.wait(WAIT) == 1, bot.output()
+    assert "tls-required" in bot.output() and "not connecting again" in bot.output()
