@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ import pytest
 
 from server.chat_server import ChatServer
 from server.config import ServerConfig, TlsMode
-from tests.wire import RawClient
+from tests.wire import RawClient, frame
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT = ROOT / "docs" / "examples" / "echo_bot.py"
@@ -228,3 +229,25 @@ def test_the_bot_stops_for_good_when_the_server_wants_no_plaintext(
     bot = start_bot(server.port, "echo")
     assert bot.proc.wait(WAIT) == 1, bot.output()
     assert "tls-required" in bot.output() and "not connecting again" in bot.output()
+
+
+def test_the_bot_shows_a_hostile_servers_words_harmlessly(
+    start_bot: Callable[[int, str], BotProcess],
+) -> None:
+    # A fake server that kicks the bot with a message a terminal would obey
+    # (clear the screen, a new line pretending to be the bot's own).
+    hostile = "\x1b[2J\nconnected to 10.0.0.1 \u202eevil" + "x" * 5000
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(WAIT)
+        bot = start_bot(listener.getsockname()[1], "echo")
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(WAIT)
+            assert conn.recv(4096)  # its hello
+            conn.sendall(frame({"type": "error", "code": "kicked", "message": hostile}))
+            assert bot.proc.wait(WAIT) == 1, bot.output()
+    output = bot.output()
+    assert "not connecting again" in output, output
+    assert "\x1b" not in output and "\u202e" not in output, output
+    assert "\\x1b[2J\\nconnected" in output, output  # shown, escaped
+    assert max(len(line) for line in output.splitlines()) < 300, "a log line is not cut"

@@ -23,6 +23,7 @@ from one second to thirty; after an error that says not to (``kicked``,
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
 import re
@@ -56,6 +57,7 @@ STOP_ERRORS = {
     "password-required",
     "protocol-version",
 }
+LOG_LENGTH = 200  # characters of a log line shown at most
 NAME_TRIES = 5  # names tried (echo, echo-2, ...) while the one asked for is taken
 
 
@@ -135,7 +137,10 @@ class Connection:
 
 
 def log(line: str) -> None:
-    print(line, flush=True)
+    """Print a line that may hold what the server sent: short, and with nothing a
+    terminal would act on (escape sequences, line breaks) left as it came."""
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in line[:LOG_LENGTH])
+    print(shown + ("…" if len(line) > LOG_LENGTH else ""), flush=True)
 
 
 class Bot:
@@ -253,6 +258,10 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=12345, help="the server's port")
     parser.add_argument("--name", default="echo", help="the name to join as")
     args = parser.parse_args()
+    # Names and messages from the room may hold characters the console's
+    # encoding lacks (a Windows code page): shown escaped, not a crash.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     if hasattr(signal, "SIGBREAK"):  # Windows: Ctrl+Break, and how a parent stops a console child
