@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -241,13 +242,19 @@ def test_the_bot_shows_a_hostile_servers_words_harmlessly(
         listener.settimeout(WAIT)
         bot = start_bot(listener.getsockname()[1], "echo")
         conn, _ = listener.accept()
+        with conn:  # first a frame nested far too deep: the bot gives up this connection
+            conn.settimeout(WAIT)
+            assert conn.recv(4096)
+            depth = 100_000
+            conn.sendall(struct.pack(">I", 2 * depth) + b"[" * depth + b"]" * depth)
+        conn, _ = listener.accept()  # and comes back
         with conn:
             conn.settimeout(WAIT)
             assert conn.recv(4096)  # its hello
             conn.sendall(frame({"type": "error", "code": "kicked", "message": hostile}))
             assert bot.proc.wait(WAIT) == 1, bot.output()
     output = bot.output()
-    assert "not connecting again" in output, output
+    assert "not JSON" in output and "not connecting again" in output, output
     assert "\x1b" not in output and "\u202e" not in output, output
     assert "\\x1b[2J\\nconnected" in output, output  # shown, escaped
     assert max(len(line) for line in output.splitlines()) < 300, "a log line is not cut"

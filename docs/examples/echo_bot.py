@@ -116,7 +116,7 @@ class Connection:
                     del self.buffer[: HEADER.size + length]
                     try:
                         obj = json.loads(payload)
-                    except ValueError:
+                    except (ValueError, RecursionError):  # RecursionError: nested too deep
                         raise Lost("the server sent a frame that is not JSON") from None
                     if type(obj) is not dict or type(obj.get("type")) is not str:
                         raise Lost("the server sent a frame without a type")
@@ -181,18 +181,21 @@ class Bot:
         if kind == "ping":  # echo every field of the ping but its type
             self.conn.send({**frame, "type": "pong"})
         elif kind == "welcome":
-            self.name = str(frame["name"])
-            log(f"joined as {self.name}; {len(frame.get('users', []))} in the room")
+            name, users = frame.get("name"), frame.get("users")
+            if type(name) is not str or type(users) is not list:
+                raise Lost("the server sent a welcome without a name or users")
+            self.name = name
+            log(f"joined as {name}; {len(users)} in the room")
         elif kind == "message" and self.name is not None:
             sender, text = frame.get("from"), frame.get("text")
-            if frame.get("history") or sender == self.name or type(text) is not str:
+            if type(sender) is not str or type(text) is not str:
+                return  # not a message this bot understands
+            if frame.get("history") or sender == self.name:
                 return  # a replay from before we came, or our own echo
             if frame.get("to") is not None:  # a private message: answer in private
-                self.pending.append(
-                    {"type": "say", "text": answer(text, str(sender)), "to": sender}
-                )
+                self.pending.append({"type": "say", "text": answer(text, sender), "to": sender})
             elif mentions(text, self.name):
-                self.pending.append({"type": "say", "text": answer(text, str(sender))})
+                self.pending.append({"type": "say", "text": answer(text, sender)})
         elif kind == "shutdown":
             raise Lost(f"the server is stopping: {frame.get('message')}")
         elif kind == "error":
