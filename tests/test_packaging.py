@@ -9,10 +9,13 @@ Nothing of the process is patched: the spec gets its own ``__import__``.
 from __future__ import annotations
 
 import builtins
+import importlib.util
 import plistlib
 import types
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_SPEC = ROOT / "build" / "client.spec"
@@ -76,3 +79,34 @@ def test_no_bundle_off_macos() -> None:
     for platform in ("linux", "win32"):
         names = [name for name, _, _ in _run_spec(CLIENT_SPEC, platform)]
         assert "COLLECT" in names and "BUNDLE" not in names, (platform, names)
+
+
+def _build_script() -> types.ModuleType:
+    """build/build.py as a module (the build folder is no package)."""
+    spec = importlib.util.spec_from_file_location("build_script", ROOT / "build" / "build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bundle(folder: Path, plist: dict[str, Any]) -> Path:
+    app = folder / "LAN Chat.app"
+    (app / "Contents").mkdir(parents=True)
+    with (app / "Contents" / "Info.plist").open("wb") as file:
+        plistlib.dump(plist, file)
+    return app
+
+
+def test_the_build_stops_for_a_bundle_without_the_local_network_sentence(tmp_path: Path) -> None:
+    # build.py checks the bundle it built on the macOS release runners; here
+    # the check itself, on bundles made by hand.
+    check_bundle = _build_script().check_bundle
+    with pytest.raises(SystemExit, match="NSLocalNetworkUsageDescription"):
+        check_bundle(_bundle(tmp_path / "without", {"CFBundleName": "LAN Chat"}))
+    with pytest.raises(SystemExit, match="NSLocalNetworkUsageDescription"):
+        check_bundle(_bundle(tmp_path / "empty", {"NSLocalNetworkUsageDescription": " "}))
+    (bundle,) = [kwargs for name, _, kwargs in _run_spec(CLIENT_SPEC, "darwin") if name == "BUNDLE"]
+    check_bundle(
+        _bundle(tmp_path / "as-specified", {"CFBundleName": "LAN Chat", **bundle["info_plist"]})
+    )

@@ -3,7 +3,7 @@
 
     python3 docs/examples/echo_bot.py --host 127.0.0.1 --port 12345 --name echo
 
-It is a complete client of the chat protocol (docs/protocol.md), in plain
+It speaks the core of the chat protocol (docs/protocol.md) in plain
 TCP, and a starting point for your own bot: change ``answer``.
 
 How this works: one thread, one blocking socket read with a short timeout,
