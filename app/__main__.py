@@ -265,8 +265,11 @@ def tls_round_trip() -> str | None:
 
 
 def smoke_test(root: ttk.App, settings: Settings) -> int:
-    """Build every part of the UI and draw it in both themes, offline; settings untouched."""
-    chat = ChatApp(root, settings, save_settings=lambda _settings: None)
+    """Build every part of the UI and draw it in both themes, offline (the dialog
+    searches nowhere for servers); settings untouched."""
+    chat = ChatApp(
+        root, settings, save_settings=lambda _settings: None, discovery_targets=lambda: ()
+    )
     view = chat.view
     view.own_name = "you"
     view.set_users(["you", "Ana", "张伟"])
