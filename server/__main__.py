@@ -13,7 +13,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 
 from server.admin import Console, start_console
@@ -32,13 +31,17 @@ from server.config import (
     ServerConfig,
     TlsMode,
     default_data_dir,
+    default_room_name,
+    server_version,
 )
 from server.identity import Identity, IdentityError, load_identity
 from server.limits import parse_exempt
 from server.protocol import (
     DEFAULT_PORT,
+    LONE_SURROGATE,
     MAX_SERVER_FRAME,
     SERVER_MESSAGES,
+    TEXT_REMOVED,
     Bye,
     ChatMessage,
     FrameDecoder,
@@ -49,6 +52,7 @@ from server.protocol import (
     encode,
     parse_message,
 )
+from server.protocol.discovery import MAX_ROOM_NAME
 from server.protocol.fingerprint import invite, invite_code, safety_words
 from server.protocol.transport import client_context
 from server.store.bans import BanStoreError
@@ -58,14 +62,6 @@ logger = logging.getLogger("server")
 
 OP_PASSWORD_ENV = "LAN_CHAT_OP_PASSWORD"
 PASSWORD_ENV = "LAN_CHAT_PASSWORD"  # room password extension
-
-
-def server_version() -> str:
-    """The version in pyproject.toml, as installed (frozen builds bundle the metadata)."""
-    try:
-        return metadata.version("lan-chat")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def _port(text: str) -> int:
@@ -205,6 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="keep only the newest N public messages (default: keep them all)",
     )
+    # Discovery (PROTOCOL.md, "Finding servers on the LAN").
+    parser.add_argument(
+        "--room-name",
+        type=_room_name,
+        default=None,
+        metavar="TEXT",
+        help="the name the chat app lists this server by on the network "
+        f"(default: {default_room_name()!r})",
+    )
+    parser.add_argument(
+        "--no-discovery",
+        action="store_true",
+        help="do not answer chat apps looking for servers on the network; "
+        "people then connect by address",
+    )
     # Files (PROTOCOL.md, "Files and images").
     parser.add_argument(
         "--max-file-mb",
@@ -316,6 +327,16 @@ def read_password(path: Path | None, env: str) -> str | None:
     return line
 
 
+def _room_name(text: str) -> str:
+    """A ``--room-name``: one line, at most ``MAX_ROOM_NAME`` characters."""
+    name = " ".join(text.translate(TEXT_REMOVED).split())
+    if not name or LONE_SURROGATE.search(name):
+        raise argparse.ArgumentTypeError("a room name needs letters, on one line")
+    if len(name) > MAX_ROOM_NAME:
+        raise argparse.ArgumentTypeError(f"a room name can be at most {MAX_ROOM_NAME} characters")
+    return name
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     config = ServerConfig(
         host=args.host,
@@ -330,6 +351,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         keep_days=args.keep_days,
         keep_messages=args.keep_messages,
         files=not args.no_files,
+        discovery=not args.no_discovery,
+        room_name=args.room_name,
         max_file_mb=args.max_file_mb,
         files_quota_mb=args.files_quota_mb,
         op_password=read_password(args.op_password_file, OP_PASSWORD_ENV),
@@ -408,6 +431,23 @@ def announce(server: ChatServer, config: ServerConfig) -> None:
         print("Encryption is off (--tls off): everything is sent readable.", flush=True)
     if config.room_password is not None:  # room password extension
         print("The room has a password: only people who give it can join.", flush=True)
+    if server.discovery is not None:
+        print(
+            f"Chat apps on your network list it as {server.room_name!r} "
+            f"(--room-name changes that).",
+            flush=True,
+        )
+    if not config.host:
+        # Every first start on Windows and macOS asks; a Cancel there blocks
+        # the server for good, silently, and "nobody can connect" is then
+        # the most common complaint of every LAN messenger.
+        print(
+            "If this computer's firewall asks whether chat-server may accept connections, "
+            "allow it on private networks. If nobody can connect: check the firewall "
+            "allows chat-server, that the network is set to Private (Windows), not "
+            "Public, and that everyone is on the same network (not a guest Wi-Fi).",
+            flush=True,
+        )
     print("Press Ctrl+C to stop.", flush=True)
 
 

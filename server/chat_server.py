@@ -42,15 +42,18 @@ from server.config import (
     HISTORY_FILE,
     ServerConfig,
     TlsMode,
+    default_room_name,
     features,
+    server_version,
 )
+from server.discovery import DiscoveryResponder
 from server.files import FileStore
 from server.history import HistoryService
 from server.identity import Identity, IdentityError, load_identity
 from server.io_loop import IOLoop, Waker
 from server.limits import AddressLimits
 from server.passwords import GuessCounter, Secret
-from server.protocol import RemoteProtocolError
+from server.protocol import Announcement, RemoteProtocolError
 from server.protocol.transport import server_context
 from server.room import Room, banned_error
 from server.store import HistoryStore
@@ -119,27 +122,44 @@ class ChatServer:
             raise
 
     def _start(self, config: ServerConfig) -> None:
-        self.room = Room(
-            history_store=self.history,
-            ids=self._disk,
-            motd=config.motd,
-            max_backlog=config.max_queue,
-            on_broadcast=self._broadcast_pending,
-            # operators extension
-            bans=BanStore.in_folder(config.data_path()),
-            op_secret=None
-            if config.op_password is None
-            else Secret.from_password(config.op_password),
-            tls=config.tls,
-            guesses=GuessCounter(exempt=self.limits.exempt),
-            # Only what it can do: no files if no folder could keep them.
-            features=features(dataclasses.replace(config, files=self.files is not None)),
-            # room password extension: hashed once, here
-            room_secret=None
-            if config.room_password is None
-            else Secret.from_password(config.room_password),
-        )
         self._listeners = bind_listeners(config.host, config.port)
+        self._room_name = config.room_name or default_room_name()
+        self._version = server_version()
+        self.discovery: DiscoveryResponder | None = None
+        try:
+            if config.discovery:
+                hosts = [h for h, _ in self.addresses] if config.host else [""]
+                self.discovery = DiscoveryResponder.bind(hosts, self.port, self._describe)
+            # Only what it can do: no files if no folder could keep them, no
+            # discovery if no UDP socket could be had.
+            offered = dataclasses.replace(
+                config, files=self.files is not None, discovery=self.discovery is not None
+            )
+            self.room = Room(
+                history_store=self.history,
+                ids=self._disk,
+                motd=config.motd,
+                max_backlog=config.max_queue,
+                on_broadcast=self._broadcast_pending,
+                # operators extension
+                bans=BanStore.in_folder(config.data_path()),
+                op_secret=None
+                if config.op_password is None
+                else Secret.from_password(config.op_password),
+                tls=config.tls,
+                guesses=GuessCounter(exempt=self.limits.exempt),
+                features=features(offered),
+                # room password extension: hashed once, here
+                room_secret=None
+                if config.room_password is None
+                else Secret.from_password(config.room_password),
+            )
+        except BaseException:
+            for listener in self._listeners:
+                listener.close()
+            if self.discovery is not None:
+                self.discovery.close()
+            raise
         self._answers: HistoryService | None = None
         self._loops: list[IOLoop] = []
         self._open_count = 0
@@ -149,6 +169,9 @@ class ChatServer:
             self._waker = Waker(self._selector)
             for listener in self._listeners:
                 self._selector.register(listener, selectors.EVENT_READ, listener)
+            if self.discovery is not None:
+                for udp in self.discovery.sockets:
+                    self._selector.register(udp, selectors.EVENT_READ, self.discovery)
             self._answers = HistoryService(self.history)
             for _ in range(max(1, config.io_threads)):
                 self._loops.append(self._new_loop())
@@ -171,6 +194,11 @@ class ChatServer:
     def addresses(self) -> list[tuple[str, int]]:
         """The (host, port) pairs the server listens on."""
         return [listener.getsockname()[:2] for listener in self._listeners]
+
+    @property
+    def room_name(self) -> str:
+        """What discovery replies call the room."""
+        return self._room_name
 
     @property
     def port(self) -> int:
@@ -204,6 +232,8 @@ class ChatServer:
                 for key, _ in self._selector.select(poll_interval):
                     if key.data is None:
                         self._waker.drain()
+                    elif isinstance(key.data, DiscoveryResponder):
+                        key.data.on_readable(key.fileobj)  # type: ignore[arg-type]
                     elif not self._stop_requested.is_set():
                         self._accept(key.data)
         finally:
@@ -233,6 +263,9 @@ class ChatServer:
     def _close_resources(self) -> None:
         for listener in self._listeners:
             listener.close()
+        discovery: DiscoveryResponder | None = getattr(self, "discovery", None)
+        if discovery is not None:
+            discovery.close()
         self._selector.close()
         waker: Waker | None = getattr(self, "_waker", None)  # None: the constructor failed
         if waker is not None:
@@ -245,6 +278,19 @@ class ChatServer:
         self._close_history()
 
     # -- internals ---------------------------------------------------------
+
+    def _describe(self) -> Announcement:
+        """The room as a discovery reply tells it (the accepting thread)."""
+        config = self.config
+        return Announcement(
+            room=self._room_name,
+            port=self.port,
+            users=len(self.room),
+            tls=config.tls.value,  # REQUIRED when there is a password (the constructor)
+            password=config.room_password is not None,
+            version=self._version,
+            fingerprint=None if self.identity is None else self.identity.fingerprint,
+        )
 
     def _open_history(self, config: ServerConfig) -> HistoryStore:
         """The room's history: on disk in the data folder unless ``--no-store``,

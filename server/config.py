@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import enum
 import os
+import socket
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import platformdirs
 
 from server.protocol import DEFAULT_PORT
+from server.protocol.discovery import MAX_ROOM_NAME
 
 RATE_BURST = 20
 RATE_PER_SECOND = 5.0
@@ -127,6 +130,11 @@ class ServerConfig:
     files: bool = True
     max_file_mb: int = DEFAULT_MAX_FILE_MB
     files_quota_mb: int = DEFAULT_FILES_QUOTA_MB
+    # Discovery (PROTOCOL.md, "Finding servers on the LAN"): answer queries on
+    # UDP at the port's number; the room's name in the answers (None:
+    # ``default_room_name``).
+    discovery: bool = True
+    room_name: str | None = None
 
     def data_path(self) -> Path:
         """The data folder this configuration names (not created here)."""
@@ -145,7 +153,23 @@ def features(config: ServerConfig) -> tuple[str, ...]:
     offered += ["history-pages", "search"]  # always: over the disk, or what memory holds
     if config.files:
         offered.append("files")
+    if config.discovery:
+        offered.append("discovery")
     return tuple(offered)
+
+
+def server_version() -> str:
+    """The version in pyproject.toml, as installed (frozen builds bundle the metadata)."""
+    try:
+        return metadata.version("lan-chat")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def default_room_name() -> str:
+    """What discovery calls the room unless ``--room-name`` says: this computer's name."""
+    host = socket.gethostname().split(".")[0].strip() or "this computer"
+    return f"Chat on {host}"[:MAX_ROOM_NAME]
 
 
 def default_data_dir() -> Path:

@@ -82,7 +82,9 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ChatServer]]:
 
     def start(**overrides: object) -> ChatServer:
         overrides.setdefault("data_dir", tmp_path / "data")
-        config = ServerConfig(host="127.0.0.1", port=0, **overrides)  # type: ignore[arg-type]
+        overrides.setdefault("host", "127.0.0.1")
+        overrides.setdefault("port", 0)
+        config = ServerConfig(**overrides)  # type: ignore[arg-type]
         server = ChatServer(config)
         thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="test-serve")
         thread.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import installed
 from tests.wire import Closed, RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,8 +108,8 @@ def test_help_documents_every_option() -> None:
 
 
 def test_console_script_is_installed() -> None:
-    script = shutil.which("chat-server")
-    assert script, "chat-server is not on PATH: install the project (pip install -e .)"
+    script = installed.script("chat-server")
+    assert script, "chat-server is not installed: pip install -e ."
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     assert "--port" in result.stdout
@@ -243,7 +243,10 @@ def test_startup_text_on_every_interface(run_server) -> None:
         r"    (\w+ ){7}\w+\n",
         rest[rest.index("Safety words, to compare with those a client shows:\n") + 1],
     ), rest
-    assert "Back this file up" in rest[-1], rest  # its first start: the identity is new
+    assert any("Back this file up" in text for text in rest), rest  # a new identity
+    # How people find it, and what to do about a firewall, last.
+    assert any(text.startswith("Chat apps on your network list it as 'Chat on ") for text in rest)
+    assert "allow it on private networks" in rest[-1], rest
     for host in ("127.0.0.1", "::1"):
         try:
             client = RawClient(port, host=host)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from tests import installed
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _ruff(*args: str) -> subprocess.CompletedProcess[str]:
-    ruff = shutil.which("ruff")
+    ruff = installed.script("ruff")
     assert ruff, "ruff is not installed: pip install -e '.[test]'"
     return subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 

@@ -16,9 +16,12 @@ def _indented_commands() -> list[str]:
 
 
 def test_readme_starts_with_install_and_test_commands() -> None:
+    # In a virtual environment: a Debian or Ubuntu Python refuses to install
+    # anywhere else (PEP 668), and nothing needs activating.
+    venv = "python3 -m venv .venv && .venv/bin/python -m pip install -e "
     commands = _indented_commands()
-    assert commands[0] == "python3 -m pip install -e . && python3 -m server"
-    assert commands[1] == 'python3 -m pip install -e ".[test]" && python3 -m pytest'
+    assert commands[0] == venv + ". && .venv/bin/python -m server"
+    assert commands[1] == venv + '".[test]" && .venv/bin/python -m pytest'
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:

@@ -305,20 +305,21 @@ def test_the_guess_counter_shares_the_exemption(start_server) -> None:
 @pytest.mark.parametrize(
     ("tls", "expected"),
     [
-        (TlsMode.AUTO, ["tls", "operators", "history-pages", "search", "files"]),
-        (TlsMode.REQUIRED, ["tls", "operators", "history-pages", "search", "files"]),
+        (TlsMode.AUTO, ["tls", "operators", "history-pages", "search", "files", "discovery"]),
+        (TlsMode.REQUIRED, ["tls", "operators", "history-pages", "search", "files", "discovery"]),
     ],
 )
 def test_features_per_configuration(tls, expected) -> None:
     assert list(features(ServerConfig(tls=tls))) == expected
-    plain = ["operators", "history-pages", "search", "files"]
+    plain = ["operators", "history-pages", "search", "files", "discovery"]
     assert list(features(ServerConfig(tls=TlsMode.OFF))) == plain
-    assert list(features(ServerConfig(tls=TlsMode.OFF, files=False))) == plain[:-1]
+    no_files = ServerConfig(tls=TlsMode.OFF, files=False, discovery=False)
+    assert list(features(no_files)) == plain[:-2]
 
 
 def test_a_room_password_is_a_feature() -> None:
     config = ServerConfig(tls=TlsMode.REQUIRED, room_password="open sesame")
-    expected = ["tls", "password", "operators", "history-pages", "search", "files"]
+    expected = ["tls", "password", "operators", "history-pages", "search", "files", "discovery"]
     assert list(features(config)) == expected
 
 

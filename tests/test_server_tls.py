@@ -206,7 +206,7 @@ def test_off_answers_a_client_hello_in_plaintext(start_server, open_client, tmp_
         "name": "bob",
         "users": ["bob"],
         "history_count": 0,
-        "features": ["operators", "history-pages", "search", "files"],
+        "features": ["operators", "history-pages", "search", "files", "discovery"],
     }
 
 

