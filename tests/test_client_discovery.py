@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -30,8 +31,11 @@ from app.discovery import (
     default_targets,
     local_networks,
 )
+from server.chat_server import ChatServer
+from server.config import TlsMode
 from server.protocol import QUERY_SIZE, Announcement, encode_reply, parse_query
 from server.protocol.discovery import MAX_DATAGRAM
+from tests.wire import RawClient
 
 HOST = "127.0.0.1"
 WAIT = 5.0
@@ -339,6 +343,38 @@ def test_one_search_at_a_time_and_close_stops_one_under_way(
 
 
 # -- against real servers -----------------------------------------------------------
+
+
+def test_two_real_servers_are_found_with_what_they_announce(
+    start_server: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+    browse: Callable[..., Browser],
+    tmp_path: Path,
+) -> None:
+    plain = start_server(room_name="Plain room", tls=TlsMode.OFF)
+    locked = start_server(room_name="Locked room", room_password="sesame", data_dir=tmp_path / "2")
+    open_client(plain, "bob")
+    open_client(plain, "carol")
+    found, done = run_search(browse([(HOST, plain.port), (HOST, locked.port)]))
+    assert done.found == 2 and done.asked == 2
+    by_room = {f.announcement.room: f for f in found}
+    first, second = by_room["Plain room"], by_room["Locked room"]
+    assert (first.host, first.port) == (HOST, plain.port)
+    assert (first.announcement.users, first.announcement.tls) == (2, "off")
+    assert not first.announcement.password and first.announcement.fingerprint is None
+    assert (second.host, second.port) == (HOST, locked.port)
+    assert second.announcement.password and second.announcement.tls == "required"
+    assert locked.identity is not None
+    assert second.announcement.fingerprint == locked.identity.fingerprint
+
+
+def test_a_server_without_discovery_is_not_found(
+    start_server: Callable[..., ChatServer], browse: Callable[..., Browser], tmp_path: Path
+) -> None:
+    hidden = start_server(discovery=False)
+    shown = start_server(room_name="Shown", data_dir=tmp_path / "2")
+    found, done = run_search(browse([(HOST, hidden.port), (HOST, shown.port)]))
+    assert [f.port for f in found] == [shown.port] and done.asked == 2
 
 
 # -- where to ask ---------------------------------------------------------------------
