@@ -199,7 +199,7 @@ class ConnectDialog(ttk.Toplevel):
             show="headings",
             height=SERVER_ROWS,
             selectmode="browse",
-            bootstyle="primary",
+            bootstyle="secondary",
         )
         for key, (title, width, stretch) in columns.items():
             self.server_list.heading(key, text=title, anchor="w")
