@@ -104,13 +104,13 @@ DiscoveryEvent = Found | SearchDone
 def local_networks() -> list[ipaddress.IPv4Interface]:
     """This computer's IPv4 addresses with their netmasks; raises ``OSError``
     when the system will not list them."""
-    import ifaddr  # noqa: PLC0415 - imported when a search needs it, not at start-up
-
-    found = []
     try:
+        import ifaddr  # noqa: PLC0415 - imported when a search needs it, not at start-up
+
         adapters = ifaddr.get_adapters()
     except Exception as exc:  # ifaddr calls into each OS's C API; any failure is "cannot list"
         raise OSError(f"cannot list the network interfaces: {exc}") from exc
+    found = []
     for adapter in adapters:
         for ip in adapter.ips:
             if ip.is_IPv4 and isinstance(ip.ip, str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -422,6 +423,18 @@ def test_this_computers_networks_are_listed_with_their_netmasks() -> None:
     listed = local_networks()
     assert all(isinstance(n, ipaddress.IPv4Interface) for n in listed)
     assert ipaddress.IPv4Interface("127.0.0.1/8") in listed
+
+
+def test_without_a_way_to_list_the_networks_the_limited_broadcast_is_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ifaddr missing (a bundle built without it) or failing is "cannot list",
+    an OSError, never a search thread dying; the frozen client's smoke test
+    fails on it."""
+    monkeypatch.setitem(sys.modules, "ifaddr", None)  # import ifaddr: ImportError
+    with pytest.raises(OSError, match="cannot list the network interfaces"):
+        local_networks()
+    assert default_targets([12345], local_networks) == [(LIMITED_BROADCAST, 12345)]
 
 
 def test_no_test_reaches_this_computers_networks_by_default() -> None:
