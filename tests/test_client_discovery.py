@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -376,6 +378,65 @@ def test_a_server_without_discovery_is_not_found(
     shown = start_server(room_name="Shown", data_dir=tmp_path / "2")
     found, done = run_search(browse([(HOST, hidden.port), (HOST, shown.port)]))
     assert [f.port for f in found] == [shown.port] and done.asked == 2
+
+
+# A real server and the browser with its default targets, in a network
+# namespace of the test's own: two addresses on one veth pair, so the
+# query goes to that network's real broadcast address (and nowhere else).
+NAMESPACE_SETUP = (
+    "ip link set lo up && ip link add v0 type veth peer name v1"
+    " && ip addr add 10.99.0.1/24 brd + dev v0 && ip addr add 10.99.0.2/24 brd + dev v1"
+    " && ip link set v0 up && ip link set v1 up"
+)
+IN_NAMESPACE = """
+import json, sys, tempfile, threading
+from pathlib import Path
+from app.discovery import Browser, Found, default_targets
+from server.chat_server import ChatServer
+from server.config import ServerConfig
+
+with tempfile.TemporaryDirectory() as folder:
+    config = ServerConfig(host="", port=0, data_dir=Path(folder), room_name="Namespaced")
+    server = ChatServer(config)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    try:
+        targets = default_targets([server.port])
+        browser = Browser(lambda: targets)
+        browser.search()
+        found = []
+        while isinstance(event := browser.events.get(timeout=5), Found):
+            found.append([event.server.host, event.server.port, event.server.announcement.room])
+        browser.close()
+        print(json.dumps({"port": server.port, "targets": targets, "found": found}))
+    finally:
+        server.shutdown()
+        thread.join(5)
+        server.server_close()
+"""
+
+
+def test_a_server_is_found_through_a_real_broadcast_address_in_a_namespace_of_its_own() -> None:
+    """The default targets (this namespace's networks, listed by ifaddr) and a
+    directed broadcast with SO_BROADCAST, answered by a real server bound to
+    every interface."""
+    if subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode != 0:
+        pytest.skip("a network namespace cannot be made here (unshare -rn)")
+    root = Path(__file__).resolve().parent.parent
+    python = [sys.executable, "-c", IN_NAMESPACE]
+    result = subprocess.run(
+        ["unshare", "-rn", "sh", "-c", NAMESPACE_SETUP + ' && exec "$@"', "sh", *python],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    port = seen["port"]
+    assert seen["targets"] == [["10.99.0.255", port]]  # loopback is not asked
+    assert seen["found"] == [["10.99.0.1", port, "Namespaced"]]  # once, though on two addresses
 
 
 # -- where to ask ---------------------------------------------------------------------
