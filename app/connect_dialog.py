@@ -193,8 +193,10 @@ class ConnectDialog(ttk.Toplevel):
             "encrypted": ("Encrypted", 80, False),
             "address": ("Address", 150, True),
         }
+        frame = ttk.Frame(body)
+        frame.grid(row=row + 1, column=0, columnspan=2, sticky="we", pady=(6, 0))
         self.server_list = ttk.Treeview(
-            body,
+            frame,
             columns=tuple(columns),
             show="headings",
             height=SERVER_ROWS,
@@ -203,8 +205,18 @@ class ConnectDialog(ttk.Toplevel):
         )
         for key, (title, width, stretch) in columns.items():
             self.server_list.heading(key, text=title, anchor="w")
-            self.server_list.column(key, width=width, minwidth=width, stretch=stretch, anchor="w")
-        self.server_list.grid(row=row + 1, column=0, columnspan=2, sticky="we", pady=(6, 0))
+            self.server_list.column(key, width=width, minwidth=60, stretch=stretch, anchor="w")
+        self.server_list.pack(side="left", fill="both", expand=True)
+        # Shown once there are more servers than rows (see _add_server), within
+        # the list's own size: the dialog keeps its width.
+        frame.configure(
+            width=self.server_list.winfo_reqwidth(), height=self.server_list.winfo_reqheight()
+        )
+        frame.pack_propagate(False)
+        self.scrollbar = ttk.Scrollbar(
+            frame, orient="vertical", command=self.server_list.yview, bootstyle="round"
+        )
+        self.server_list.configure(yscrollcommand=self.scrollbar.set)
         self.server_list.bind("<<TreeviewSelect>>", lambda _event: self._server_chosen())
         self.server_list.bind("<Double-1>", self._server_double_clicked)
         self.server_list.bind("<Return>", self._server_entered)
@@ -328,12 +340,17 @@ class ConnectDialog(ttk.Toplevel):
             except queue.Empty:
                 break
             if isinstance(event, Found) and event.search == self._search:
-                row = self.server_list.insert("", "end", values=server_row(event.server))
-                self.servers[row] = event.server
+                self._add_server(event.server)
             elif isinstance(event, SearchDone) and event.search == self._search:
                 self._search_done(event)
                 return
         self._poll_id = self.after(POLL_MS, self._poll)
+
+    def _add_server(self, server: FoundServer) -> None:
+        row = self.server_list.insert("", "end", values=server_row(server))
+        self.servers[row] = server
+        if len(self.servers) > SERVER_ROWS and not self.scrollbar.winfo_manager():
+            self.scrollbar.pack(side="right", fill="y", before=self.server_list)
 
     def _search_done(self, done: SearchDone) -> None:
         self._search = None

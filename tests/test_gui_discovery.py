@@ -18,14 +18,16 @@ from typing import Any
 import pytest
 
 from app.chat_app import ChatApp
-from app.connect_dialog import CHOOSE, NOTHING_FOUND, SEARCHING, ConnectDialog
+from app.connect_dialog import CHOOSE, NOTHING_FOUND, SEARCHING, SERVER_ROWS, ConnectDialog
 from app.discovery import Target
 from app.settings import Settings
 from app.trust import KnownServers
 from app.trust_dialog import TrustDialog
 from server.chat_server import ChatServer
 from server.config import TlsMode
+from server.protocol import Announcement, encode_reply
 from tests.conftest import reset_root
+from tests.test_client_discovery import Responder, responder  # noqa: F401 - a fixture
 from tests.test_gui import HOST, disabled, free_port, settle, wait_until
 from tests.test_gui_defects import pointer_back, xdotool  # noqa: F401 - pointer_back is autouse
 from tests.test_gui_trust import click, shoot
@@ -273,6 +275,42 @@ def test_nothing_found_says_why_and_refresh_searches_again(
     listed(dialog, 1)
     assert values(dialog, next(iter(dialog.servers)))[0] == "Started late"
     assert str(dialog.search_label.cget("text")) == CHOOSE
+
+
+def test_more_servers_than_rows_scroll_and_the_dialog_keeps_its_width(
+    make_app: Callable[..., ChatApp],
+    targets: list[Target],
+    responder: Callable[..., Responder],  # noqa: F811 - the fixture imported above
+) -> None:
+    def many(query: bytes) -> list[bytes]:
+        return [
+            encode_reply(
+                Announcement(f"Room {n}", 1000 + n, n, "auto", False, "0.2.0", f"sha256:{n:064x}"),
+                len(query),
+            )
+            for n in range(SERVER_ROWS + 3)
+        ]
+
+    app = make_app()
+    empty = app.open_dialog()  # its search asks nowhere
+    wait_until(empty, lambda: empty.winfo_viewable() and not empty.searching, what="empty")
+    settle(empty, 0.2)
+    width = empty.winfo_width()
+    assert not empty.scrollbar.winfo_ismapped()
+    app._close_dialog()
+    answers = responder(many)
+    targets.append((HOST, answers.port))
+    dialog = app.open_dialog()
+    listed(dialog, SERVER_ROWS + 3)
+    settle(dialog, 0.2)
+    assert dialog.scrollbar.winfo_ismapped()
+    assert dialog.winfo_width() == width
+    last = dialog.server_list.get_children()[-1]
+    assert dialog.server_list.bbox(last) == ""  # below the rows shown: scrolled to
+    dialog.server_list.see(last)
+    settle(dialog, 0.1)
+    assert dialog.server_list.bbox(last) != ""
+    shoot(app, dialog, "many", prefix="discovery")
 
 
 def test_the_list_leaves_the_fields_alone_while_connecting_and_the_search_ends_with_the_dialog(
