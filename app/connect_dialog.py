@@ -29,6 +29,7 @@ what usually causes it (``NOTHING_FOUND``).
 from __future__ import annotations
 
 import queue
+import tkinter
 from collections.abc import Callable, Sequence
 
 import ttkbootstrap as ttk
@@ -376,23 +377,28 @@ class ConnectDialog(ttk.Toplevel):
         self.port_var.set(str(server.port))
         return server
 
-    def _server_double_clicked(self, event: object) -> str | None:
-        row = self.server_list.identify_row(getattr(event, "y", -1))
-        if not row or row not in self.servers:
+    def _server_double_clicked(self, event: tkinter.Event) -> str | None:
+        row = self.server_list.identify_row(event.y)
+        if row not in self.servers:
             return None  # a heading or the empty part of the list
-        self.server_list.selection_set(row)
-        if self._server_chosen() is not None:
+        self._join(row)
+        return "break"
+
+    def _server_entered(self, _event: tkinter.Event) -> str:
+        # The row the list's focus is on (the arrow keys move it), chosen or
+        # not yet; on none, Enter connects to what the fields say, as anywhere.
+        row = self.server_list.focus()
+        if row in self.servers:
+            self._join(row)
+        else:
             self.submit()
         return "break"
 
-    def _server_entered(self, _event: object) -> str:
-        # The focused row, chosen or not yet (Tab into the list, then Enter).
-        row = self.server_list.focus()
-        if row in self.servers and row not in self.server_list.selection():
-            self.server_list.selection_set(row)
-            self._server_chosen()
-        self.submit()
-        return "break"
+    def _join(self, row: str) -> None:
+        """Connect to the server on ``row`` (its address into the fields first)."""
+        self.server_list.selection_set(row)
+        if self._server_chosen() is not None:
+            self.submit()
 
     def destroy(self) -> None:
         """Stop the search (its thread ends within a tick) with the dialog."""
