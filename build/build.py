@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import os
 import platform
+import plistlib
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,11 @@ WORK = ROOT / "pyinstaller-work"
 DIST = ROOT / "pyinstaller-dist"
 RELEASE = ROOT / "dist-release"
 SPECS = {"server": ROOT / "build" / "server.spec", "client": ROOT / "build" / "client.spec"}
+MAC_BUNDLE = DIST / "LAN Chat.app"
+# What the macOS bundle's Info.plist must hold (build/client.spec's info_plist):
+# since macOS 15 an app that does not say why it uses the local network may be
+# silently kept from LAN addresses.
+REQUIRED_PLIST_KEYS = ("NSLocalNetworkUsageDescription",)
 
 
 def version() -> str:
@@ -51,7 +57,7 @@ def frozen_programs() -> dict[str, Path]:
     suffix = ".exe" if sys.platform == "win32" else ""
     client = DIST / "lan-chat" / f"lan-chat{suffix}"
     if sys.platform == "darwin":
-        client = DIST / "LAN Chat.app" / "Contents" / "MacOS" / "lan-chat"
+        client = MAC_BUNDLE / "Contents" / "MacOS" / "lan-chat"
     return {"server": DIST / "lan-chat-server" / f"chat-server{suffix}", "client": client}
 
 
@@ -83,7 +89,7 @@ def archive(program: str) -> Path:
     """Pack one program's folder (or macOS bundle) for release."""
     folder = {"server": DIST / "lan-chat-server", "client": DIST / "lan-chat"}[program]
     if program == "client" and sys.platform == "darwin":
-        folder = DIST / "LAN Chat.app"
+        folder = MAC_BUNDLE
     stem = f"lan-chat-{program}-{version()}-{target()}"
     RELEASE.mkdir(exist_ok=True)
     if sys.platform.startswith("linux"):
@@ -96,6 +102,19 @@ def archive(program: str) -> Path:
         for file in sorted(folder.rglob("*")):
             archive_file.write(file, Path(folder.name) / file.relative_to(folder))
     return path
+
+
+def check_bundle(app: Path) -> None:
+    """Stop the build unless the bundle's Info.plist gives every required key a text."""
+    with (app / "Contents" / "Info.plist").open("rb") as file:
+        plist = plistlib.load(file)
+    missing = [
+        key
+        for key in REQUIRED_PLIST_KEYS
+        if not isinstance(plist.get(key), str) or not plist[key].strip()
+    ]
+    if missing:
+        raise SystemExit(f"{app.name}: its Info.plist lacks {', '.join(missing)}")
 
 
 def write_checksums(paths: list[Path]) -> Path:
@@ -124,6 +143,8 @@ def main() -> None:
     archives = []
     for program in SPECS:
         seconds = build(program)
+        if program == "client" and sys.platform == "darwin":
+            check_bundle(MAC_BUNDLE)
         path = archive(program)
         archives.append(path)
         print(

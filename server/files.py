@@ -357,6 +357,16 @@ class FileStore:
         upload_id = next(self._upload_ids)  # atomic: itertools.count
         upload = Incoming(self, upload_id, owner=owner, name=name, size=size, mime=mime)
         with self._lock:
+            # Uploads in progress are on disk too, before the quota sees them:
+            # all of them together stay within it, or a crowd of unfinished
+            # uploads could fill the disk (the history's with it).
+            arriving = sum(u.size for uploads in self._uploads.values() for u in uploads)
+            if arriving + size > self.quota:
+                raise RuleViolation(
+                    ErrorCode.FILE_TOO_LARGE,
+                    f"The server is receiving {_mib(arriving)} of files already; "
+                    "try this one again in a moment.",
+                )
             if self._closed:
                 upload._done = True
             else:

@@ -517,3 +517,18 @@ def test_a_slow_disk_holds_back_the_uploader_not_the_room(server, open_client, m
     uploaded = answer(alice, "uploaded", upload=number)
     assert len(written) == 100 and uploaded["file"].startswith("f-")
     assert max(queued) == transfers_module.WRITES_AHEAD  # never more read ahead of the disk
+
+
+def test_uploads_in_progress_stay_within_the_quota_together(start_server, open_client):
+    server = start_server(files_quota_mb=1)
+    alice = open_client(server, "alice")
+    data = os.urandom(600_000)
+    first = start_upload(alice, data, "one.bin")
+    alice.send({"type": "upload", "name": "two.bin", "size": len(data)})
+    error = refused(alice, "file-too-large", "upload")
+    assert "try this one again" in error["message"]
+    send_data(alice, first, data)
+    digest = hashlib.sha256(data).hexdigest()
+    alice.send({"type": "upload-done", "upload": first, "sha256": digest})
+    answer(alice, "uploaded", upload=first)
+    upload(alice, data, "two.bin")  # the first is kept: room for the next
