@@ -222,14 +222,23 @@ class ConnectDialog(ttk.Toplevel):
         self.server_list.bind("<Double-1>", self._server_double_clicked)
         self.server_list.bind("<Return>", self._server_entered)
         self.server_list.bind("<KP_Enter>", self._server_entered)
+        # As tall as its longest text from the start: the buttons below stay
+        # where they are (under the pointer) when a search ends.
+        words = ttk.Frame(body)
+        words.grid(row=row + 2, column=0, columnspan=2, sticky="we", pady=(4, 12))
         self.search_label = ttk.Label(
-            body,
-            text="",
+            words,
+            text=NOTHING_FOUND,
             bootstyle="secondary",
             justify="left",
             wraplength=self.server_list.winfo_reqwidth() - 8,
         )
-        self.search_label.grid(row=row + 2, column=0, columnspan=2, sticky="we", pady=(4, 12))
+        self.search_label.pack(side="top", anchor="w")
+        words.configure(
+            width=self.server_list.winfo_reqwidth(), height=self.search_label.winfo_reqheight()
+        )
+        words.pack_propagate(False)
+        self.search_label.configure(text="")
 
     def _field(
         self,

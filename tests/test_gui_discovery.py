@@ -257,7 +257,13 @@ def test_nothing_found_says_why_and_refresh_searches_again(
     dialog = app.open_dialog()
     assert str(dialog.search_label.cget("text")) == SEARCHING
     assert disabled(dialog.refresh_button)
+    wait_until(dialog, dialog.winfo_viewable, what="the dialog shown")
+    settle(dialog, 0.1)
+    assert dialog.searching  # still: the search goes on for about a second
+    size = dialog.winfo_width(), dialog.winfo_height()
     wait_until(dialog, lambda: not dialog.searching, timeout=WAIT, what="the search to end")
+    settle(dialog, 0.1)
+    assert (dialog.winfo_width(), dialog.winfo_height()) == size  # nothing moved
     text = str(dialog.search_label.cget("text"))
     assert text == NOTHING_FOUND
     for cause in ("firewall", "Wi-Fi", "Public", "VPN", "Typing the address"):
