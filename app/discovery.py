@@ -15,11 +15,12 @@ address and port; at most ``MAX_SERVERS`` are kept and at most
 the queue never holds more than one search's events.
 
 The default targets (``default_targets``) are the directed broadcast
-address of each of this computer's IPv4 networks, on the default port and
-the ports of servers used lately: 255.255.255.255 leaves by one interface
-only. Loopback, link-local (169.254/16) and point-to-point links (/31,
-/32) have no one to ask. Tests replace the targets: none of their traffic
-leaves 127.0.0.1.
+address of each of this computer's IPv4 networks (the limited broadcast,
+255.255.255.255, would leave by one interface only), on the ports given:
+``ChatApp`` gives the default port and the last one used. Loopback,
+link-local (169.254/16) and point-to-point links (/31, /32) have no one
+to ask. Tests replace the targets: none of their traffic leaves 127.0.0.1
+(or a network namespace of the test's own).
 
 A reply is a hint, not a proof: its fingerprint is checked over TLS like
 any other server's, so the dialog fills in only the address and port.
