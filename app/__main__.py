@@ -26,6 +26,7 @@ from PIL import Image, ImageTk
 from app import settings as settings_store
 from app.chat_app import ChatApp, app_version
 from app.connect_dialog import check_fields
+from app.discovery import local_networks
 from app.paths import asset
 from app.settings import Settings
 from app.trust_dialog import TrustDialog
@@ -265,8 +266,11 @@ def tls_round_trip() -> str | None:
 
 
 def smoke_test(root: ttk.App, settings: Settings) -> int:
-    """Build every part of the UI and draw it in both themes, offline; settings untouched."""
-    chat = ChatApp(root, settings, save_settings=lambda _settings: None)
+    """Build every part of the UI and draw it in both themes, offline (the dialog
+    searches nowhere for servers); settings untouched."""
+    chat = ChatApp(
+        root, settings, save_settings=lambda _settings: None, discovery_targets=lambda: ()
+    )
     view = chat.view
     view.own_name = "you"
     view.set_users(["you", "Ana", "张伟"])
@@ -296,6 +300,10 @@ def smoke_test(root: ttk.App, settings: Settings) -> int:
         print("chat-client smoke test failed: the transcript is incomplete", file=sys.stderr)
         return 1
     failed = tls_round_trip()
+    try:
+        local_networks()  # read, nothing sent: the bundle carries what lists them
+    except OSError as exc:
+        failed = failed or str(exc)
     if failed is not None:
         print(f"chat-client smoke test failed: {failed}", file=sys.stderr)
         return 1

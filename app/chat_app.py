@@ -18,7 +18,7 @@ import logging
 import queue
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from importlib import metadata
 
@@ -29,6 +29,7 @@ from app import text as fmt
 from app.alerts import DesktopNotifications
 from app.chat_view import LOOKALIKE_MARK, Action, ChatView
 from app.connect_dialog import ConnectDialog
+from app.discovery import Target, default_targets
 from app.file_sharing import FileSharing
 from app.last_seen import LastSeen, last_seen_path
 from app.network import (
@@ -60,6 +61,7 @@ from app.settings import Settings, fit_geometry
 from app.trust import KnownServers, Pin, known_path
 from app.trust_dialog import IdentityChangedDialog, LockDialog, PlaintextDialog, TrustDialog
 from server.protocol import (
+    DEFAULT_PORT,
     MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
     BanList,
@@ -118,6 +120,8 @@ class ChatApp:
     the root, which ends ``mainloop``); tests pass their own and reuse the root.
     ``client_factory(host, port, name, known=, invite=)`` makes the connection;
     ``known`` is the store of trusted servers (default: beside the settings).
+    ``discovery_targets()`` says where the dialog looks for servers (default:
+    every network's broadcast address, on the default and the last port).
     """
 
     def __init__(
@@ -131,8 +135,12 @@ class ChatApp:
         on_exit: Callable[[], None] | None = None,
         passwords: RememberedPasswords | None = None,
         last_seen: LastSeen | None = None,
+        discovery_targets: Callable[[], Sequence[Target]] | None = None,
     ) -> None:
         self.root = root
+        self.discovery_targets = discovery_targets or (
+            lambda: default_targets((DEFAULT_PORT, self.settings.port))
+        )
         self.on_exit = on_exit or root.destroy
         self.settings = settings
         self.save_settings = save_settings
@@ -335,6 +343,7 @@ class ChatApp:
                 on_choose_name=self.choose_name,
                 on_cancel=self.cancel,
                 on_dismiss=self._dialog_closed,
+                find_targets=self.discovery_targets,
                 close_text="Quit" if self._first_start else "Close",
             )
         if error:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app import discovery
 from server.chat_server import ChatServer
 from server.config import ServerConfig
 from tests import trust_helpers
@@ -60,6 +61,14 @@ def no_real_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     """No server a test starts, in this process or a child, makes its identity
     (or anything else) in the user's real data folder."""
     monkeypatch.setenv("LAN_CHAT_DATA_DIR", str(tmp_path / "server-data"))
+
+
+@pytest.fixture(autouse=True)
+def no_real_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test asks this computer's real networks for servers: a connection
+    dialog opened without targets of its test's own lists no network, so its
+    search sends nothing (tests/test_client_discovery.py asks 127.0.0.1)."""
+    monkeypatch.setattr(discovery, "local_networks", list)
 
 
 @pytest.fixture
