@@ -29,7 +29,7 @@ from app import text as fmt
 from app.alerts import DesktopNotifications
 from app.chat_view import LOOKALIKE_MARK, Action, ChatView
 from app.connect_dialog import ConnectDialog
-from app.discovery import Target, default_targets
+from app.discovery import Target, targets_for
 from app.file_sharing import FileSharing
 from app.last_seen import LastSeen, last_seen_path
 from app.network import (
@@ -139,7 +139,7 @@ class ChatApp:
     ) -> None:
         self.root = root
         self.discovery_targets = discovery_targets or (
-            lambda: default_targets((DEFAULT_PORT, self.settings.port))
+            lambda: targets_for((DEFAULT_PORT, self.settings.port))
         )
         self.on_exit = on_exit or root.destroy
         self.settings = settings

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import queue
 import select
 import socket
@@ -157,6 +158,26 @@ def default_targets(
         logger.warning("%s; asking on the limited broadcast address only", exc)
         addresses = [LIMITED_BROADCAST]
     return [(address, port) for address in addresses for port in asked]
+
+
+TARGETS_ENV = "LAN_CHAT_DISCOVERY_TARGETS"
+"""Where to ask instead of the networks' broadcast addresses: ``host:port``
+pairs, comma-separated; set but empty, nowhere (every test run sets it so)."""
+
+
+def targets_for(ports: Iterable[int]) -> list[Target]:
+    """Where the connection dialog asks: ``TARGETS_ENV``'s pairs if it is set
+    (a network broadcast does not cross: servers named one by one), else
+    ``default_targets(ports)``. A pair that is no ``host:port`` is skipped."""
+    named = os.environ.get(TARGETS_ENV)
+    if named is None:
+        return default_targets(ports)
+    found: list[Target] = []
+    for pair in named.split(","):
+        host, _, port = pair.strip().rpartition(":")
+        if host and port.isdigit() and 1 <= int(port) <= 65535:
+            found.append((host.strip("[]"), int(port)))
+    return found[: MAX_NETWORKS * MAX_PORTS]
 
 
 # -- the search -------------------------------------------------------------------

@@ -17,6 +17,11 @@ from server.config import ServerConfig
 from tests import trust_helpers
 from tests.wire import RawClient
 
+# No app this test run starts, in this process or another, asks this
+# computer's real networks for servers (app.discovery.TARGETS_ENV): a test
+# that wants a search names its targets.
+os.environ[discovery.TARGETS_ENV] = ""
+
 
 def _open_sockets() -> set[str]:
     """The sockets this process holds (Linux), as /proc names them."""

@@ -504,3 +504,15 @@ def test_no_test_reaches_this_computers_networks_by_default() -> None:
     """The suite's guard (tests/conftest.py): a dialog opened without targets
     of its own asks nowhere."""
     assert default_targets([12345]) == []
+
+
+def test_targets_can_be_named_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(discovery.TARGETS_ENV, "127.0.0.1:5000, [::1]:6000,nonsense,host:0,x:99999")
+    assert discovery.targets_for([12345]) == [("127.0.0.1", 5000), ("::1", 6000)]
+    monkeypatch.setenv(discovery.TARGETS_ENV, "")
+    assert discovery.targets_for([12345]) == []  # nowhere: what every test run sets
+    monkeypatch.delenv(discovery.TARGETS_ENV)
+    monkeypatch.setattr(
+        discovery, "local_networks", lambda: [ipaddress.IPv4Interface("10.1.2.3/24")]
+    )
+    assert discovery.targets_for([12345]) == [("10.1.2.255", 12345)]
