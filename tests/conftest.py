@@ -158,6 +158,32 @@ def errors(tk_root: Any) -> Iterator[list[BaseException]]:
     tk_root.report_callback_exception = before
 
 
+@pytest.fixture
+def open_app(tk_root: Any) -> Iterator[Callable[..., Any]]:
+    """Build ChatApps on the session's one root: ``open_app(settings, **options)``
+    passes ``options`` to ``ChatApp``, which by default saves settings nowhere,
+    exits nowhere and has agreed to plaintext. Each is closed, and the root
+    reset, after the test."""
+    from app.chat_app import ChatApp  # noqa: PLC0415 - only GUI tests pay for Tk
+
+    apps: list[ChatApp] = []
+
+    def open_(settings: Any, **options: Any) -> ChatApp:
+        options.setdefault("save_settings", lambda _settings: None)
+        options.setdefault("on_exit", lambda: None)
+        options.setdefault("known", trust_helpers.PlaintextAgreed())
+        chat = ChatApp(tk_root, settings, **options)
+        apps.append(chat)
+        return chat
+
+    yield open_
+    try:
+        for chat in apps:
+            chat.close()
+    finally:
+        reset_root(tk_root)
+
+
 def reset_root(root: Any) -> None:
     """Leave the shared root as the next GUI test expects it: withdrawn,
     light, at its first size and place."""

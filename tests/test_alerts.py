@@ -42,10 +42,8 @@ from app.alerts import DesktopNotifications
 from app.chat_app import ChatApp
 from app.settings import Settings
 from server.chat_server import ChatServer
-from tests.conftest import reset_root
 from tests.test_gui import HOST, join, menu_item, settle, wait_shown, wait_until
 from tests.test_gui_defects import pointer_back, xdotool  # noqa: F401 - pointer_back is autouse
-from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient
 
 StartServer = Callable[..., ChatServer]
@@ -246,33 +244,23 @@ def attention(tk_root: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Attenti
 
 
 @pytest.fixture
-def make_app(tk_root: Any, attention: Attention) -> Iterator[Callable[..., ChatApp]]:
+def make_app(
+    attention: Attention, open_app: Callable[..., ChatApp], tk_root: Any
+) -> Callable[..., ChatApp]:
     """The app in the real window; made in the test, once its bus is chosen.
-    Closed before ``attention`` removes the toasts, so that none comes after."""
-    apps: list[ChatApp] = []
+    Closed before ``attention`` removes the toasts, so that none comes after
+    (``open_app`` is set up after ``attention``, so torn down before it)."""
     saved: list[Settings] = []
 
     def make(settings: Settings | None = None) -> ChatApp:
-        chat = ChatApp(
-            tk_root,
-            settings or Settings(host=HOST, name=""),
-            save_settings=saved.append,
-            known=PlaintextAgreed(),
-            on_exit=lambda: None,
-        )
+        chat = open_app(settings or Settings(host=HOST, name=""), save_settings=saved.append)
         chat.saved = saved  # type: ignore[attr-defined]
-        apps.append(chat)
         tk_root.deiconify()
         tk_root.geometry("920x640+0+0")
         wait_until(tk_root, chat.view.transcript.winfo_viewable, what="the window mapped")
         return chat
 
-    yield make
-    try:
-        for chat in apps:
-            chat.close()
-    finally:
-        reset_root(tk_root)
+    return make
 
 
 def root_window() -> str:

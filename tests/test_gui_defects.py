@@ -30,7 +30,6 @@ from app.settings import Settings
 from server.chat_server import ChatServer
 from server.config import ServerConfig
 from server.protocol import ChatMessage
-from tests.conftest import reset_root
 from tests.test_gui import (
     HOST,
     NoJitterRng,
@@ -43,7 +42,6 @@ from tests.test_gui import (
     wait_shown,
     wait_until,
 )
-from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient
 
 StartServer = Callable[..., ChatServer]
@@ -76,27 +74,11 @@ def pointer_back() -> Iterator[None]:
 
 
 @pytest.fixture
-def make_app(tk_root: Any) -> Iterator[Callable[..., ChatApp]]:
-    apps: list[ChatApp] = []
-
+def make_app(open_app: Callable[..., ChatApp]) -> Callable[..., ChatApp]:
     def make(client_factory: Callable[..., ChatClient] = ChatClient) -> ChatApp:
-        chat = ChatApp(
-            tk_root,
-            Settings(host=HOST, name=""),
-            save_settings=lambda _settings: None,
-            client_factory=client_factory,
-            known=PlaintextAgreed(),
-            on_exit=lambda: None,
-        )
-        apps.append(chat)
-        return chat
+        return open_app(Settings(host=HOST, name=""), client_factory=client_factory)
 
-    yield make
-    try:
-        for chat in apps:
-            chat.close()
-    finally:
-        reset_root(tk_root)
+    return make
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import time
 import tkinter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,7 +25,6 @@ from app.trust_dialog import TrustDialog
 from server.chat_server import ChatServer
 from server.config import TlsMode
 from server.protocol import Announcement, encode_reply
-from tests.conftest import reset_root
 from tests.test_client_discovery import Responder, responder  # noqa: F401 - a fixture
 from tests.test_gui import HOST, disabled, free_port, settle, wait_until
 from tests.test_gui_defects import pointer_back, xdotool  # noqa: F401 - pointer_back is autouse
@@ -51,27 +49,15 @@ def targets() -> list[Target]:
 
 
 @pytest.fixture
-def make_app(tk_root: Any, targets: list[Target]) -> Iterator[Callable[..., ChatApp]]:
-    apps: list[ChatApp] = []
-
+def make_app(open_app: Callable[..., ChatApp], targets: list[Target]) -> Callable[..., ChatApp]:
     def make(settings: Settings | None = None, known: KnownServers | None = None) -> ChatApp:
-        chat = ChatApp(
-            tk_root,
+        return open_app(
             settings or Settings(host=HOST, name="alice"),
-            save_settings=lambda _settings: None,
             known=known if known is not None else PlaintextAgreed(),
-            on_exit=lambda: None,
             discovery_targets=lambda: list(targets),
         )
-        apps.append(chat)
-        return chat
 
-    yield make
-    try:
-        for chat in apps:
-            chat.close()
-    finally:
-        reset_root(tk_root)
+    return make
 
 
 Servers = tuple[ChatServer, ChatServer, ChatServer]

@@ -43,9 +43,7 @@ from app.settings import Settings
 from server.chat_server import ChatServer
 from server.protocol import ChatMessage, FileInfo
 from tests import test_server_files as server_files
-from tests.conftest import reset_root
 from tests.fake_room import ScriptedServer
-from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient, frame
 
 SHOTS = Path(os.environ.get("LAN_CHAT_SHOTS") or Path(__file__).resolve().parent / "screenshots")
@@ -949,31 +947,24 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 @pytest.fixture
 def make_app(
-    tk_root: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, opened: list[Path]
-) -> Iterator[Callable[..., ChatApp]]:
+    open_app: Callable[..., ChatApp],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cache: Path,
+    opened: list[Path],
+) -> Callable[..., ChatApp]:
     monkeypatch.setenv("LAN_CHAT_CONFIG_DIR", str(tmp_path / "config"))
-    apps: list[ChatApp] = []
 
     def make(settings: Settings | None = None) -> ChatApp:
-        chat = ChatApp(
-            tk_root,
+        chat = open_app(
             settings or Settings(host=HOST, name=""),
-            save_settings=lambda _settings: None,
-            known=PlaintextAgreed(),
-            on_exit=lambda: None,
             last_seen=LastSeen(tmp_path / "last_seen.json"),
         )
-        apps.append(chat)
-        tk_root.deiconify()
-        tk_root.geometry("920x640+0+0")
+        chat.root.deiconify()
+        chat.root.geometry("920x640+0+0")
         return chat
 
-    yield make
-    try:
-        for chat in apps:
-            chat.close()
-    finally:
-        reset_root(tk_root)
+    return make
 
 
 def enter(app: ChatApp, port: int) -> None:

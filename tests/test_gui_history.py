@@ -30,11 +30,9 @@ from app.settings import Settings
 from app.text import day_label
 from server.chat_server import ChatServer
 from server.protocol import MAX_TEXT_LENGTH
-from tests.conftest import reset_root
 from tests.fake_room import FakeRoom, message
 from tests.test_gui import HOST, settle, wait_until
 from tests.test_gui_defects import on_screen, pointer_back, shown_on_screen, xdotool
-from tests.trust_helpers import PlaintextAgreed
 from tests.wire import RawClient, frame
 
 _ = pointer_back  # autouse: the pointer ends where it was
@@ -66,28 +64,20 @@ def rooms() -> Iterator[Callable[..., FakeRoom]]:
 
 
 @pytest.fixture
-def make_app(tk_root: Any, config_dir: Path) -> Iterator[Callable[..., ChatApp]]:
-    apps: list[ChatApp] = []
+def make_app(open_app: Callable[..., ChatApp], config_dir: Path) -> Callable[..., ChatApp]:
+    made: list[ChatApp] = []
 
     def make(last_seen: LastSeen | None = None) -> ChatApp:
-        assert not apps, "one ChatApp per test: they share the root window"
-        chat = ChatApp(
-            tk_root,
-            Settings(host=HOST, name=""),
-            save_settings=lambda _settings: None,
-            known=PlaintextAgreed(),
-            on_exit=lambda: None,
-            last_seen=last_seen or LastSeen(config_dir / "last_seen.json"),
+        assert not made, "one ChatApp per test: they share the root window"
+        made.append(
+            open_app(
+                Settings(host=HOST, name=""),
+                last_seen=last_seen or LastSeen(config_dir / "last_seen.json"),
+            )
         )
-        apps.append(chat)
-        return chat
+        return made[0]
 
-    yield make
-    try:
-        for chat in apps:
-            chat.close()
-    finally:
-        reset_root(tk_root)
+    return make
 
 
 def numbered(count: int, first: int = 1, **fields: Any) -> list[dict[str, Any]]:

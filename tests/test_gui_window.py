@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import tkinter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from tkinter import ttk as tkttk
 from typing import Any
@@ -24,9 +24,7 @@ from app.chat_app import ChatApp
 from app.chat_view import Action
 from app.settings import Settings, fit_geometry
 from server.protocol import ChatMessage
-from tests.conftest import reset_root
 from tests.test_gui import HOST, settle, wait_until
-from tests.trust_helpers import PlaintextAgreed
 
 # What makes a plain Tk widget look as it does (colours, borders, padding).
 LOOKS = (
@@ -51,29 +49,15 @@ LOOKS = (
 
 
 @pytest.fixture
-def make_app(tk_root: Any) -> Iterator[Callable[..., ChatApp]]:
+def make_app(open_app: Callable[..., ChatApp]) -> Callable[..., ChatApp]:
     """Build ChatApps on the shared root; each is closed, and the root is left
     withdrawn, light and at its test size."""
-    apps: list[ChatApp] = []
 
     def make(settings: Settings | None = None, saved: list[Settings] | None = None) -> ChatApp:
         sink = saved.append if saved is not None else (lambda _settings: None)
-        chat = ChatApp(
-            tk_root,
-            settings or Settings(host=HOST),
-            save_settings=sink,
-            known=PlaintextAgreed(),
-            on_exit=lambda: None,
-        )
-        apps.append(chat)
-        return chat
+        return open_app(settings or Settings(host=HOST), save_settings=sink)
 
-    yield make
-    try:
-        for chat in apps:
-            chat.close()
-    finally:
-        reset_root(tk_root)
+    return make
 
 
 def set_theme(root: Any, mode: str) -> None:
