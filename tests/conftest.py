@@ -159,7 +159,16 @@ def errors(tk_root: Any) -> Iterator[list[BaseException]]:
 
 
 @pytest.fixture
-def open_app(tk_root: Any) -> Iterator[Callable[..., Any]]:
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The client's config folder for this test (``LAN_CHAT_CONFIG_DIR``), so that
+    nothing touches the real settings, trust or passwords."""
+    folder = tmp_path / "config"
+    monkeypatch.setenv("LAN_CHAT_CONFIG_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def open_app(tk_root: Any, config_dir: Path) -> Iterator[Callable[..., Any]]:
     """Build ChatApps on the session's one root: ``open_app(settings, **options)``
     passes ``options`` to ``ChatApp``, which by default saves settings nowhere,
     exits nowhere and has agreed to plaintext. Each is closed, and the root

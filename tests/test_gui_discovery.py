@@ -35,11 +35,8 @@ from tests.wire import RawClient
 WAIT = 10.0  # a search takes about a second; the servers answer at once
 
 
-@pytest.fixture(autouse=True)
-def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "config"
-    monkeypatch.setenv("LAN_CHAT_CONFIG_DIR", str(folder))
-    return folder
+# Nothing here may touch the real settings (conftest.config_dir).
+pytestmark = pytest.mark.usefixtures("config_dir")
 
 
 @pytest.fixture

@@ -43,11 +43,8 @@ WAIT = 10.0
 # -- fixtures and helpers -----------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "config"
-    monkeypatch.setenv("LAN_CHAT_CONFIG_DIR", str(folder))
-    return folder
+# Nothing here may touch the real settings (conftest.config_dir).
+pytestmark = pytest.mark.usefixtures("config_dir")
 
 
 @pytest.fixture

@@ -38,11 +38,8 @@ from tests.test_gui_defects import pointer_back, xdotool  # noqa: F401 - pointer
 SHOTS = Path(os.environ.get("LAN_CHAT_SHOTS") or Path(__file__).resolve().parent / "screenshots")
 
 
-@pytest.fixture(autouse=True)
-def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "config"
-    monkeypatch.setenv("LAN_CHAT_CONFIG_DIR", str(folder))
-    return folder
+# Nothing here may touch the real settings (conftest.config_dir).
+pytestmark = pytest.mark.usefixtures("config_dir")
 
 
 @pytest.fixture

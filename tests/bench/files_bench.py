@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.bench import history_bench
 from tests.bench.history_bench import joined, ms, p99
 from tests.wire import RawClient, frame
 
@@ -58,29 +59,13 @@ _OFFSET = re.compile(rb'"offset":\s*(\d+)')
 
 
 def canary(port: int, stop: Any, results: Any) -> None:
-    """One says a line every ``CANARY_EVERY_S``; the other measures how long each takes.
-
-    It runs in a process of its own, so that the uploader's and downloader's
-    work in this one (base64, hashing) does not delay what it measures.
-    """
+    """``history_bench``'s canary pair, a line every ``CANARY_EVERY_S``, its
+    results put on ``results``. It runs in a process of its own, so that the
+    uploader's and downloader's work in this one (base64, hashing) does not
+    delay what it measures."""
     out: list[float] = []
     missed: list[int] = []
-    sender, watcher = joined(port, "canary-say"), joined(port, "canary-see")
-    with sender, watcher:
-        n = 0
-        while not stop.is_set():
-            n += 1
-            started = time.perf_counter()
-            sender.send({"type": "say", "text": f"canary {n}"})
-            try:
-                while watcher.skip_until("message", timeout=5)["text"] != f"canary {n}":
-                    pass
-            except TimeoutError:
-                missed.append(n)
-                continue
-            out.append((time.perf_counter() - started) * 1000)
-            sender.skip_until("message")  # its own echo
-            time.sleep(max(0.0, CANARY_EVERY_S - (time.perf_counter() - started)))
+    history_bench.canary(port, stop, out, missed, every=CANARY_EVERY_S)
     results.put((out, missed))
 
 

@@ -117,7 +117,15 @@ def ask_until(
         print(f"a questioner stopped: {exc}", file=sys.stderr)
 
 
-def canary(port: int, stop: threading.Event, out: list[float], missed: list[int]) -> None:
+def canary(
+    port: int,
+    stop: Any,
+    out: list[float],
+    missed: list[int],
+    every: float = CANARY_EVERY_S,
+) -> None:
+    """One says a line every ``every`` seconds until ``stop``; the other measures
+    how long each takes to arrive (ms, in ``out``; the lines that never did in ``missed``)."""
     sender, watcher = joined(port, "canary-say"), joined(port, "canary-see")
     with sender, watcher:
         for n in itertools.count():
@@ -133,7 +141,7 @@ def canary(port: int, stop: threading.Event, out: list[float], missed: list[int]
                 continue
             out.append((time.perf_counter() - started) * 1000)
             sender.skip_until("message")  # its own echo
-            time.sleep(max(0.0, CANARY_EVERY_S - (time.perf_counter() - started)))
+            time.sleep(max(0.0, every - (time.perf_counter() - started)))
 
 
 def main(argv: list[str] | None = None) -> int:
