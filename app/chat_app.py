@@ -115,6 +115,10 @@ def app_version() -> str:
         return "0+unknown"
 
 
+PICTURE_LIMITS_MB = (1, 10, 50)
+"""The View menu's sizes up to which pictures are fetched by themselves (and Never)."""
+
+
 class ChatApp:
     """The client in ``root``. ``on_exit`` runs after ``quit`` (default: destroy
     the root, which ends ``mainloop``); tests pass their own and reuse the root.
@@ -246,6 +250,7 @@ class ChatApp:
             variable=self.notify_var,
             command=lambda: self._update_settings(notifications=self.notify_var.get()),
         )
+        view.add_cascade(label="Show pictures", menu=self._pictures_menu(view))
         view.add_command(
             label="Bigger text", accelerator="Ctrl++", command=lambda: self.change_font_size(+1)
         )
@@ -259,6 +264,21 @@ class ChatApp:
         menubar.add_cascade(label="Help", menu=help_menu)
         self.root.configure(menu=menubar)
         self.menubar = menubar
+
+    def _pictures_menu(self, parent: ttk.Menu) -> ttk.Menu:
+        """Pictures up to how many MB are fetched and shown by themselves
+        (``Settings.auto_download_mb``; one set in the file is a choice too)."""
+        menu = ttk.Menu(parent, tearoff=False)
+        self.pictures_var = ttk.IntVar(value=self.settings.auto_download_mb)
+        choices = sorted({0, *PICTURE_LIMITS_MB, self.settings.auto_download_mb})
+        for mb in choices:
+            menu.add_radiobutton(
+                label="Never" if mb == 0 else f"Up to {mb} MB",
+                value=mb,
+                variable=self.pictures_var,
+                command=lambda: self._update_settings(auto_download_mb=self.pictures_var.get()),
+            )
+        return menu
 
     def _restore_geometry(self) -> None:
         """Where and how big the window was, kept wholly on the screen Tk reports."""

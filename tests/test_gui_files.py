@@ -1076,6 +1076,25 @@ def test_a_picture_over_the_setting_is_a_card_and_is_not_fetched(
     assert file_room.downloads == []
 
 
+def test_the_view_menu_sets_up_to_what_size_pictures_come_by_themselves(
+    make_app: Callable[..., ChatApp], file_room: FileRoom
+) -> None:
+    data = png_of((40, 30), "teal")
+    file_room.push(file_room.add("small.png", data, "image/png", (40, 30)))
+    app = make_app(Settings(host=HOST, name="", auto_download_mb=25))  # a size from the file
+    view_menu = app.root.nametowidget(app.menubar.entrycget("View", "menu"))
+    pictures = app.root.nametowidget(view_menu.entrycget("Show pictures", "menu"))
+    labels = [pictures.entrycget(i, "label") for i in range(pictures.index("end") + 1)]
+    assert labels == ["Never", "Up to 1 MB", "Up to 10 MB", "Up to 25 MB", "Up to 50 MB"]
+    pictures.invoke(labels.index("Never"))
+    assert app.settings.auto_download_mb == 0
+    enter(app, file_room.port)
+    wait_until(app.root, lambda: app.view.files_shown, "the file shown")
+    settle(app.root, 0.3)
+    assert [kind for kind, _f in app.view.files_shown] == ["card"]  # small, but Never
+    assert file_room.downloads == []
+
+
 def test_an_image_bomb_becomes_a_card_saying_it_is_too_big(
     make_app: Callable[..., ChatApp], file_room: FileRoom
 ) -> None:
