@@ -191,6 +191,8 @@ class ChatApp:
             client=lambda: self.client,
             auto_download_mb=lambda: self.settings.auto_download_mb,
             notice=self.notice,
+            # Writing a private message (/msg NAME ...): what is attached goes to NAME.
+            recipient=lambda: commands.private_recipient(self.view.input_text()),
         )
         self.view = ChatView(
             root,

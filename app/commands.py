@@ -204,6 +204,15 @@ def _operator_command(command: str, rest: str) -> Command | None:
     return None
 
 
+def private_recipient(line: str) -> str | None:
+    """NAME, for a draft that begins ``/msg NAME``: a file sent meanwhile goes to
+    NAME alone (double-clicking a name starts such a draft)."""
+    parts = line.split(None, 2)
+    if len(parts) >= 2 and parts[0].lower() == "/msg":
+        return parts[1]
+    return None
+
+
 def parse_input(line: str) -> Command | None:
     """The command for what the user typed; ``None`` for nothing (blank input)."""
     if not line.strip():

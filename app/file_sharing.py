@@ -70,9 +70,11 @@ class FileSharing:
         client: Callable[[], ChatClient | None],
         auto_download_mb: Callable[[], int],
         notice: Callable[[str, str], None],
+        recipient: Callable[[], str | None] = lambda: None,
         opener: Callable[[Path], str | None] | None = None,
     ) -> None:
         self._view = view
+        self._recipient = recipient  # who a file goes to privately, None: the room
         self._client = client
         self._auto_mb = auto_download_mb
         self._notice = notice
@@ -96,7 +98,7 @@ class FileSharing:
         if not path.is_file():
             self._notice(f"{short_name(path.name)} is not a file that can be sent.", "error")
             return None
-        transfer = client.upload(path, name=name)
+        transfer = client.upload(path, name=name, to=self._recipient())
         if transfer is None:
             self._notice("This server does not take files.", "error")
             return None

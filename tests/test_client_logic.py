@@ -872,3 +872,14 @@ def test_check_fields_port_never_raises(port: str) -> None:
 @pytest.mark.parametrize("line", ["/", "/   ", "/\n"])
 def test_a_slash_alone_is_a_hint_not_a_crash(line: str) -> None:
     assert isinstance(parse_input(line), Hint)
+
+
+def test_a_private_draft_names_who_files_go_to() -> None:
+    from app.commands import private_recipient  # noqa: PLC0415
+
+    assert private_recipient("/msg bob ") == "bob"
+    assert private_recipient("/MSG bob see this") == "bob"
+    assert private_recipient("/msg") is None
+    assert private_recipient("hello /msg bob") is None
+    assert private_recipient("//msg bob") is None
+    assert private_recipient("") is None

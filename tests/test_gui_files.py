@@ -1261,10 +1261,10 @@ def test_leaving_the_room_ends_its_transfers_and_a_picture_on_its_way_becomes_a_
 @pytest.fixture
 def real(
     start_server: Callable[..., ChatServer], open_client: Callable[..., RawClient]
-) -> tuple[ChatServer, Callable[[], RawClient]]:
-    """A real server, and a way for bob (a raw client) to join it."""
+) -> tuple[ChatServer, Callable[..., RawClient]]:
+    """A real server, and a way for bob (or another raw client) to join it."""
     server = start_server()
-    return server, lambda: open_client(server, "bob")
+    return server, lambda name="bob": open_client(server, name)
 
 
 def test_real_server_a_picture_attached_shows_inline_for_its_sender_and_reaches_others(
@@ -1294,6 +1294,34 @@ def test_real_server_a_picture_attached_shows_inline_for_its_sender_and_reaches_
     (name,) = app.view.transcript.image_names()
     box = app.view.transcript.bbox(name)
     assert box is not None and (box[2], box[3]) == (320, 240)
+    assert errors == []
+
+
+def test_real_server_a_file_attached_while_writing_to_bob_goes_to_bob_alone(
+    make_app: Callable[..., ChatApp],
+    real: tuple[ChatServer, Callable[..., RawClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    errors: list[BaseException],
+) -> None:
+    server, join = real
+    bob = join()
+    carol = join("carol")
+    notes = tmp_path / "for bob.txt"
+    notes.write_bytes(b"just between us")
+    monkeypatch.setattr(chat_view.filedialog, "askopenfilenames", lambda **_o: (str(notes),))
+    app = make_app()
+    enter(app, server.port)
+    app.view.set_input("/msg bob ")  # what double-clicking bob's name writes
+    app.view.attach_file()
+    said = server_files.answer(bob, "message")
+    assert (said["from"], said["to"], said["file"]["name"]) == ("alice", "bob", "for bob.txt")
+    wait_until(app.root, lambda: not app.view.transfers, "every row gone")
+    assert app.view.input_text() == "/msg bob "  # the private message is still to be written
+    carol.send({"type": "ping", "n": 1})
+    assert server_files.answer(carol, "pong")["n"] == 1  # nothing came before it
+    carol.send({"type": "download", "file": said["file"]["id"]})
+    server_files.refused(carol, "no-such-file", "download")
     assert errors == []
 
 
