@@ -4,12 +4,14 @@ How this works: the server listens for UDP datagrams on its own port
 number, on the addresses it listens on for TCP (every interface: IPv4's
 ``0.0.0.0``, where broadcasts arrive, and IPv6's ``::`` for unicast). Its
 sockets sit in the accepting thread's selector (``ChatServer``), which calls
-``on_readable``: each query ``parse_query`` accepts is answered with one
-datagram no longer than the query, by unicast to its sender, at most
-``RATE`` times a second per address, so the server can neither amplify
-traffic nor be made to flood one address. Replies describe the room as it
-is now (``describe``). Nothing here blocks: a reply the socket will not
-take at once is dropped, as UDP would drop it anyway.
+``on_readable``: each address gets ``RATE`` datagrams a second looked at
+(whatever they hold), and each query ``parse_query`` accepts among them
+is answered with one datagram no longer than the query, by unicast to its
+sender. So the server can neither amplify traffic nor be made to flood
+one address, and a flood from one address costs little more than reading
+it. Replies describe the room as it is now (``describe``). Nothing here
+blocks: a reply the socket will not take at once is dropped, as UDP would
+drop it anyway.
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ class DiscoveryResponder:
                     continue
                 logger.debug("discovery: receive failed: %s", exc)
                 return
-            if not parse_query(datagram) or not self._allowed(str(sender[0])):
+            # The rate first: it costs a dict lookup, parsing costs more, and
+            # a flood from one address is that address's allowance spent.
+            if not self._allowed(str(sender[0])) or not parse_query(datagram):
                 continue
             reply = encode_reply(self._describe(), len(datagram))
             if reply is None:

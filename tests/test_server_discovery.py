@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from server import discovery as discovery_module
 from server.config import ServerConfig, default_room_name, features
 from server.discovery import RATE, DiscoveryResponder
 from server.protocol import MIN_QUERY, Announcement, encode_query, parse_reply
@@ -150,3 +151,25 @@ def test_room_name_flag_and_its_default(tmp_path):
         timeout=30,
     )
     assert bad.returncode == 2 and "at most 64 characters" in bad.stderr
+
+
+def test_junk_from_an_address_spends_its_allowance_before_any_parsing(monkeypatch):
+    parsed: list[bytes] = []
+    real = discovery_module.parse_query
+
+    def counting(datagram: bytes) -> bool:
+        parsed.append(datagram)
+        return real(datagram)
+
+    monkeypatch.setattr(discovery_module, "parse_query", counting)
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with a, b:
+        a.bind(("127.0.0.1", 0))
+        for _ in range(50):
+            b.sendto(b"{" + b"x" * 500, a.getsockname())
+        time.sleep(0.1)  # all of them in a's buffer
+        a.setblocking(False)
+        responder = DiscoveryResponder([a], lambda: None, clock=lambda: 100.0)  # type: ignore[arg-type, return-value]
+        responder.on_readable(a)
+    assert len(parsed) == RATE  # the other 45 were read and dropped unparsed
