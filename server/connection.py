@@ -33,8 +33,9 @@ Downloads (PROTOCOL.md, "Files and images") go in a lane of their own:
 ``file-data`` frames the session's transfers read for it. ``flush`` writes
 one only when the room holds nothing for the connection, asks the room
 again after each, and writes at most ``FILE_DATA_PER_FLUSH`` bytes of them
-per pass of the loop; they never count towards the slow-reader bound. So
-a chat frame waits behind one ``file-data`` frame at most, and however
+per flush, the rest when the loop's pass has done everything else
+(``Loop.flush_later``); they never count towards the slow-reader bound.
+So a chat frame waits behind one ``file-data`` frame at most, and however
 many people download, every connection's chat goes first.
 
 A connection starts plaintext and its first read decides (PROTOCOL.md,
@@ -117,8 +118,8 @@ class Loop(Protocol):
     def call_soon(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` on the loop's thread. Any thread."""
 
-    def when_idle(self, callback: Callable[[], object]) -> None:
-        """Run ``callback`` once the loop's pass has done everything else. Its thread only."""
+    def flush_later(self, conn: Connection) -> None:
+        """Flush ``conn`` once the loop's pass has done everything else. Its thread only."""
 
 
 def format_address(address: Any) -> str:
@@ -135,7 +136,6 @@ class Connection:
     __slots__ = (
         "_close_deadline",
         "_downloading",
-        "_downloads_due",
         "_eof_sent",
         "_file_data",
         "_input_waiting",
@@ -183,7 +183,6 @@ class Connection:
         self._tls = tls
         self.outbox = Outbox()
         self._file_data: deque[bytes] = deque()  # downloads' frames, after the chat's
-        self._downloads_due = False  # a flush of them waits for the next pass
         self._downloading = False  # download frames were queued since the lane was empty
         self.decoder = FrameDecoder(MAX_CLIENT_FRAME)
         self.session = Session(
@@ -437,10 +436,8 @@ class Connection:
             self._watch_writes(False)
         if self._downloading:
             if self._file_data:
-                if downloads <= 0 and not self._downloads_due:
-                    # The rest after everyone else's input and chat.
-                    self._downloads_due = True
-                    self.loop.when_idle(self._flush_downloads)
+                if downloads <= 0:  # the rest after everyone else's input and chat
+                    self.loop.flush_later(self)
             else:
                 self._downloading = False
                 self.transport.limit_unsent(0)
@@ -464,10 +461,6 @@ class Connection:
         # Only this thread takes replies, so the drop is what this took.
         self._unsent_counted = len(chunk) - (replies - self.outbox.replies)
         return len(chunk)
-
-    def _flush_downloads(self) -> None:
-        self._downloads_due = False
-        self.flush()
 
     def _wait_to_write(self, want: Want) -> None:
         """The transport takes no more for now: write again on ``want``'s event."""

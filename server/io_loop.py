@@ -143,9 +143,9 @@ class IOLoop:
         self._new: deque[tuple[socket.socket, Any, bool | RemoteProtocolError]] = deque()
         self._dirty: deque[Connection] = deque()
         self._calls: deque[Callable[[], object]] = deque()
-        # Its own thread's work that may wait for everything else of a pass
-        # (the rest of a download): run after the pass's flushes.
-        self._idle: list[Callable[[], object]] = []
+        # Connections to flush again once everything else of a pass is done
+        # (the rest of a download), each once (a dict keeps the order).
+        self._later: dict[Connection, None] = {}
         self._broadcast = False
         self._presence_due: float | None = None  # when held-back presence must go out
         self._flush_all_took = 0.0  # seconds the last flush of every member took
@@ -266,7 +266,7 @@ class IOLoop:
                     or self._calls
                     or self._broadcast
                     or self._input
-                    or self._idle
+                    or self._later
                 ):
                     wake_at = 0.0
                 elif (presence_due := self._presence_due) is not None:
@@ -277,7 +277,7 @@ class IOLoop:
                 if presence_due is not None and time.monotonic() >= presence_due:
                     self._broadcast = True
                 self._run_queues()
-                self._run_idle()
+                self._flush_later()
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TIMER_TICK
@@ -357,18 +357,15 @@ class IOLoop:
                     self._run_own_queues()
             self._flush_all_took = took
 
-    def when_idle(self, callback: Callable[[], object]) -> None:
-        """Run ``callback`` at the end of this pass, after its input, callbacks and
-        flushes (asked for by such a callback: of the next). Its own thread only."""
-        self._idle.append(callback)
+    def flush_later(self, conn: Connection) -> None:
+        """Flush ``conn`` at the end of this pass, after its input, callbacks and
+        flushes (asked for during that flush: at the end of the next). Its thread only."""
+        self._later[conn] = None
 
-    def _run_idle(self) -> None:
-        idle, self._idle = self._idle, []
-        for callback in idle:
-            try:
-                callback()
-            except Exception:
-                logger.exception("%s: a callback failed: %r", self.thread.name, callback)
+    def _flush_later(self) -> None:
+        later, self._later = self._later, {}
+        for conn in later:
+            _safely(conn, conn.flush)
 
     def _run_own_queues(self) -> None:
         """Open handed-over connections, run the callbacks asked for, flush
