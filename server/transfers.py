@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import logging
 import threading
 from collections import OrderedDict, deque
@@ -163,18 +164,14 @@ class FileService:
         self.store = store
         self.uploads = _Worker("files-up")
         self.downloads = _Worker("files-down")
-        self._owners = 0
-        self._owners_lock = threading.Lock()
+        self._owners = itertools.count(1)  # next() is atomic: loops call transfers()
         # Only files-down touches these.
         self._encoded: OrderedDict[tuple[str, int, int], list[bytes]] = OrderedDict()
         self._encoded_bytes = 0
 
     def transfers(self, asker: Asker) -> Transfers:
         """A new connection's transfers, under an owner token of its own."""
-        with self._owners_lock:
-            self._owners += 1
-            owner = self._owners
-        return Transfers(self, asker, owner)
+        return Transfers(self, asker, next(self._owners))
 
     def file_data(self, info: FileInfo, offset: int, length: int) -> list[bytes]:
         """The ``file-data`` frames of a range (on files-down): read and encoded, or kept."""
@@ -244,8 +241,6 @@ class Transfers:
         """``upload``: reserve room for the file and say where to send it."""
         if len(self._uploads) >= MAX_UPLOADS:
             raise _invalid(f"At most {MAX_UPLOADS} uploads can be in progress at once.", "upload")
-        if upload.size < 0:
-            raise RemoteProtocolError(ErrorCode.BAD_FIELD, "`size` cannot be negative.", "upload")
         name = clean_file_name(upload.name)
         mime = clean_mime(upload.mime)
         incoming = self._store.reserve(self.owner, name, upload.size, mime)
@@ -291,8 +286,7 @@ class Transfers:
         if isinstance(result, ProtocolError) and number in self._uploads:
             self._drop(number)
             self._asker.refuse(_invalid(result.message, UploadData.TYPE))
-        if busy and not self.busy:
-            self._asker.files_ready()
+        self._settled(busy)
 
     def done(self, done: UploadDone) -> None:
         """``upload-done``: have the upload checked and kept; ``uploaded`` answers it."""
@@ -316,12 +310,17 @@ class Transfers:
         )
 
     def _finished(self, number: int, result: Result[FileInfo]) -> None:
+        busy = self.busy
         self._finishing -= 1
         if isinstance(result, ProtocolError):
             self._asker.refuse(_invalid(result.message, UploadDone.TYPE))
         else:
             self._asker.reply(Uploaded(number, result.id))
-        if not self.busy:
+        self._settled(busy)
+
+    def _settled(self, was_busy: bool) -> None:
+        """A change is made: if it ended ``busy``, the connection's input is served again."""
+        if was_busy and not self.busy:
             self._asker.files_ready()
 
     def _drop(self, number: int) -> None:
@@ -381,8 +380,7 @@ class Transfers:
             lambda: service.file_data(info, offset, length),
             lambda result: self._asker.later(lambda: self._read(result)),
         )
-        if busy and not self.busy:
-            self._asker.files_ready()
+        self._settled(busy)
 
     def _read(self, result: Result[list[bytes]]) -> None:
         self._reading = False

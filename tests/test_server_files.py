@@ -532,3 +532,10 @@ def test_uploads_in_progress_stay_within_the_quota_together(start_server, open_c
     alice.send({"type": "upload-done", "upload": first, "sha256": digest})
     answer(alice, "uploaded", upload=first)
     upload(alice, data, "two.bin")  # the first is kept: room for the next
+
+
+def test_a_negative_size_is_a_bad_field(server, open_client):
+    alice = open_client(server, "alice")
+    alice.send({"type": "upload", "name": "a.txt", "size": -1})
+    refused(alice, "bad-field", "upload")
+    alive(alice)
