@@ -15,6 +15,7 @@ from app import discovery
 from server.chat_server import ChatServer
 from server.config import ServerConfig
 from tests import trust_helpers
+from tests.redis_server import RedisServer
 from tests.wire import RawClient
 
 # No app this test run starts, in this process or another, asks this
@@ -129,6 +130,14 @@ def open_client() -> Iterator[Callable[..., RawClient]]:
     yield open_
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1, a free port, a temporary folder
+    (tests/redis_server.py); stopped, and its clients closed, after the test."""
+    with RedisServer(tmp_path / "redis") as redis_:
+        yield redis_
 
 
 @pytest.fixture(scope="session")
