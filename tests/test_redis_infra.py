@@ -124,6 +124,18 @@ def test_a_failed_start_reports_the_log(tmp_path: Path) -> None:
         assert not server.running()
 
 
+def test_a_start_that_does_not_answer_in_time_is_an_error_and_kills_it(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    # No redis-server answers before it has been asked once: a bound of 0 s
+    # runs out at the first failed PING.
+    with pytest.raises(RedisServerError, match=r"did not answer PING .*within 0 s"):
+        server.start(timeout=0)
+    assert not server.running()
+    assert server.pid is None
+    with pytest.raises(ConnectionRefusedError):
+        raw_connection(server.port).close()
+
+
 # --- TcpProxy ------------------------------------------------------------------
 
 
