@@ -496,6 +496,7 @@ def error_words(code: str, message: str) -> str | None:
         ),
         ErrorCode.THROTTLED: "Too many connections from this computer, too fast. Try again later.",
         ErrorCode.SERVER_FULL: "The server is full. Try again later.",
+        ErrorCode.ROOM_UNAVAILABLE: "The server cannot reach the room just now.",
     }
     return words.get(code)
 
@@ -1571,6 +1572,9 @@ class ChatClient:
             raise _Dropped(words, final=True)
         if error.code == ErrorCode.SERVER_FULL:
             raise _Dropped("The server is full. Try again later.")
+        if error.code == ErrorCode.ROOM_UNAVAILABLE:
+            # Several servers, one room: this one lost the room for a moment; try again.
+            raise _Dropped("The server cannot reach the room just now. Trying again.")
         if error.code == ErrorCode.TIMEOUT and not self._joined:
             raise _Dropped("The server stopped waiting for a name. Connect again.")
         if error.in_reply_to in FILE_FRAMES:  # about a transfer: it says so itself

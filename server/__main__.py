@@ -24,6 +24,8 @@ from server.config import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_FILE_MB,
     DEFAULT_MAX_PER_IP,
+    DEFAULT_REDIS_HEARTBEAT,
+    DEFAULT_REDIS_ROOM,
     LOOPBACK,
     RATE_BURST,
     RATE_PER_SECOND,
@@ -293,6 +295,30 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"room password: the file's first line (also: environment {PASSWORD_ENV}); "
         "only people who give it can join, and encryption is then required",
     )
+    # Several servers, one room (PROTOCOL.md).
+    parser.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="share one room with every server started with the same Redis and "
+        "--redis-room, e.g. redis://127.0.0.1:6379/0 (a password: "
+        "redis://:PASSWORD@host:6379/0); a shared room shares no files",
+    )
+    parser.add_argument(
+        "--redis-room",
+        default=DEFAULT_REDIS_ROOM,
+        metavar="NAME",
+        help="the shared room's name in Redis (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--redis-heartbeat",
+        type=_positive(float),
+        default=DEFAULT_REDIS_HEARTBEAT,
+        metavar="SECONDS",
+        help="how often a server tells Redis it is alive; one out of touch for 5 "
+        "heartbeats closes its clients, one silent for 10 is taken for dead and its "
+        "users announced gone (default: %(default)s)",
+    )
     parser.add_argument(
         "--smoke-test",
         action="store_true",
@@ -353,6 +379,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         files=not args.no_files,
         discovery=not args.no_discovery,
         room_name=args.room_name,
+        redis_url=args.redis,
+        redis_room=args.redis_room,
+        redis_heartbeat=args.redis_heartbeat,
         max_file_mb=args.max_file_mb,
         files_quota_mb=args.files_quota_mb,
         op_password=read_password(args.op_password_file, OP_PASSWORD_ENV),

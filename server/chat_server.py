@@ -56,7 +56,9 @@ from server.passwords import GuessCounter, Secret
 from server.protocol import Announcement, RemoteProtocolError
 from server.protocol.transport import server_context
 from server.room import Room, banned_error
+from server.shared_room import SharedRoom
 from server.store import HistoryStore
+from server.store.backplane import Backplane
 from server.store.bans import BanStore
 from server.store.lock import FolderInUse, FolderLock, StoreError, lock_data_folder
 from server.store.memory import MemoryHistory
@@ -135,7 +137,7 @@ class ChatServer:
             offered = dataclasses.replace(
                 config, files=self.files is not None, discovery=self.discovery is not None
             )
-            self.room = Room(
+            room_settings: dict[str, Any] = dict(
                 history_store=self.history,
                 ids=self._disk,
                 motd=config.motd,
@@ -153,6 +155,11 @@ class ChatServer:
                 room_secret=None
                 if config.room_password is None
                 else Secret.from_password(config.room_password),
+            )
+            self.room = (
+                Room(**room_settings)
+                if config.redis_url is None
+                else SharedRoom(_backplane(config), **room_settings)
             )
         except BaseException:
             for listener in self._listeners:
@@ -183,6 +190,8 @@ class ChatServer:
         self._stopped.set()
         self._started = False
         self._lifecycle = threading.Lock()
+        if isinstance(self.room, SharedRoom):
+            self.room.start()  # the loops exist: what it applies can reach them
 
     def __enter__(self) -> ChatServer:
         return self
@@ -272,6 +281,9 @@ class ChatServer:
             waker.close()
         for loop in self._loops:
             loop.close()
+        room = getattr(self, "room", None)
+        if isinstance(room, SharedRoom):
+            room.close()  # never served: its backplane still stops
         if self._answers is not None:
             self._answers.close()
         self._close_files()
@@ -323,7 +335,8 @@ class ChatServer:
     def _open_files(self, config: ServerConfig) -> FileService | None:
         """The shared files: in the data folder beside the history on disk; in a
         temporary folder without the store, or if that folder cannot be used."""
-        if not config.files:
+        if not config.files or config.redis_url is not None:
+            # A file is on one server's disk; a shared room has several.
             return None
         max_file, quota = config.max_file_mb * MIB, config.files_quota_mb * MIB
         if self._disk is not None:
@@ -447,6 +460,14 @@ class ChatServer:
             loop.thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
             if loop.thread.is_alive():
                 logger.error("%s did not stop in time", loop.thread.name)
+
+
+def _backplane(config: ServerConfig) -> Backplane:
+    """The Redis backplane ``config`` names (``redis`` is imported only for it)."""
+    from server.store.redis_log import RedisBackplane  # noqa: PLC0415
+
+    assert config.redis_url is not None
+    return RedisBackplane(config.redis_url, config.redis_room, heartbeat=config.redis_heartbeat)
 
 
 def bind_listeners(host: str | None, port: int) -> list[socket.socket]:

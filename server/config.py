@@ -33,6 +33,9 @@ FILES_FOLDER = "files"
 DEFAULT_MAX_FILE_MB = 100
 DEFAULT_FILES_QUOTA_MB = 4096
 
+DEFAULT_REDIS_ROOM = "lan-chat"
+DEFAULT_REDIS_HEARTBEAT = 1.0
+
 DEFAULT_MAX_CLIENTS = 10_000
 # One loop thread serves every connection. A second one overlaps one
 # client's system calls with another's frame handling, but the two then
@@ -135,6 +138,15 @@ class ServerConfig:
     # ``default_room_name``).
     discovery: bool = True
     room_name: str | None = None
+    # Several servers, one room (PROTOCOL.md): the Redis that orders the
+    # room's events (None: this server alone is the room), the room's name
+    # there (servers with the same one share a room), and the heartbeat in
+    # seconds (a server out of touch for 5 of them closes its clients; one
+    # silent for 10 is taken for dead). Files stay on one server's disk, so
+    # a shared room shares none.
+    redis_url: str | None = None
+    redis_room: str = DEFAULT_REDIS_ROOM
+    redis_heartbeat: float = DEFAULT_REDIS_HEARTBEAT
 
     def data_path(self) -> Path:
         """The data folder this configuration names (not created here)."""
@@ -151,7 +163,7 @@ def features(config: ServerConfig) -> tuple[str, ...]:
         offered.append("password")
     offered.append("operators")  # always: the console is one, and bans apply
     offered += ["history-pages", "search"]  # always: over the disk, or what memory holds
-    if config.files:
+    if config.files and config.redis_url is None:
         offered.append("files")
     if config.discovery:
         offered.append("discovery")

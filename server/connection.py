@@ -232,8 +232,8 @@ class Connection:
 
     def resume_input(self) -> None:
         """The session's question is answered: serve what waits, then read again."""
-        if self.session.state is not State.JOINED:
-            return
+        if self.session.state is not State.JOINED and self.session.state is not State.GREETING:
+            return  # a greeting one waited for a shared room's answer to its hello
         if not self._paused:  # otherwise flush serves it once the replies drain
             self.session.resume(time.monotonic())
             self._set_input_waiting(True)

@@ -49,7 +49,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from server.config import DEFAULT_HISTORY, DEFAULT_MAX_QUEUE, TlsMode
@@ -68,6 +68,7 @@ from server.protocol import (
     NameList,
     Notice,
     OpChanged,
+    ProtocolError,
     RemoteProtocolError,
     Renamed,
     Users,
@@ -86,7 +87,7 @@ from server.store.bans import MAX_REASON, Ban, BanStore, BanStoreError, address_
 from server.store.memory import MemoryHistory, MemoryIds, MemoryNames, Roster
 
 # Outbox too: a connection holds one to be a Member.
-__all__ = ["Member", "Outbox", "Room", "Seat"]
+__all__ = ["Done", "Member", "Outbox", "Room", "Seat"]
 
 
 class Member(Protocol):
@@ -100,12 +101,19 @@ class Member(Protocol):
         """Private frames are waiting: have the owning thread flush them. Any thread."""
 
 
+Done = Callable[[ProtocolError | None], None]
+"""How a change ordered elsewhere ended (``None``: done), for a room shared by
+several servers (``server.shared_room``); called from any thread."""
+
+
 @dataclass(slots=True)
 class Seat:
     """What the room knows of a member beyond its name (operators extension).
 
     ``kick(by, message)`` has the member's own thread remove it (``by``
-    ``None``: the server's console); any thread may call it.
+    ``None``: the server's console); ``close(message)`` has it sent
+    ``shutdown`` with ``message`` and closed (its server lost the room).
+    Any thread may call either.
     """
 
     host: str
@@ -113,6 +121,7 @@ class Seat:
     secure: bool = False
     since: float = 0.0  # when it joined, seconds since the epoch
     op: bool = False
+    close: Callable[[str], None] = field(default=lambda message: None)
 
 
 def _no_kick(by: str | None, message: str) -> None:
@@ -227,12 +236,18 @@ class Room:
 
     # -- changes ---------------------------------------------------------
 
-    def join(self, member: Member, name: str, seat: Seat | None = None) -> int:
+    def join(
+        self, member: Member, name: str, seat: Seat | None = None, done: Done | None = None
+    ) -> int | None:
         """Add ``member`` as ``name``: ``joined`` to the others, ``welcome`` and history to it.
 
         ``seat`` is what else the room keeps of it (none: an address of
         ``?`` and no kick). Returns how many are in the room now. Raises
         ``RemoteProtocolError`` ``name-taken``, or ``banned`` (fatal).
+
+        A room shared with other servers returns ``None`` instead: the join
+        is on its way, and ``done`` is told how it ended (``done`` is
+        ignored here: this room decides at once).
         """
         with self._lock:
             identity = name_identity(name)
@@ -245,27 +260,12 @@ class Room:
                 insecure.add(identity, name)
             recent = self._history.recent()
             try:
-                welcome = encode(
-                    Welcome(
-                        name,
-                        self._names.names,
-                        len(recent),
-                        self.motd,
-                        ops=self._ops or None,
-                        secure=secure,
-                        tls_available=self._tls_available and not secure,
-                        insecure=None if insecure is None else insecure.names,
-                        features=self._features,
-                    )
-                )
-            except LocalProtocolError:
-                # Only a huge room of long names outgrows a frame.
+                welcome = self._welcome(name, secure, len(recent))
+            except RemoteProtocolError:
                 self._names.release(identity, member)
                 if insecure is not None and not secure:
                     insecure.remove(identity, name)
-                raise RemoteProtocolError(
-                    ErrorCode.SERVER_FULL, "The room is too big to join; try again later."
-                ) from None
+                raise
             member.name = name
             seat = Seat("?", _no_kick) if seat is None else seat
             seat.since = self._now()
@@ -315,10 +315,11 @@ class Room:
         self._on_broadcast(urgent)
         return online
 
-    def rename(self, member: Member, name: str) -> str:
+    def rename(self, member: Member, name: str, done: Done | None = None) -> str | None:
         """Rename ``member``; every member gets ``renamed``. Returns the old name.
 
-        Raises ``RemoteProtocolError`` ``name-taken``.
+        Raises ``RemoteProtocolError`` ``name-taken``. (A shared room: ``None``,
+        and ``done`` later, as for ``join``.)
         """
         with self._lock:
             old = member.name
@@ -346,11 +347,13 @@ class Room:
         action: bool = False,
         to: str | None = None,
         file: FileInfo | None = None,
-    ) -> int:
+        done: Done | None = None,
+    ) -> int | None:
         """Send a message from ``member`` to the room, or privately ``to`` a user,
         with ``file`` if it carries one.
 
         Returns the message id. Raises ``RemoteProtocolError`` ``no-such-user``.
+        (A shared room: ``None``, and ``done`` later, as for ``join``.)
         """
         # Outside the lock; and a `to` longer than any spelling of a name
         # names nobody, so it is not normalised at all.
@@ -376,24 +379,15 @@ class Room:
                 None if recipient is None else recipient.name,
                 file=file,
             )
-            held = gave_up = False
             if recipient is None:
-                start = self._log.end
-                holding = bool(self._unsaved)
-                self._broadcast(message, urgent=True)
-                gave_up = holding and not self._unsaved  # what was held is shown now
-                if self._history.append(message):
-                    if not self._unsaved:
-                        self._log.hold(start)
-                    self._unsaved.append((message.id, start))
-                    held = True
+                flush = self._post(message)
             else:
                 frame = encode(message)
                 member.outbox.put(self._log, frame, reply=True)  # the sender's echo
                 if recipient is not member:
                     recipient.outbox.put(self._log, frame)
         if recipient is None:
-            if not held or gave_up:  # a held one is flushed when it is saved (_saved)
+            if flush:  # a held one is flushed when it is saved (_saved)
                 self._on_broadcast(True)
         else:
             member.notify()
@@ -587,6 +581,42 @@ class Room:
             self._closed = True
 
     # -- helpers (the lock is held) ---------------------------------------
+
+    def _welcome(self, name: str, secure: bool, replayed: int) -> bytes:
+        """The ``welcome`` frame for ``name``; ``server-full`` if it outgrows a frame."""
+        insecure = self._insecure
+        try:
+            return encode(
+                Welcome(
+                    name,
+                    self._names.names,
+                    replayed,
+                    self.motd,
+                    ops=self._ops or None,
+                    secure=secure,
+                    tls_available=self._tls_available and not secure,
+                    insecure=None if insecure is None else insecure.names,
+                    features=self._features,
+                )
+            )
+        except LocalProtocolError:
+            # Only a huge room of long names outgrows a frame.
+            raise RemoteProtocolError(
+                ErrorCode.SERVER_FULL, "The room is too big to join; try again later."
+            ) from None
+
+    def _post(self, message: ChatMessage) -> bool:
+        """Log a public message and keep it; whether to flush now (else ``_saved`` will)."""
+        start = self._log.end
+        holding = bool(self._unsaved)
+        self._broadcast(message, urgent=True)
+        gave_up = holding and not self._unsaved  # what was held is shown now
+        if self._history.append(message):
+            if not self._unsaved:
+                self._log.hold(start)
+            self._unsaved.append((message.id, start))
+            return gave_up
+        return True
 
     def _users_frame(self) -> bytes:
         """The ``users`` frame, encoded again only after a list in it changed."""

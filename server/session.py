@@ -109,7 +109,7 @@ from server.protocol import (
     parse_message,
     show_wire,
 )
-from server.room import Member, Room, Seat
+from server.room import Done, Member, Room, Seat
 from server.store import MAX_ID
 from server.store.words import query_words
 
@@ -226,6 +226,7 @@ class Session:
         "_dropped",
         "_errors_logged",
         "_held",
+        "_joining",
         "_last_heard",
         "_now",
         "_opened",
@@ -285,7 +286,9 @@ class Session:
         self._password_ok = False  # this connection has given the right one
         self._wrong_passwords = 0
         # history pages and search: a question is out; input waits for its answer
+        # (and a change a shared room orders elsewhere: its join, say, rename)
         self._waiting = False
+        self._joining = False  # its hello is on its way in a shared room
 
     @property
     def waiting(self) -> bool:
@@ -457,6 +460,9 @@ class Session:
         self.link.on_closed()
 
     def _leave(self, reason: LeaveReason | None) -> None:
+        if self._joining:  # a shared room's join on its way: the room undoes it
+            self._joining = False
+            self.room.leave(self.member, reason or LeaveReason.DISCONNECTED)
         if self.state is not State.JOINED:
             return
         reason = reason or LeaveReason.DISCONNECTED
@@ -468,9 +474,41 @@ class Session:
     def _on_hello(self, hello: Hello) -> None:
         if not self._password_ok and not self._room_password_given(hello.password):
             return
-        online = self.room.join(self.member, normalize_name(hello.name), self._seat())
+        done = self._when_done(Hello.TYPE, self._joined)
+        if self.room.join(self.member, normalize_name(hello.name), self._seat(), done) is None:
+            self._joining = self._waiting = True  # a shared room: done() says how it went
+            return
+        self._joined()
+
+    def _joined(self) -> None:
+        self._joining = False
         self.state = State.JOINED
-        logger.info("%s joined, %d online", self.who, online)
+        logger.info("%s joined, %d online", self.who, len(self.room))
+
+    def _when_done(self, kind: str, then: Callable[[], None] | None = None) -> Done:
+        """What a shared room calls (any thread) when the ``kind`` frame's change ends."""
+
+        def done(error: ProtocolError | None) -> None:
+            self.link.call_soon(lambda: self._done(kind, error, then))
+
+        return done
+
+    def _done(
+        self, kind: str, error: ProtocolError | None, then: Callable[[], None] | None
+    ) -> None:
+        self._waiting = False
+        if self.state is State.CLOSING or self.state is State.CLOSED:
+            return
+        if error is None:
+            if then is not None:
+                then()
+        else:
+            self._joining = False
+            if error.in_reply_to is None:
+                error.in_reply_to = kind
+            self.fail(error, LeaveReason.ERROR)
+        if self.state is State.JOINED or self.state is State.GREETING:
+            self.link.resume_input()
 
     def _end_transfers(self) -> None:
         if self.files is not None:
@@ -478,7 +516,10 @@ class Session:
 
     def _on_say(self, say: Say) -> None:
         if say.file is None:
-            self.room.say(self.member, clean_text(say.text), action=say.action, to=say.to)
+            text = clean_text(say.text)
+            done = self._when_done(Say.TYPE)
+            if self.room.say(self.member, text, action=say.action, to=say.to, done=done) is None:
+                self._waiting = True  # a shared room: done() says how it went
             return
         files = self._transfers(Say.TYPE)
         # With a file, the text may be empty.
@@ -494,7 +535,14 @@ class Session:
         files.posted(info.id, sender, to)
 
     def _on_rename(self, rename: Rename) -> None:
-        old = self.room.rename(self.member, normalize_name(rename.name))
+        old = self.member.name
+        done = self._when_done(Rename.TYPE, lambda: self._renamed(old))
+        if self.room.rename(self.member, normalize_name(rename.name), done) is None:
+            self._waiting = True  # a shared room: done() says how it went
+            return
+        self._renamed(old)
+
+    def _renamed(self, old: str | None) -> None:
         logger.info("%s is now %s", old, self.member.name)
 
     def _on_who(self, _who: Who) -> None:
@@ -640,8 +688,14 @@ class Session:
         self.state = State.CLOSING
         self.link.on_closing()
 
+    def shut_down_soon(self, message: str) -> None:
+        """Have this session's own thread send ``shutdown`` and close it. Any thread."""
+        self.link.call_soon(lambda: self.shut_down(message))
+
     def _seat(self) -> Seat:
-        return Seat(self.host, self.kick_soon, secure=bool(self.link.secure))
+        return Seat(
+            self.host, self.kick_soon, secure=bool(self.link.secure), close=self.shut_down_soon
+        )
 
     def _op_name(self) -> str:
         """This session's name, as an operator frame's ``by``; not an operator: not-operator."""

@@ -47,6 +47,8 @@ class ErrorCode(StrEnum):
     FILES_DISABLED = "files-disabled"
     UPLOAD_INVALID = "upload-invalid"
     NO_SUCH_FILE = "no-such-file"
+    # Several servers, one room: this server cannot reach the room's backplane.
+    ROOM_UNAVAILABLE = "room-unavailable"
 
 
 # Errors after which the server closes the connection; every other error
@@ -64,6 +66,7 @@ FATAL_ERRORS = frozenset(
         ErrorCode.THROTTLED,
         ErrorCode.BANNED,
         ErrorCode.KICKED,
+        ErrorCode.ROOM_UNAVAILABLE,
     }
 )
 

@@ -1,0 +1,163 @@
+"""Several servers, one room (PROTOCOL.md): real servers sharing a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.chat_server import ChatServer
+from tests.redis_server import RedisServer
+from tests.wire import RawClient
+
+HEARTBEAT = 0.1  # the cut-off is 0.5 s, the clean-up 1 s
+
+
+@pytest.fixture
+def shared(
+    redis_server: RedisServer, start_server: Callable[..., ChatServer], tmp_path: Path
+) -> Callable[..., ChatServer]:
+    """Start a server of the shared room (its own data folder), on the test's Redis
+    (set up first, so that it stops after the servers)."""
+    count = 0
+
+    def start(**overrides: Any) -> ChatServer:
+        nonlocal count
+        count += 1
+        overrides.setdefault("data_dir", tmp_path / f"server{count}")
+        overrides.setdefault("redis_url", redis_server.url)
+        overrides.setdefault("redis_heartbeat", HEARTBEAT)
+        overrides.setdefault("tls", "off")
+        return start_server(**overrides)
+
+    return start
+
+
+def test_two_servers_one_order_with_ids_rising_everywhere(
+    shared: Callable[..., ChatServer], open_client: Callable[..., RawClient]
+) -> None:
+    one, two = shared(), shared()
+    alice = open_client(one, "alice")
+    bob = open_client(two, "bob")
+    carol = open_client(one, "carol")
+    assert alice.expect("joined")["name"] == "bob"
+    alice.expect("joined", name="carol")
+    bob.expect("joined", name="carol")
+    # Everyone says five things at once, from both servers.
+    for i in range(5):
+        for client, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+            client.send({"type": "say", "text": f"{name} {i}"})
+    seen = {name: messages(client, 15) for name, client in
+            (("alice", alice), ("bob", bob), ("carol", carol))}  # fmt: skip
+    orders = {name: [(m["id"], m["from"], m["text"]) for m in got] for name, got in seen.items()}
+    assert orders["alice"] == orders["bob"] == orders["carol"]
+    ids = [entry[0] for entry in orders["alice"]]
+    assert ids == sorted(ids) and len(set(ids)) == 15
+    # Each one's own lines come in the order they were said (the echo included).
+    for name in ("alice", "bob", "carol"):
+        said = [text for _id, sender, text in orders["alice"] if sender == name]
+        assert said == [f"{name} {i}" for i in range(5)]
+    # One clock: every server stamps a message with the same time.
+    assert [m["ts"] for m in seen["alice"]] == [m["ts"] for m in seen["bob"]]
+
+
+def test_welcome_lists_everyone_on_every_server_and_no_files(
+    shared: Callable[..., ChatServer], open_client: Callable[..., RawClient]
+) -> None:
+    one, two = shared(), shared()
+    open_client(one, "alice")
+    open_client(two, "bob")
+    open_client(one, "carol")
+    dave = open_client(two)
+    dave.send({"type": "hello", "name": "dave", "protocol": 1})
+    got = dave.expect("welcome")
+    assert got["users"] == ["alice", "bob", "carol", "dave"]
+    assert "files" not in got.get("features", [])
+    dave.send({"type": "who"})
+    assert dave.skip_until("users")["users"] == ["alice", "bob", "carol", "dave"]
+
+
+def test_one_name_claimed_at_once_on_three_servers_has_one_winner(
+    shared: Callable[..., ChatServer], open_client: Callable[..., RawClient]
+) -> None:
+    servers = [shared(), shared(), shared()]
+    spellings = ["Alice", "ALICE", "\uff41\uff4c\uff49\uff43\uff45"]  # fullwidth "alice"
+    clients = [open_client(server) for server in servers]
+    for client, name in zip(clients, spellings, strict=True):
+        client.send({"type": "hello", "name": name, "protocol": 1})
+    answers = [client.recv() for client in clients]
+    kinds = sorted(answer["type"] for answer in answers)
+    assert kinds == ["error", "error", "welcome"], answers
+    for answer in answers:
+        if answer["type"] == "error":
+            assert answer["code"] == "name-taken" and answer["in_reply_to"] == "hello"
+    # A loser keeps its connection and may take another name.
+    loser = next(c for c, a in zip(clients, answers, strict=True) if a["type"] == "error")
+    loser.send({"type": "hello", "name": "bob", "protocol": 1})
+    assert loser.expect("welcome")["name"] == "bob"
+
+
+def test_private_messages_cross_servers_and_reach_nobody_else(
+    shared: Callable[..., ChatServer], open_client: Callable[..., RawClient]
+) -> None:
+    one, two = shared(), shared()
+    alice = open_client(one, "alice")
+    bob = open_client(two, "bob")
+    carol = open_client(one, "carol")
+    bob.skip_until("joined")
+    alice.send({"type": "say", "text": "psst", "to": "BOB"})
+    echo = alice.skip_until("message")
+    got = bob.skip_until("message")
+    assert echo["text"] == got["text"] == "psst"
+    assert echo["to"] == got["to"] == "bob" and echo["id"] == got["id"]
+    alice.send({"type": "say", "text": "to nobody", "to": "zed"})
+    assert alice.expect_error("no-such-user", "say")
+    alice.send({"type": "say", "text": "everyone"})
+    assert carol.skip_until("message")["text"] == "everyone"  # not psst
+    assert bob.skip_until("message")["text"] == "everyone"
+
+
+def test_a_late_joiner_on_another_server_gets_the_history(
+    shared: Callable[..., ChatServer], open_client: Callable[..., RawClient]
+) -> None:
+    one = shared()
+    alice = open_client(one, "alice")
+    for i in range(3):
+        alice.send({"type": "say", "text": f"line {i}"})
+    ids = [m["id"] for m in messages(alice, 3)]
+    two = shared()  # started after: it learns the history from Redis
+    dave = open_client(two)
+    welcome = dave.join("dave")
+    assert welcome["history_count"] == 3
+    assert [(m["id"], m["text"]) for m in dave.history] == list(
+        zip(ids, [f"line {i}" for i in range(3)], strict=True)
+    )
+    dave.send({"type": "history", "limit": 10})
+    page = dave.skip_until("history-page")
+    assert [m["text"] for m in page["messages"]] == ["line 0", "line 1", "line 2"]
+
+
+def test_rename_and_leave_are_seen_everywhere(
+    shared: Callable[..., ChatServer], open_client: Callable[..., RawClient]
+) -> None:
+    one, two = shared(), shared()
+    alice = open_client(one, "alice")
+    bob = open_client(two, "bob")
+    alice.skip_until("joined")
+    alice.send({"type": "rename", "name": "alicia"})
+    assert bob.skip_until("renamed") == alice.skip_until("renamed")
+    bob.send({"type": "rename", "name": "ALICIA"})
+    assert bob.expect_error("name-taken", "rename")
+    bob.send({"type": "bye"})
+    left = alice.skip_until("left")
+    assert (left["name"], left["reason"]) == ("bob", "quit")
+    # The name is free again, on any server.
+    again = open_client(one)
+    assert again.join("bob")["users"] == ["alicia", "bob"]
+
+
+def messages(client: RawClient, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` message frames ``client`` gets (presence skipped)."""
+    return [client.skip_until("message") for _ in range(count)]
