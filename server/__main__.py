@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import importlib.util
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from server.config import (
     default_data_dir,
     default_room_name,
     server_version,
+    shown_url,
 )
 from server.identity import Identity, IdentityError, load_identity
 from server.limits import parse_exempt
@@ -298,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Several servers, one room (PROTOCOL.md).
     parser.add_argument(
         "--redis",
+        type=_redis_url,
         default=None,
         metavar="URL",
         help="share one room with every server started with the same Redis and "
@@ -361,6 +364,19 @@ def _room_name(text: str) -> str:
     if len(name) > MAX_ROOM_NAME:
         raise argparse.ArgumentTypeError(f"a room name can be at most {MAX_ROOM_NAME} characters")
     return name
+
+
+def _redis_url(text: str) -> str:
+    """A ``--redis``: a Redis URL, and the client library to use it."""
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError(
+            "a Redis URL starts with redis://, rediss:// or unix:// (e.g. redis://127.0.0.1:6379/0)"
+        )
+    if importlib.util.find_spec("redis") is None:
+        raise argparse.ArgumentTypeError(
+            "sharing a room needs the redis package: pip install 'lan-chat[redis]'"
+        )
+    return text
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -460,6 +476,12 @@ def announce(server: ChatServer, config: ServerConfig) -> None:
         print("Encryption is off (--tls off): everything is sent readable.", flush=True)
     if config.room_password is not None:  # room password extension
         print("The room has a password: only people who give it can join.", flush=True)
+    if config.redis_url is not None:
+        print(
+            f"The room {config.redis_room!r} is shared through the Redis at "
+            f"{shown_url(config.redis_url)} with every server started with it.",
+            flush=True,
+        )
     if server.discovery is not None:
         print(
             f"Chat apps on your network list it as {server.room_name!r} "

@@ -170,6 +170,13 @@ def features(config: ServerConfig) -> tuple[str, ...]:
     return tuple(offered)
 
 
+def shown_url(url: str) -> str:
+    """A ``--redis`` URL as it may be printed or logged: its password hidden."""
+    scheme, sep, rest = url.partition("://")
+    _credentials, at, place = rest.rpartition("@")
+    return f"{scheme}{sep}***@{place}" if at else url
+
+
 def server_version() -> str:
     """The version in pyproject.toml, as installed (frozen builds bundle the metadata)."""
     try:

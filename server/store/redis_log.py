@@ -56,6 +56,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from server.config import shown_url
 from server.protocol import ChatMessage
 from server.store.backplane import Backplane, Command, Event, Holder, Replica, Reply, Snapshot
 
@@ -280,7 +281,9 @@ class RedisBackplane(Backplane):
     def start(self, replica: Replica) -> None:
         self._replica = replica
         if not self._register():
-            logger.warning("Redis at %s does not answer; the room waits for it", self.url)
+            logger.warning(
+                "Redis at %s does not answer; the room waits for it", shown_url(self.url)
+            )
         for name, run in (
             ("redis-writer", self._write_loop),
             ("redis-reader", self._read_loop),
