@@ -30,6 +30,7 @@ server id.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -365,7 +366,11 @@ class SharedRoom(Room):
     def _apply_gone(self, event: Event, after: list[Callable[[], None]]) -> bool | None:
         if event.server == self._server:
             # This server's users were announced gone: it was taken for dead.
-            after.append(lambda: self.fence("This server was out of touch with the room."))
+            # They are closed too, though the departures below forget them.
+            why = "This server was out of touch with the room."
+            seats = [self._seats[m] for m in self._local.values() if m in self._seats]
+            after.append(lambda: self.fence(why))
+            after.extend(functools.partial(seat.close, why) for seat in seats)
         urgent: bool | None = None
         for identity in event.body:
             done = self._depart(str(identity), LeaveReason.DISCONNECTED, event.ts, None, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import pytest
 
 from server.chat_server import ChatServer
+from server.store.redis_log import REGISTER_SCRIPT, ROOM_SCRIPT
 from tests.redis_server import RedisServer
 from tests.wire import RawClient
 
@@ -161,3 +164,101 @@ def test_rename_and_leave_are_seen_everywhere(
 def messages(client: RawClient, count: int) -> list[dict[str, Any]]:
     """The next ``count`` message frames ``client`` gets (presence skipped)."""
     return [client.skip_until("message") for _ in range(count)]
+
+
+def test_operators_act_across_servers(
+    shared: Callable[..., ChatServer], open_client: Callable[..., RawClient]
+) -> None:
+    one, two = shared(op_password="sekrit"), shared(op_password="sekrit")
+    alice = open_client(one, "alice")
+    bob = open_client(two, "bob")
+    carol = open_client(two, "carol")
+    alice.skip_until("joined")
+    alice.skip_until("joined")
+    alice.send({"type": "op", "password": "sekrit"})
+    for client in (alice, bob, carol):
+        changed = client.skip_until("op-changed")
+        assert (changed["name"], changed["op"], changed["by"]) == ("alice", True, "alice")
+    # A later joiner elsewhere learns who the operators are.
+    dave = open_client(two)
+    assert dave.join("dave")["ops"] == ["alice"]
+    alice.send({"type": "whois", "name": "bob"})
+    result = alice.skip_until("whois-result")
+    assert (result["name"], result["address"], result["op"]) == ("bob", "127.0.0.1", False)
+    alice.send({"type": "notice", "text": "back in five"})
+    assert bob.skip_until("notice")["text"] == "back in five"
+    alice.send({"type": "kick", "name": "BOB", "reason": "spam"})
+    error = bob.skip_until("error")
+    assert error["code"] == "kicked" and "alice" in error["message"]
+    bob.expect_closed()
+    for client in (alice, carol):
+        left = client.skip_until("left")
+        assert (left["name"], left["reason"], left["by"]) == ("bob", "kicked", "alice")
+        assert left["message"] == "bob was removed by alice: spam."
+
+
+def test_a_server_whose_redis_is_not_there_yet_refuses_then_serves(
+    start_server: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+    tmp_path: Path,
+) -> None:
+    redis_ = RedisServer(tmp_path / "late")  # a free port, nothing listening yet
+    try:
+        server = start_server(
+            data_dir=tmp_path / "server", redis_url=redis_.url, redis_heartbeat=HEARTBEAT, tls="off"
+        )
+        early = open_client(server)
+        early.send({"type": "hello", "name": "alice", "protocol": 1})
+        error = early.expect_error("room-unavailable", "hello")
+        assert error["message"]
+        early.expect_closed()
+        redis_.start()
+        deadline = time.monotonic() + 10
+        while True:
+            client = open_client(server)
+            client.send({"type": "hello", "name": "alice", "protocol": 1})
+            answer = client.recv()
+            if answer["type"] == "welcome":
+                break
+            assert answer["code"] == "room-unavailable"
+            assert time.monotonic() < deadline, "the server never reached Redis"
+            time.sleep(HEARTBEAT)
+    finally:
+        redis_.close()
+
+
+def test_a_command_sent_again_after_a_lost_reply_is_not_applied_twice(
+    redis_server: RedisServer,
+) -> None:
+    """The script keeps each operation's answer: the writer's retry is answered, not run."""
+    client = redis_server.client(decode_responses=False)
+    prefix = "chat:{t}:"
+    epoch, *_ = client.eval(REGISTER_SCRIPT, 1, prefix, "e1", "srv", 10)
+    assert epoch == b"e1"
+    base = ["e1", "srv", "", "", 0, 0, 100, 100, 60, "", "1", "", ""]
+
+    def run(op: str, kind: str, identity: str, body: str) -> list[Any]:
+        args = list(base)
+        args[2], args[3], args[9], args[12] = op, kind, identity, body
+        return client.eval(ROOM_SCRIPT, 1, prefix, *args)
+
+    join = json.dumps({"n": "alice", "h": "127.0.0.1", "x": False})
+    assert run("op-1", "join", "alice", join)[0] == b"ok"
+    say = json.dumps({"n": "alice", "x": "hi", "a": False})
+    first = run("op-2", "say", "alice", say)
+    again = run("op-2", "say", "alice", say)
+    assert first == again and first[0] == b"ok"
+    assert client.xlen(prefix + "log") == 2  # the join and one message
+    assert client.xlen(prefix + "history") == 1
+    assert int(client.get(prefix + "msgid")) == 1
+    # A new operation is a new message; a join of a taken name is refused.
+    assert run("op-3", "say", "alice", say)[0] == b"ok"
+    assert int(client.get(prefix + "msgid")) == 2
+    assert run("op-4", "join", "alice", join)[0] == b"name-taken"
+    # A server that is not registered, or an old epoch, changes nothing.
+    args = list(base)
+    args[1], args[2], args[3], args[9], args[12] = "other", "op-5", "say", "alice", say
+    assert client.eval(ROOM_SCRIPT, 1, prefix, *args)[0] == b"unavailable"
+    args[0], args[1] = "e0", "srv"
+    assert client.eval(ROOM_SCRIPT, 1, prefix, *args)[0] == b"unavailable"
+    assert client.xlen(prefix + "log") == 3
