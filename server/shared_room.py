@@ -163,7 +163,7 @@ class SharedRoom(Room):
             # (the backplane's close), not one event each.
             body = _json({"r": reason.value, "b": by, "m": message})
             self._submit(server, Command(Kind.LEAVE, body, name_identity(name), token), _ignore)
-        return len(self._names)
+        return max(0, len(self._names) - 1)  # its name is the room's until its leave comes back
 
     def rename(self, member: Member, name: str, done: Done | None = None) -> str | None:
         assert done is not None, "a shared room answers a rename later"
@@ -280,16 +280,24 @@ class SharedRoom(Room):
             seat.close(why)
 
     def apply(self, server: str, events: Sequence[Event]) -> None:
-        for start in range(0, len(events), APPLY_BATCH):
+        index = 0
+        while index < len(events):
             after: list[Callable[[], None]] = []
             flush = urgent = False
             with self._lock:
                 if server != self._server:
                     return  # read before this server was fenced
-                for event in events[start : start + APPLY_BATCH]:
+                # The lock is let go every APPLY_BATCH events, and after each
+                # welcome (in a big room, a welcome is the costly part), so
+                # that the loops' pulls never wait long for it.
+                stop = min(len(events), index + APPLY_BATCH)
+                while index < stop:
+                    event = events[index]
+                    index += 1
                     if event.seq <= self._seq:
                         continue  # a batch read again after a reconnect
                     self._seq = event.seq
+                    welcomes = len(self._local)
                     try:
                         wants = self._APPLY[event.kind](self, event, after)
                     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -300,6 +308,8 @@ class SharedRoom(Room):
                     if wants is not None:
                         flush = True
                         urgent = urgent or wants
+                    if len(self._local) != welcomes:
+                        break
             for action in after:
                 action()
             if flush:
@@ -321,6 +331,8 @@ class SharedRoom(Room):
             seat.since, seat.op = event.ts, False
         if not self._names.claim(event.identity, name, owner):
             logger.error("The room's log gave %s a name this server thinks taken", show_wire(name))
+            if joining is not None:
+                after.append(lambda: joining.done(_unavailable(UNREACHABLE)))
             return None
         if self._insecure is not None and not secure:
             self._insecure.add(event.identity, name)

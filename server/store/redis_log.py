@@ -269,6 +269,10 @@ class RedisBackplane(Backplane):
         self._queue: queue.Queue[_Queued] = queue.Queue(QUEUE_SIZE)
         self._lock = threading.Lock()
         self._server: str | None = None  # registered as; None: fenced or not yet
+        # Ids this server was registered as before a fence: their users are
+        # announced gone as soon as it registers again, not at the clean-up,
+        # so that its clients get their names back when they reconnect.
+        self._previous: list[str] = []
         self._epoch = ""
         self._position = 0  # the reader's: the last event read
         self._registered = threading.Condition(self._lock)
@@ -355,6 +359,7 @@ class RedisBackplane(Backplane):
         with self._lock:
             if self._server is None:
                 return
+            self._previous.append(self._server)
             self._server = None
         assert self._replica is not None
         self._replica.fence(why)
@@ -369,6 +374,11 @@ class RedisBackplane(Backplane):
                     return
         except RedisError as exc:
             logger.warning("Could not tell Redis this server stops: %s", exc)
+
+    def _retire_previous(self) -> None:
+        while self._previous:
+            self._retire(self._previous[0])
+            self._previous.pop(0)
 
     def _reap(self, dead: str) -> tuple[int, bool]:
         assert self._replica is not None
@@ -387,6 +397,7 @@ class RedisBackplane(Backplane):
             if server is None:
                 if self._register():
                     acked = time.monotonic()
+                    self._retire_previous()
                 continue
             sent = time.monotonic()
             try:
