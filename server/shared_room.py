@@ -173,7 +173,7 @@ class SharedRoom(Room):
             assert old is not None, "only a member can rename"
             self._admit_name(identity)
             server = self._unavailable_unless_registered()
-            token = self._token_of[member]
+            token = self._local_token(member)
             seat = self._seats[member]
             self._renaming[token] = done
         body = _json({"n": name, "h": seat.host, "x": self._insecure is not None and member.secure})
@@ -202,7 +202,7 @@ class SharedRoom(Room):
             sender = member.name
             assert sender is not None, "only a member can speak"
             server = self._unavailable_unless_registered()
-            token = self._token_of[member]
+            token = self._local_token(member)
         body = _json({"n": sender, "x": text, "a": action})
         command = Command(Kind.SAY, body, name_identity(sender), token, target)
         self._submit(server, command, lambda reply: done(_said(reply, to)))
@@ -512,6 +512,14 @@ class SharedRoom(Room):
         if self._server is None:
             raise _unavailable(self._why)
         return self._server
+
+    def _local_token(self, member: Member) -> int:
+        """``member``'s token in this registration; ``room-unavailable`` if it
+        joined before a fence (its ``shutdown`` is on its way). Lock held."""
+        token = self._token_of.get(member)
+        if token is None or token not in self._local:
+            raise _unavailable(self._why)
+        return token
 
     def _join_answered(self, token: int, name: str, reply: Reply) -> None:
         if reply.ok:

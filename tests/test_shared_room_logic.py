@@ -171,3 +171,26 @@ def test_a_private_message_reaches_only_its_local_ends() -> None:
     room.apply("me", [backplane.event(bob_says, server="other", msg_id=8)])
     assert [(p["from"], p["to"]) for p in payloads(room, carol)] == [("bob", "carol")]
     assert payloads(room, alice) == []
+
+
+def test_a_member_from_before_a_fence_cannot_speak_after_the_server_is_back() -> None:
+    """Its shutdown is on its way to its thread; meanwhile what it sends is
+    refused as room-unavailable, not a crash of its connection."""
+    backplane = ScriptedBackplane()
+    room = room_with(backplane)
+    alice = FakeMember()
+    room.join(alice, "alice", None, Outcome())
+    room.apply("me", [backplane.event(backplane.submitted[0][1])])
+    room.fence("lost")
+    room.reset(Snapshot("me-again", 0, 0, (), ()))
+    for attempt in (
+        lambda: room.say(alice, "hi", done=Outcome()),
+        lambda: room.rename(alice, "alicia", Outcome()),
+    ):
+        try:
+            attempt()
+        except ProtocolError as exc:
+            assert exc.code == ErrorCode.ROOM_UNAVAILABLE
+        else:
+            raise AssertionError("a member of the old registration was served")
+    assert len(backplane.submitted) == 1
