@@ -369,7 +369,7 @@ def report_paced(results: list[dict[str, Any]]) -> list[str]:
 def report_conns(results: list[dict[str, Any]]) -> list[str]:
     lines = ["## conns: many clients over two servers, then one message to all", ""]
     for r in results:
-        count = r.get("clients")
+        count = r.get("clients") or 0
         joined_in = r.get("joined_in_s")
         rate = None if not joined_in else count / joined_in
         lines.append(
@@ -380,7 +380,8 @@ def report_conns(results: list[dict[str, Any]]) -> list[str]:
         )
         join_cpu = r.get("join_cpu_s") or {}
         per_join = ", ".join(
-            f"{n} {_n(None if c is None else 1e3 * c / count, '.3f')}" for n, c in join_cpu.items()
+            f"{n} {_n(None if c is None or not count else 1e3 * c / count, '.3f')}"
+            for n, c in join_cpu.items()
         )
         lines.append(f"CPU ms per join (until every joined frame arrived): {per_join}.")
         probe = r.get("probe_ms")
