@@ -281,25 +281,33 @@ def test_a_redis_connection_cut_mid_pipeline_posts_nothing_twice_and_loses_nothi
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="server")
     proxied_url = f"redis://127.0.0.1:{proxy.port}/0"
-    proxied = serve(proxied_url, rate_limit=None)
-    direct = serve(redis_server.url, rate_limit=None)
+    # A cut-off of 2.5 s: faults this frequent cut the heartbeat's connection
+    # too, and with a shorter one the server would (rightly) fence itself.
+    proxied = serve(proxied_url, rate_limit=None, redis_heartbeat=0.5)
+    direct = serve(redis_server.url, rate_limit=None, redis_heartbeat=0.5)
     names = ("ann", "amy", "abe")
     speakers = [open_client(proxied, name) for name in names]
     watcher = open_client(direct, "walt")
     sent = []
-    for i in range(40):
+    for i in range(60):
         for speaker, name in zip(speakers, names, strict=True):
             text = f"{name} {i}"
             speaker.send({"type": "say", "text": text})
             sent.append(text)
-        if i % 4 == 1:
-            proxy.lose_replies()
-        elif i % 4 == 3:
+        # Mostly lost replies (the one that catches a retry without its
+        # operation id); now and then a plain cut, both ways at once.
+        if i % 6 == 5:
             proxy.cut()
+        else:
+            proxy.lose_replies()
         time.sleep(0.01)  # spread the sends over the faults
-    speakers[0].send({"type": "say", "text": "marker"})
+    # Each speaker's own order is kept (and it waits for each answer), so
+    # once its marker is in, so is every message of its, retried or not.
+    markers = {f"{name} done" for name in names}
+    for speaker, name in zip(speakers, names, strict=True):
+        speaker.send({"type": "say", "text": f"{name} done"})
     for client in [*speakers, watcher]:
-        got = messages_until(client, "marker", within=20.0)
+        got = messages_until(client, markers, within=20.0)
         texts = Counter(m["text"] for m in got)
         assert texts == Counter(sent), (texts - Counter(sent), Counter(sent) - texts)
         ids = [m["id"] for m in got]
@@ -366,16 +374,20 @@ def join_when_available(
         time.sleep(0.05)
 
 
-def messages_until(client: RawClient, marker: str, *, within: float) -> list[dict[str, Any]]:
-    """The messages ``client`` gets up to (without) the one whose text is ``marker``."""
+def messages_until(client: RawClient, markers: set[str], *, within: float) -> list[dict[str, Any]]:
+    """The messages ``client`` gets until it has had one of each text of
+    ``markers`` (those left out)."""
     deadline = time.monotonic() + within
     got = []
-    while True:
+    waiting = set(markers)
+    while waiting:
         frame = client.skip_until("message", timeout=max(0.0, deadline - time.monotonic()))
-        if frame["text"] == marker:
-            return got
-        got.append(frame)
+        if frame["text"] in markers:
+            waiting.discard(frame["text"])
+        else:
+            got.append(frame)
+    return got
 
 
 def texts_until(client: RawClient, marker: str) -> list[str]:
-    return [m["text"] for m in messages_until(client, marker, within=10.0)]
+    return [m["text"] for m in messages_until(client, {marker}, within=10.0)]
