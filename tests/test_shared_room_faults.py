@@ -260,12 +260,17 @@ def test_redis_paused_under_the_cut_off_delays_messages_and_loses_none(
         time.sleep(1.0)  # the stall lasts 1 s
     finally:
         redis_server.resume()
+    orders = []
     for client in (alice, bob):
         got = [client.recv(timeout=10.0) for _ in sent]
         assert [frame["type"] for frame in got] == ["message"] * len(sent), got
         assert sorted(frame["text"] for frame in got) == sorted(sent)
         ids = [frame["id"] for frame in got]
         assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        orders.append([(frame["id"], frame["text"]) for frame in got])
+    assert orders[0] == orders[1]
+    for own in (sent[0::2], sent[1::2]):  # bob's lines, alice's: each in the order said
+        assert [text for _id, text in orders[0] if text in own] == own
     # Nobody was cut off: both still speak and hear.
     bob.send({"type": "say", "text": "still here"})
     assert alice.skip_until("message")["text"] == "still here"
@@ -337,6 +342,7 @@ def test_a_server_stopped_on_purpose_announces_its_users_at_once(
     for client in (alice, carol):
         shutdown = client.skip_until("shutdown", timeout=5.0)
         assert shutdown.get("message")
+        client.expect_closed(timeout=5.0)
     gone = {}
     while len(gone) < 2:
         left = bob.skip_until("left", timeout=5.0)
