@@ -277,6 +277,36 @@ def test_redis_paused_under_the_cut_off_delays_messages_and_loses_none(
     assert bob.skip_until("message")["text"] == "still here"
 
 
+def test_a_message_sent_while_redis_hangs_past_the_cut_off_is_never_posted(
+    redis_server: RedisServer,
+    serve: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+) -> None:
+    """Every server cuts its clients off while Redis hangs, so a say they were
+    never answered is "not sent" to them (the app offers to send it again):
+    Redis running it once it wakes would post it behind their backs."""
+    one = serve(redis_server.url)
+    two = serve(redis_server.url)
+    alice = open_client(one, "alice")
+    bob = open_client(two, "bob")
+    alice.expect("joined", name="bob")
+    redis_server.pause()
+    try:
+        alice.send({"type": "say", "text": "limbo"})  # its pipeline waits in Redis's socket
+        for client in (alice, bob):
+            frames = client.expect_closed(timeout=10.0)
+            assert [frame["type"] for frame in frames] == ["shutdown"], frames
+    finally:
+        redis_server.resume()
+    carol, _ = join_when_available(two.port, "carol", open_client, within=10.0)
+    dave, _ = join_when_available(one.port, "dave", open_client, within=10.0)
+    dave.send({"type": "say", "text": "marker"})
+    assert texts_until(carol, "marker") == []
+    carol.send({"type": "history", "limit": 10})
+    page = carol.skip_until("history-page")
+    assert [m["text"] for m in page["messages"]] == ["marker"]
+
+
 def test_a_redis_connection_cut_mid_pipeline_posts_nothing_twice_and_loses_nothing(
     proxy: TcpProxy,
     redis_server: RedisServer,
