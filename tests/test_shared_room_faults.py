@@ -241,6 +241,63 @@ def test_redis_down_past_the_cut_off_tells_everyone_then_the_room_comes_back(
     assert ids == sorted(ids) and len(set(ids)) == len(ids) == 3, ids
 
 
+def test_redis_restarted_with_its_data_under_the_cut_off_cuts_nobody_off(
+    aof_redis: RedisServer,
+    serve: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+) -> None:
+    heartbeat = 0.5  # the cut-off is 2.5 s: a restart takes a fraction of it
+    one = serve(aof_redis.url, redis_heartbeat=heartbeat)
+    two = serve(aof_redis.url, redis_heartbeat=heartbeat)
+    alice = open_client(one, "alice")
+    bob = open_client(two, "bob")
+    alice.expect("joined", name="bob")
+    alice.send({"type": "say", "text": "before"})
+    before = bob.skip_until("message")
+    assert alice.skip_until("message") == before
+    aof_redis.restart(keep_data=True)  # its scripts are gone, its connections closed
+    sent = []
+    for i in range(5):
+        for client, name in ((alice, "alice"), (bob, "bob")):
+            client.send({"type": "say", "text": f"{name} {i}"})
+            sent.append(f"{name} {i}")
+    orders = []
+    for client in (alice, bob):
+        got = [client.recv(timeout=10.0) for _ in sent]
+        assert [frame["type"] for frame in got] == ["message"] * len(sent), got
+        assert sorted(frame["text"] for frame in got) == sorted(sent)
+        orders.append([(frame["id"], frame["text"]) for frame in got])
+    assert orders[0] == orders[1]
+    ids = [before["id"]] + [entry[0] for entry in orders[0]]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_a_server_whose_redis_link_stalls_past_the_cut_off_posts_nothing_late(
+    proxy: TcpProxy,
+    redis_server: RedisServer,
+    serve: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+) -> None:
+    """The same as a hung Redis, for one server: its pipeline waits in the
+    network while it cuts its clients off, and is delivered afterwards."""
+    heartbeat = 0.2  # the cut-off is 1 s, the clean-up 2 s
+    stalled = serve(f"redis://127.0.0.1:{proxy.port}/0", redis_heartbeat=heartbeat)
+    other = serve(redis_server.url, redis_heartbeat=heartbeat)
+    alice = open_client(stalled, "alice")
+    bob = open_client(other, "bob")
+    alice.expect("joined", name="bob")
+    proxy.pause()
+    try:
+        alice.send({"type": "say", "text": "limbo"})
+        frames = alice.expect_closed(timeout=10.0)
+        assert [frame["type"] for frame in frames] == ["shutdown"], frames
+    finally:
+        proxy.resume()  # before the clean-up: the stalled server is still in the room
+    carol, _ = join_when_available(stalled.port, "carol", open_client, within=10.0)
+    carol.send({"type": "say", "text": "marker"})
+    assert texts_until(bob, "marker") == []
+
+
 def test_redis_paused_under_the_cut_off_delays_messages_and_loses_none(
     redis_server: RedisServer,
     serve: Callable[..., ChatServer],
