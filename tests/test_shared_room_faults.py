@@ -364,6 +364,36 @@ def test_a_message_sent_while_redis_hangs_past_the_cut_off_is_never_posted(
     assert [m["text"] for m in page["messages"]] == ["marker"]
 
 
+def test_a_server_cut_off_from_redis_past_the_clean_up_comes_back_as_a_new_one(
+    proxy: TcpProxy,
+    redis_server: RedisServer,
+    serve: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+) -> None:
+    """A partition, the server itself alive: it cuts its clients off at the
+    cut-off, the others free their names at the clean-up, and once the
+    network is back it joins again as a new server, with no old alice."""
+    cut_off = serve(f"redis://127.0.0.1:{proxy.port}/0")
+    other = serve(redis_server.url)
+    alice = open_client(cut_off, "alice")
+    bob = open_client(other, "bob")
+    alice.expect("joined", name="bob")
+    proxy.block(True)
+    try:
+        frames = alice.expect_closed(timeout=REAPED_WITHIN)
+        assert [frame["type"] for frame in frames] == ["shutdown"], frames
+        left = bob.skip_until("left", timeout=REAPED_WITHIN)
+        assert (left["name"], left["reason"]) == ("alice", "disconnected")
+        refused = open_client(cut_off)
+        refused.send({"type": "hello", "name": "zed", "protocol": 1})
+        refused.expect_error("room-unavailable", "hello")
+        open_client(other, "alice")
+    finally:
+        proxy.block(False)
+    _dave, welcome = join_when_available(cut_off.port, "dave", open_client, within=10.0)
+    assert welcome["users"] == ["alice", "bob", "dave"]
+
+
 def test_a_redis_connection_cut_mid_pipeline_posts_nothing_twice_and_loses_nothing(
     proxy: TcpProxy,
     redis_server: RedisServer,
