@@ -241,6 +241,29 @@ def test_redis_down_past_the_cut_off_tells_everyone_then_the_room_comes_back(
     assert ids == sorted(ids) and len(set(ids)) == len(ids) == 3, ids
 
 
+def test_after_redis_comes_back_empty_a_new_servers_first_id_is_above_the_old_ones(
+    redis_server: RedisServer,
+    serve: Callable[..., ChatServer],
+    open_client: Callable[..., RawClient],
+) -> None:
+    """The ids the old servers gave survive Redis losing everything, even when
+    the first message after it comes from a server that never saw them."""
+    old = serve(redis_server.url)
+    alice = open_client(old, "alice")
+    for i in range(3):
+        alice.send({"type": "say", "text": f"old {i}"})
+    given = [alice.skip_until("message")["id"] for _ in range(3)]
+    redis_server.restart(keep_data=False)
+    alice.skip_until("shutdown", timeout=10.0)
+    watcher, _ = join_when_available(old.port, "walt", open_client, within=10.0)
+    new = serve(redis_server.url)  # a data folder of its own: it has no ids at all
+    newcomer = open_client(new, "nora")
+    newcomer.send({"type": "say", "text": "first since"})
+    echo = newcomer.skip_until("message")
+    assert echo["id"] > max(given), (echo, given)
+    assert watcher.skip_until("message") == echo  # the old server's clients see it rise too
+
+
 def test_redis_restarted_with_its_data_under_the_cut_off_cuts_nobody_off(
     aof_redis: RedisServer,
     serve: Callable[..., ChatServer],

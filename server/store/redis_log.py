@@ -12,7 +12,9 @@ join later. Each command carries an operation id; the script keeps its
 answer for a minute, so a command sent again after a lost reply is
 answered, not applied twice. Counters never go back: each command passes
 the highest position and id its server has seen (``Replica.floors``), and
-the script starts above them if Redis came back empty.
+the script starts above them if Redis came back empty; registering raises
+the id counter to the server's, so a server that saw none of those ids
+cannot give one again.
 
 Three threads per server, none of them a selector loop's:
 
@@ -173,8 +175,11 @@ return redis.error_reply('unknown command ' .. kind)
 
 REGISTER_SCRIPT = """
 local p = KEYS[1]
-local candidate, srv, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local candidate, srv, count, id_floor = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('SET', p .. 'epoch', candidate, 'NX')
+if tonumber(redis.call('GET', p .. 'msgid') or '0') < id_floor then
+  redis.call('SET', p .. 'msgid', id_floor)
+end
 local t = redis.call('TIME')
 redis.call('ZADD', p .. 'servers', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), srv)
 return {redis.call('GET', p .. 'epoch'), redis.call('GET', p .. 'seq') or '0',
@@ -331,13 +336,17 @@ class RedisBackplane(Backplane):
         replica = self._replica
         assert replica is not None
         server = uuid.uuid4().hex[:12]
+        # The ids this server has seen go up front: a Redis that came back
+        # empty starts above them even if another server's message is the
+        # first (that one passes floors of its own, maybe none).
+        _seq_floor, id_floor = replica.floors()
         try:
             self._load_scripts()
             sent = time.monotonic()
             raw = self._call(
                 self._beater,
                 REGISTER_SCRIPT,
-                [uuid.uuid4().hex, server, self._history],
+                [uuid.uuid4().hex, server, self._history, id_floor],
             )
         except RedisError as exc:
             logger.debug("Cannot register with Redis: %s", exc)
