@@ -12,7 +12,9 @@ join later. Each command carries an operation id; the script keeps its
 answer for a minute, so a command sent again after a lost reply is
 answered, not applied twice. Counters never go back: each command passes
 the highest position and id its server has seen (``Replica.floors``), and
-the script starts above them if Redis came back empty.
+the script starts above them if Redis came back empty; registering raises
+the id counter to the server's, so a server that saw none of those ids
+cannot give one again.
 
 Three threads per server, none of them a selector loop's:
 
@@ -32,6 +34,11 @@ Three threads per server, none of them a selector loop's:
   announced gone in batches of ``REAP_BATCH``. The cut-off is shorter than
   the clean-up, so a server that cannot reach Redis has closed its clients
   before anyone frees their names: there are never two "alice"s.
+  Each acknowledged beat also gives a *lease*, which ends (on Redis's
+  clock, estimated early) when the cut-off after that beat's sending
+  would fence the server; every command carries it and the script refuses
+  it once the lease is over, so a command cannot run after its server has
+  cut its clients off (a pipeline that waited in a hung Redis's socket).
 
 ``redis`` is imported here only, and only a server started with
 ``--redis`` imports this module.
@@ -92,14 +99,16 @@ local epoch, srv, op, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local seq_floor, id_floor = tonumber(ARGV[5]), tonumber(ARGV[6])
 local log_max, history_max, op_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
 local identity, token, target, body = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local lease_end = tonumber(ARGV[14])
 if redis.call('GET', p .. 'epoch') ~= epoch then return {'unavailable', 0} end
 local opkey = p .. 'op:' .. op
 local cached = redis.call('GET', opkey)
 if cached then return cjson.decode(cached) end
+local ms = now_ms()
+if ms > lease_end then return {'unavailable', 0} end
 if not redis.call('ZSCORE', p .. 'servers', srv) then return {'unavailable', 0} end
 local names, ops, users = p .. 'names', p .. 'ops', p .. 'srv:' .. srv
 local me = srv .. '|' .. token .. '|'
-local ms = now_ms()
 local function answer(status, seq)
   local reply = {status, seq}
   redis.call('SET', opkey, cjson.encode(reply), 'EX', op_ttl)
@@ -168,24 +177,28 @@ return redis.error_reply('unknown command ' .. kind)
 
 REGISTER_SCRIPT = """
 local p = KEYS[1]
-local candidate, srv, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local candidate, srv, count, id_floor = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('SET', p .. 'epoch', candidate, 'NX')
+if tonumber(redis.call('GET', p .. 'msgid') or '0') < id_floor then
+  redis.call('SET', p .. 'msgid', id_floor)
+end
 local t = redis.call('TIME')
 redis.call('ZADD', p .. 'servers', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), srv)
 return {redis.call('GET', p .. 'epoch'), redis.call('GET', p .. 'seq') or '0',
   redis.call('GET', p .. 'msgid') or '0', redis.call('HGETALL', p .. 'names'),
   redis.call('HKEYS', p .. 'ops'),
-  redis.call('XREVRANGE', p .. 'history', '+', '-', 'COUNT', count)}
+  redis.call('XREVRANGE', p .. 'history', '+', '-', 'COUNT', count),
+  tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
 """
 
 HEARTBEAT_SCRIPT = """
 local p = KEYS[1]
-if redis.call('GET', p .. 'epoch') ~= ARGV[1] then return {'epoch', 0} end
-if not redis.call('ZSCORE', p .. 'servers', ARGV[2]) then return {'reaped', 0} end
+if redis.call('GET', p .. 'epoch') ~= ARGV[1] then return {'epoch', 0, 0} end
+if not redis.call('ZSCORE', p .. 'servers', ARGV[2]) then return {'reaped', 0, 0} end
 local t = redis.call('TIME')
-redis.call('ZADD', p .. 'servers', 'XX',
-  tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[2])
-return {'ok', tonumber(redis.call('GET', p .. 'seq') or '0')}
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', p .. 'servers', 'XX', ms, ARGV[2])
+return {'ok', tonumber(redis.call('GET', p .. 'seq') or '0'), ms}
 """
 
 # Removes one silent server's users (``ARGV[2]`` names one: a server leaving
@@ -276,6 +289,7 @@ class RedisBackplane(Backplane):
         self._previous: list[str] = []
         self._epoch = ""
         self._position = 0  # the reader's: the last event read
+        self._lease_end = 0  # Redis's clock (ms): no command of this server runs after it
         self._registered = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._replica: Replica | None = None
@@ -335,17 +349,23 @@ class RedisBackplane(Backplane):
         replica = self._replica
         assert replica is not None
         server = uuid.uuid4().hex[:12]
+        # The ids this server has seen go up front: a Redis that came back
+        # empty starts above them even if another server's message is the
+        # first (that one passes floors of its own, maybe none).
+        _seq_floor, id_floor = replica.floors()
         try:
             self._load_scripts()
+            sent = time.monotonic()
             raw = self._call(
                 self._beater,
                 REGISTER_SCRIPT,
-                [uuid.uuid4().hex, server, self._history],
+                [uuid.uuid4().hex, server, self._history, id_floor],
             )
         except RedisError as exc:
             logger.debug("Cannot register with Redis: %s", exc)
             return False
-        epoch, seq, last_id, names, ops, history = raw
+        epoch, seq, last_id, names, ops, history, redis_ms = raw
+        lease_end = self._lease_from(sent, int(redis_ms))
         snapshot = Snapshot(
             server,
             int(seq),
@@ -358,8 +378,21 @@ class RedisBackplane(Backplane):
             # and the writer sends nothing, before the replica has the snapshot.
             replica.reset(snapshot)
             self._server, self._epoch, self._position = server, epoch.decode(), snapshot.seq
+            self._lease_end = lease_end
             self._registered.notify_all()
         return True
+
+    def _lease_from(self, sent: float, redis_ms: int) -> int:
+        """The end, on Redis's clock, of the lease an answer to a beat sent at
+        ``sent`` (this server's clock) gives: the cut-off after that send.
+
+        Redis ran the beat at ``redis_ms``, somewhere between its sending and
+        now; taking it as now puts the send, and the lease's end, early, never
+        late. So Redis refuses this server's commands from before the moment
+        this server cuts its clients off (``_beat_loop``), and a client whose
+        say was never answered (the app offers to send it again) is right.
+        """
+        return redis_ms - int((time.monotonic() - sent) * 1000) + int(self._cutoff * 1000)
 
     def _fence(self, why: str) -> None:
         with self._lock:
@@ -407,7 +440,7 @@ class RedisBackplane(Backplane):
                 continue
             sent = time.monotonic()
             try:
-                status, seq = self._call(self._beater, HEARTBEAT_SCRIPT, [epoch, server])
+                status, seq, redis_ms = self._call(self._beater, HEARTBEAT_SCRIPT, [epoch, server])
             except RedisError as exc:
                 if time.monotonic() - acked > self._cutoff:
                     self._fence(f"{UNREACHABLE_WHY} ({_short(exc)})")
@@ -424,6 +457,10 @@ class RedisBackplane(Backplane):
                 self._fence("This server was out of touch with the room for too long.")
                 continue
             acked = sent
+            lease_end = self._lease_from(sent, int(redis_ms))
+            with self._lock:
+                if self._server == server:
+                    self._lease_end = max(self._lease_end, lease_end)
             try:
                 for _ in range(10):  # bounded: the rest at the next beat
                     if self._reap("")[0] == 0:
@@ -458,7 +495,7 @@ class RedisBackplane(Backplane):
         pause = 0.01
         while True:
             with self._lock:
-                server, epoch = self._server, self._epoch
+                server, epoch, lease_end = self._server, self._epoch, self._lease_end
             live = [item for item in batch if item.server == server]
             for item in batch:
                 if item.server != server:
@@ -474,7 +511,7 @@ class RedisBackplane(Backplane):
                     c = item.command
                     args: list[Any] = [epoch, item.server, item.op, c.kind, seq_floor, id_floor]
                     args += [self._retention, self._history, OP_TTL]
-                    args += [c.identity, c.token, c.target, c.body]
+                    args += [c.identity, c.token, c.target, c.body, lease_end]
                     pipe.evalsha(self._shas[ROOM_SCRIPT], 1, self._prefix, *args)
                 results = pipe.execute(raise_on_error=False)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
