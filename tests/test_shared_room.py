@@ -233,9 +233,10 @@ def test_a_command_sent_again_after_a_lost_reply_is_not_applied_twice(
     """The script keeps each operation's answer: the writer's retry is answered, not run."""
     client = redis_server.client(decode_responses=False)
     prefix = "chat:{t}:"
-    epoch, *_ = client.eval(REGISTER_SCRIPT, 1, prefix, "e1", "srv", 10)
+    epoch, *_, now_ms = client.eval(REGISTER_SCRIPT, 1, prefix, "e1", "srv", 10, 0)
     assert epoch == b"e1"
-    base = ["e1", "srv", "", "", 0, 0, 100, 100, 60, "", "1", "", ""]
+    lease = now_ms + 60_000  # this server's commands run until then
+    base = ["e1", "srv", "", "", 0, 0, 100, 100, 60, "", "1", "", "", lease]
 
     def run(op: str, kind: str, identity: str, body: str) -> list[Any]:
         args = list(base)
@@ -260,5 +261,8 @@ def test_a_command_sent_again_after_a_lost_reply_is_not_applied_twice(
     args[1], args[2], args[3], args[9], args[12] = "other", "op-5", "say", "alice", say
     assert client.eval(ROOM_SCRIPT, 1, prefix, *args)[0] == b"unavailable"
     args[0], args[1] = "e0", "srv"
+    assert client.eval(ROOM_SCRIPT, 1, prefix, *args)[0] == b"unavailable"
+    # Nor does a command whose server's lease is over.
+    args[0], args[2], args[13] = "e1", "op-6", now_ms - 1
     assert client.eval(ROOM_SCRIPT, 1, prefix, *args)[0] == b"unavailable"
     assert client.xlen(prefix + "log") == 3
