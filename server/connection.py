@@ -446,6 +446,41 @@ class Connection:
         if self.session.state is State.CLOSING and not self.room.owes(self):
             self._finish_close()
 
+    @property
+    def keeps_up(self) -> bool:
+        """Whether a broadcast may be written straight to it (``send_tail``):
+        joined, nothing unsent or waiting to be written, no download, input
+        not paused. The others are flushed."""
+        return (
+            not self._unsent
+            and not self._waiting_to_write
+            and not self._watching_writes
+            and not self._downloading
+            and not self._paused
+            and self.session.state is State.JOINED
+        )
+
+    def send_tail(self, data: bytes) -> None:
+        """Write ``data``, the log's tail the room owed it (``Room.pull_tails``),
+        as ``flush`` would have; what the transport does not take waits."""
+        try:
+            sent = self.transport.send(data)
+        except TransportClosed as exc:
+            logger.debug("%s: send failed: %s", self.who, exc)
+            self.session.abort(LeaveReason.DISCONNECTED)
+            return
+        if not isinstance(sent, Want):
+            if sent == len(data):
+                return
+            self._unsent = memoryview(data)[sent:]
+            sent = Want.WRITE
+        else:
+            self._unsent = memoryview(data)
+        self._unsent_counted = len(self._unsent)  # log bytes: all of them count
+        self._wait_to_write(sent)
+        if self.room.overrun(self, self._unsent_owed()):
+            self._drop_too_slow()
+
     def _pull(self) -> int | None:
         """Take what the room holds for this peer into ``_unsent``: how many
         bytes (0: nothing), or ``None`` when it is too slow to keep."""

@@ -46,7 +46,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from server.config import ServerConfig
-from server.connection import Connection
+from server.connection import SEND_CHUNK, Connection
 from server.protocol import ErrorCode, LeaveReason, RemoteProtocolError
 from server.protocol.transport import PlainTransport
 from server.room import Room
@@ -341,9 +341,26 @@ class IOLoop:
                 for conn in self._connections
                 if conn.outbox.subscribed or conn.outbox.holds_log
             ]
+            room = self.room
             for start in range(0, len(members), FLUSH_SLICE):
                 started = time.monotonic()
-                for conn in members[start : start + FLUSH_SLICE]:
+                part = members[start : start + FLUSH_SLICE]
+                # Those that keep up get the log's tail in one pass under the
+                # room's lock and one send each; the rest the full flush.
+                fast: list[Connection] = []
+                rest: list[Connection] = []
+                for conn in part:
+                    (fast if conn.keeps_up else rest).append(conn)
+                tails = room.pull_tails(fast, SEND_CHUNK)
+                for conn, tail in zip(fast, tails, strict=True):
+                    try:
+                        if tail is None:
+                            conn.flush()
+                        elif tail:
+                            conn.send_tail(tail)
+                    except Exception:
+                        _internal_error(conn)
+                for conn in rest:
                     try:
                         conn.flush()
                     except Exception:

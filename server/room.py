@@ -48,12 +48,12 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from server.config import DEFAULT_HISTORY, DEFAULT_MAX_QUEUE, TlsMode
-from server.fanout import Fanout, Outbox
+from server.fanout import Fanout, Outbox, take_tails
 from server.passwords import GuessCounter, Secret
 from server.protocol import (
     MAX_NAME_INPUT,
@@ -219,6 +219,12 @@ class Room:
             if outbox.overrun(self._log, self.max_backlog):
                 return None
             return outbox.take(self._log, max_bytes)
+
+    def pull_tails(self, members: Sequence[Member], max_bytes: int) -> list[bytes | None]:
+        """``pull`` for many members, those that keep up (``fanout.take_tails``):
+        for each, the log's tail it is owed, or ``None`` to ``pull`` it alone."""
+        with self._lock:
+            return take_tails([member.outbox for member in members], self._log, max_bytes)
 
     def owes(self, member: Member) -> bool:
         """Whether anything is still queued for ``member``, held back or not."""

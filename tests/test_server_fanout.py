@@ -14,7 +14,7 @@ import pytest
 import server.io_loop as io_loop_module
 import server.room as room_module
 from server.chat_server import ChatServer
-from server.fanout import Outbox
+from server.fanout import BroadcastLog, Outbox, take_tails
 from server.protocol import LeaveReason, RemoteProtocolError, Users, Welcome, encode
 from server.room import Room
 from server.store.memory import Roster
@@ -22,7 +22,8 @@ from tests.wire import Closed, RawClient
 
 
 def _count_writes(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
-    """Count the chunks the server pulls to write to member ``name``: one per write."""
+    """Count the chunks the server pulls to write to member ``name``: one per
+    write, whether pulled alone or with everyone who keeps up."""
     writes = [0]
     pull = Room.pull
 
@@ -32,7 +33,15 @@ def _count_writes(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
             writes[0] += 1
         return chunk
 
+    pull_tails = Room.pull_tails
+
+    def counting_pull_tails(self: Room, members, max_bytes: int) -> list[bytes | None]:
+        tails = pull_tails(self, members, max_bytes)
+        writes[0] += sum(1 for m, tail in zip(members, tails) if tail and m.name == name)
+        return tails
+
     monkeypatch.setattr(Room, "pull", counting_pull)
+    monkeypatch.setattr(Room, "pull_tails", counting_pull_tails)
     return writes
 
 
@@ -252,3 +261,42 @@ def test_a_join_refused_for_a_too_big_welcome_leaves_the_roster_as_it_was(
     assert room.users() == ("Bob", *list(members)[2:])
     room.join(_Member(), "al")  # the list is small enough again
     assert room.users() == ("al", "Bob", *list(members)[2:])
+
+
+def test_members_that_keep_up_get_the_same_tail_and_the_others_the_full_take() -> None:
+    log = BroadcastLog()
+    up, behind, own, done, gone = Outbox(), Outbox(), Outbox(), Outbox(), Outbox()
+    for outbox in (up, behind, own, gone):
+        outbox.subscribe(log)
+    log.append(b"a" * 10)
+    done.subscribe(log)  # joined after the first frame: it has it all
+    behind.cursor = 0
+    up.cursor = 0
+    log.append(b"b" * 5)
+    own.put(log, b"private")  # a frame of its own: take() keeps its order
+    gone.unsubscribe(log)  # a leaver reads only up to where it left
+    tails = take_tails([up, behind, own, done, gone], log, 12)
+    assert tails[0] is None  # 15 bytes owed, over max_bytes
+    assert tails[1] is None
+    assert tails[2] is None and own.cursor == 0
+    assert tails[3] == b"b" * 5 and done.cursor == log.end
+    assert tails[4] is None
+    assert take_tails([up, behind], log, 100) == [b"a" * 10 + b"b" * 5] * 2
+    first, second = take_tails([Outbox(), Outbox()], log, 100)
+    assert first is None and second is None  # not members: they follow no log
+    again = take_tails([up], log, 100)
+    assert again == [b""]  # it has everything
+    log.forget_before(log.end)
+    late = Outbox()
+    late.cursor = 0  # what it is owed was forgotten: overrun, for take() to say
+    assert take_tails([late], log, 100) == [None]
+
+
+def test_members_at_one_cursor_share_one_bytes_object() -> None:
+    log = BroadcastLog()
+    outboxes = [Outbox() for _ in range(3)]
+    for outbox in outboxes:
+        outbox.subscribe(log)
+    log.append(b"hello")
+    tails = take_tails(outboxes, log, 100)
+    assert tails[0] == b"hello" and all(tail is tails[0] for tail in tails)
