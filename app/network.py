@@ -448,12 +448,12 @@ class _FirstByte:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def recv(self, max_bytes: int) -> bytes:
+    def recv_into(self, buffer: bytearray, max_bytes: int) -> int:
         if self.first is None:
             self.first = self.sock.recv(1, socket.MSG_PEEK)  # BlockingIOError: nothing yet
         if self.first in (b"", b"\0"):
             raise BlockingIOError  # not TLS: the client reads it, TLS never does
-        return self.sock.recv(max_bytes)
+        return self.sock.recv_into(buffer, max_bytes)
 
     def send(self, data: bytes | memoryview) -> int:
         return self.sock.send(data)

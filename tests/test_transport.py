@@ -95,3 +95,35 @@ def test_plain_tcp_has_no_handshake_and_no_certificate(
     assert transport.handshake() is None
     assert transport.peer_certificate() is None
     assert transport.secure is False
+
+
+def test_reads_are_copies_out_of_one_buffer_per_thread(
+    pair: tuple[PlainTransport, socket.socket],
+) -> None:
+    """Reads go through a buffer kept per thread (no fresh 256 KiB object per
+    read), so what a read returned must not change with the next one."""
+    transport, peer = pair
+    peer.sendall(b"first")
+    first = _wait_for_bytes(transport)
+    peer.sendall(b"2nd")
+    second = _wait_for_bytes(transport)
+    assert (first, second) == (b"first", b"2nd")
+    assert type(first) is bytes
+    large = bytes(range(256)) * 1024  # bigger than any buffer so far: it grows
+    peer.sendall(large)
+    got = b""
+    while len(got) < len(large):
+        got += _wait_for_bytes(transport, len(large))
+    assert got == large and first == b"first"
+
+
+def _wait_for_bytes(transport: PlainTransport, size: int = 256 * 1024) -> bytes:
+    selector = selectors.DefaultSelector()
+    selector.register(transport.sock, selectors.EVENT_READ)
+    try:
+        assert selector.select(5), "nothing arrived"
+    finally:
+        selector.close()
+    data = transport.recv(size)
+    assert isinstance(data, bytes)
+    return data

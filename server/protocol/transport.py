@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import socket
 import ssl
+import threading
 from typing import Protocol
 
 # Plaintext a TLS ``send`` encrypts at a time: what it holds unsent when the
@@ -103,6 +104,32 @@ class Transport(Protocol):
         ...
 
 
+_buffers = threading.local()
+
+
+def _read_buffer(size: int) -> bytearray:
+    """This thread's buffer for reads, at least ``size`` bytes long."""
+    buffer: bytearray | None = getattr(_buffers, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _buffers.buffer = bytearray(size)
+    return buffer
+
+
+def _receive(sock: socket.socket, max_bytes: int) -> bytes:
+    """``sock.recv(max_bytes)``, read into this thread's buffer and copied out.
+
+    A plain ``recv`` of a large size makes a bytes object that size first:
+    for 256 KiB, CPython's allocator maps fresh pages (mmap), faults them
+    in, shrinks them (mremap) to what arrived, and unmaps them when freed,
+    three system calls and page faults for every read of a 60-byte frame.
+    Reading into a buffer kept per thread costs one copy of what arrived.
+    Raises what ``recv`` raises.
+    """
+    buffer = _read_buffer(max_bytes)
+    count = sock.recv_into(buffer, max_bytes)
+    return bytes(memoryview(buffer)[:count])
+
+
 def _limit_unsent(sock: socket.socket, limit: int) -> None:
     option = getattr(socket, "TCP_NOTSENT_LOWAT", None)  # Linux and macOS
     if option is None:
@@ -130,7 +157,7 @@ class PlainTransport:
 
     def recv(self, max_bytes: int) -> bytes | Want:
         try:
-            return self.sock.recv(max_bytes)
+            return _receive(self.sock, max_bytes)
         except (BlockingIOError, InterruptedError):
             return Want.READ
         except OSError as exc:
@@ -347,7 +374,7 @@ class TlsTransport:
     def _read_ciphertext(self, max_bytes: int = TLS_READ_SIZE) -> bool:
         """Move what the socket holds into TLS; ``False`` if it holds nothing yet."""
         try:
-            chunk = self.sock.recv(max(max_bytes, TLS_READ_SIZE))
+            chunk = _receive(self.sock, max(max_bytes, TLS_READ_SIZE))
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
@@ -363,7 +390,7 @@ class TlsTransport:
         to be discarded, so that they cannot make the kernel reset the
         connection), ``b""`` at its FIN."""
         try:
-            return self.sock.recv(max_bytes)
+            return _receive(self.sock, max_bytes)
         except (BlockingIOError, InterruptedError):
             return Want.READ
         except OSError as exc:
