@@ -37,7 +37,9 @@ def _count_writes(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
 
     def counting_pull_tails(self: Room, members, max_bytes: int) -> list[bytes | None]:
         tails = pull_tails(self, members, max_bytes)
-        writes[0] += sum(1 for m, tail in zip(members, tails) if tail and m.name == name)
+        writes[0] += sum(
+            1 for m, tail in zip(members, tails, strict=True) if tail and m.name == name
+        )
         return tails
 
     monkeypatch.setattr(Room, "pull", counting_pull)
