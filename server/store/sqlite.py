@@ -96,6 +96,13 @@ RETRY_EVERY_S = 30.0  # after a failed write
 MAX_UNSAVED = 10_000  # messages kept in memory while the disk fails
 SLOW_COMMIT_S = 1.0
 MERGE_PAGES = 16  # FTS5 merge work per step between commits
+# Commits between two looks for merge work while it finds none. A look is a
+# write transaction of its own (about 30 us); at chat rates every message
+# is its own commit, so looking after each one cost a fifth of the writer's
+# time. FTS5 merges a level once it holds four segments, so a look every
+# eight commits finds the work in time; while it finds some it looks after
+# every commit.
+MERGE_EVERY = 8
 CHECKPOINT_EVERY_S = 1.0
 SLOW_WARN_EVERY_S = 60.0
 _FTS = "fts5"
@@ -167,6 +174,7 @@ class SqliteHistory(HistoryStore, IdSource):
         "_slack",
         "_slow_warned",
         "_stopping",
+        "_unmerged",
         "_unsaved",
         "_work",
         "_writer",
@@ -221,6 +229,7 @@ class SqliteHistory(HistoryStore, IdSource):
         self._readers: list[sqlite3.Connection] = []
         self._connection = self._open(fts)
         self._commits = 0  # transactions the writer has committed
+        self._unmerged = 0  # commits since the last merge step
         self._writer = threading.Thread(target=self._run, name="history-writer", daemon=True)
         self._checkpointer = threading.Thread(
             target=self._checkpoint,
@@ -580,7 +589,7 @@ class SqliteHistory(HistoryStore, IdSource):
                 continue
             if batch or bump:
                 self._commit(batch)
-                merging = self._merge()  # one step between batches, however busy
+                merging = self._merge_after_commit(merging)
             elif merging:
                 merging = self._merge()
             elif cutoff is None:
@@ -615,6 +624,15 @@ class SqliteHistory(HistoryStore, IdSource):
             )
         if batch:
             self._release(batch[-1].id)
+
+    def _merge_after_commit(self, merging: bool) -> bool:
+        """A merge step between batches, however busy: after every commit while
+        the last step found work, else every ``MERGE_EVERY`` commits."""
+        self._unmerged += 1
+        if not merging and self._unmerged < MERGE_EVERY:
+            return False
+        self._unmerged = 0
+        return self._merge()
 
     def _merge(self) -> bool:
         """One bounded step of FTS5's segment merging; whether it found work.
