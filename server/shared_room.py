@@ -195,9 +195,11 @@ class SharedRoom(Room):
         assert file is None, "a shared room shares no files"
         target = ""
         if to is not None:
-            if len(to) > MAX_NAME_INPUT:  # longer than any spelling of a name
+            # Longer than any spelling of a name, or no name at all (an empty
+            # target is the script's "everyone"): nobody.
+            target = "" if len(to) > MAX_NAME_INPUT else name_identity(to)
+            if not target:
                 raise _no_such_user_say(to)
-            target = name_identity(to)
         with self._lock:
             sender = member.name
             assert sender is not None, "only a member can speak"

@@ -194,3 +194,20 @@ def test_a_member_from_before_a_fence_cannot_speak_after_the_server_is_back() ->
         else:
             raise AssertionError("a member of the old registration was served")
     assert len(backplane.submitted) == 1
+
+
+def test_a_private_message_to_an_empty_name_is_refused_not_said_to_everyone() -> None:
+    """The script reads an empty target as "everyone"; no name is empty."""
+    backplane = ScriptedBackplane()
+    room = room_with(backplane)
+    alice = FakeMember()
+    room.join(alice, "alice", None, Outcome())
+    room.apply("me", [backplane.event(backplane.submitted[0][1])])
+    for to in ("", "x" * 1000):
+        try:
+            room.say(alice, "psst", to=to, done=Outcome())
+        except ProtocolError as exc:
+            assert exc.code == ErrorCode.NO_SUCH_USER and exc.in_reply_to == "say"
+        else:
+            raise AssertionError(f"a message to {to[:5]!r} was taken")
+    assert len(backplane.submitted) == 1
