@@ -259,7 +259,7 @@ class Room:
             identity = name_identity(name)
             self._admit_name(identity)
             if not self._names.claim(identity, name, member):
-                raise _name_taken(name)
+                raise name_taken_error(name)
             insecure = self._insecure
             secure = insecure is not None and member.secure
             if insecure is not None and not secure:
@@ -333,7 +333,7 @@ class Room:
             old_identity, identity = name_identity(old), name_identity(name)
             self._admit_name(identity)
             if not self._names.rename(old_identity, identity, name, member):
-                raise _name_taken(name)
+                raise name_taken_error(name)
             if self._insecure is not None and not member.secure:
                 self._insecure.remove(old_identity, old)
                 self._insecure.add(identity, name)
@@ -470,7 +470,7 @@ class Room:
         """
         found = self.seat(name)
         if found is None:
-            raise _no_such_user(name)
+            raise no_such_user_error(name)
         target, seat = found
         seat.kick(by, _removal(target, by, _clean_reason(reason), "removed"))
         return target
@@ -527,7 +527,7 @@ class Room:
         """What the room knows of the member ``name``. Raises ``no-such-user``."""
         found = self.seat(name)
         if found is None:
-            raise _no_such_user(name)
+            raise no_such_user_error(name)
         target, seat = found
         return WhoisResult(target, seat.host, seat.secure, seat.since, seat.op)
 
@@ -696,11 +696,13 @@ def _removal(target: str, by: str | None, reason: str | None, what: str) -> str:
     return f"{target} was {what} by {who}{because}."
 
 
-def _no_such_user(name: str) -> RemoteProtocolError:
+def no_such_user_error(name: str) -> RemoteProtocolError:
+    """``no-such-user`` for ``name``."""
     return RemoteProtocolError(
         ErrorCode.NO_SUCH_USER, f"Nobody called {show_wire(name)} is in the room."
     )
 
 
-def _name_taken(name: str) -> RemoteProtocolError:
+def name_taken_error(name: str) -> RemoteProtocolError:
+    """``name-taken`` for ``name``."""
     return RemoteProtocolError(ErrorCode.NAME_TAKEN, f"The name {name} is already in use.")

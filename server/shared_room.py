@@ -56,7 +56,7 @@ from server.protocol import (
     name_identity,
     show_wire,
 )
-from server.room import Done, Member, Room, Seat, _name_taken, _no_such_user
+from server.room import Done, Member, Room, Seat, name_taken_error, no_such_user_error
 from server.store.backplane import Backplane, Command, Event, Holder, Kind, Reply, Snapshot
 from server.store.memory import MemoryNames, Roster
 
@@ -531,7 +531,7 @@ class SharedRoom(Room):
             if joining is not None:
                 self._token_of.pop(joining.member, None)
         if joining is not None:
-            joining.done(_name_taken(name) if reply.status == "name-taken" else _refused(reply))
+            joining.done(_name_refused(reply, name))
 
     def _rename_answered(self, token: int, name: str, reply: Reply) -> None:
         if reply.ok:
@@ -539,7 +539,7 @@ class SharedRoom(Room):
         with self._lock:
             done = self._renaming.pop(token, None)
         if done is not None:
-            done(_name_taken(name) if reply.status == "name-taken" else _refused(reply))
+            done(_name_refused(reply, name))
 
     def _remote_kick(self, identity: str) -> Callable[[str | None, str], None]:
         """A remote user's seat's kick: its own server removes it."""
@@ -593,8 +593,13 @@ def _refused(reply: Reply) -> ProtocolError:
     return RemoteProtocolError(ErrorCode.SERVER_FULL, "The room is busy; try again later.")
 
 
+def _name_refused(reply: Reply, name: str) -> ProtocolError:
+    """What a join or rename to ``name`` the room did not take is told."""
+    return name_taken_error(name) if reply.status == "name-taken" else _refused(reply)
+
+
 def _no_such_user_say(to: str) -> RemoteProtocolError:
-    error = _no_such_user(to)
+    error = no_such_user_error(to)
     error.in_reply_to = "say"
     return error
 
