@@ -13,6 +13,11 @@ server would have: names, the broadcast log, private frames, the history.
 So the welcome, the echo and every ``joined``, ``left`` and ``renamed``
 are built from this replica, in the log's order, on every server.
 
+Bans are the room's too: one made or lifted here is kept in Redis and
+sent as an event, which every other server writes to its own bans.json
+(outside the room's lock), and a server that registers learns those in
+force from its snapshot. Its present matches are kicked where they are.
+
 The room's users are ``Member``s (this server's connections) and
 ``Remote``s (another server's, of which it knows the name, address and
 whether it came over TLS, from their ``join`` events). A join or rename is
@@ -58,6 +63,7 @@ from server.protocol import (
 )
 from server.room import Done, Member, Room, Seat, name_taken_error, no_such_user_error
 from server.store.backplane import Backplane, Command, Event, Holder, Kind, Reply, Snapshot
+from server.store.bans import Ban, BanStoreError
 from server.store.memory import MemoryNames, Roster
 
 logger = logging.getLogger("server")
@@ -230,6 +236,25 @@ class SharedRoom(Room):
         if server is not None:
             self._submit(server, Command(Kind.NOTICE, _json({"x": text, "b": by})), _ignore)
 
+    def ban(
+        self,
+        *,
+        name: str | None = None,
+        address: str | None = None,
+        duration: float | None = None,
+        reason: str | None = None,
+        by: str | None = None,
+    ) -> Ban:
+        ban = super().ban(name=name, address=address, duration=duration, reason=reason, by=by)
+        self._share_ban(Kind.BAN, ban)
+        return ban
+
+    def unban(self, ban_id: int) -> Ban | None:
+        ban = super().unban(ban_id)
+        if ban is not None:
+            self._share_ban(Kind.UNBAN, ban)
+        return ban
+
     def close(self) -> None:
         super().close()
         self._backplane.close()
@@ -253,6 +278,8 @@ class SharedRoom(Room):
             for message in snapshot.history:
                 if message.id > newest:
                     self._history.append(message)
+        for body in snapshot.bans:  # bans.json is written outside the room's lock
+            self._keep_ban(body)
         logger.info(
             "Joined the shared room as server %s: %d users, at position %d",
             snapshot.server,
@@ -490,6 +517,16 @@ class SharedRoom(Room):
             after.append(lambda: seat.kick(None if by is None else str(by), message))
         return None
 
+    def _apply_ban(self, event: Event, after: list[Callable[[], None]]) -> bool | None:
+        if event.server != self._server:  # the server that made it has it
+            after.append(lambda: self._keep_ban(event.body))
+        return None
+
+    def _apply_unban(self, event: Event, after: list[Callable[[], None]]) -> bool | None:
+        if event.server != self._server:
+            after.append(lambda: self._lift_ban(event.body))
+        return None
+
     _APPLY: ClassVar[
         dict[str, Callable[[SharedRoom, Event, list[Callable[[], None]]], bool | None]]
     ] = {
@@ -501,6 +538,8 @@ class SharedRoom(Room):
         Kind.OP: _apply_op,
         Kind.NOTICE: _apply_notice,
         Kind.KICK: _apply_kick,
+        Kind.BAN: _apply_ban,
+        Kind.UNBAN: _apply_unban,
     }
 
     # -- helpers -------------------------------------------------------------
@@ -540,6 +579,41 @@ class SharedRoom(Room):
             done = self._renaming.pop(token, None)
         if done is not None:
             done(_name_refused(reply, name))
+
+    def _share_ban(self, kind: str, ban: Ban) -> None:
+        """Tell the other servers of a ban made or lifted here (by its name and address)."""
+        server = self._server
+        if server is None:
+            logger.warning("A ban changed while the room was out of reach: this server only")
+            return
+        body = _json(
+            {"n": ban.name, "i": ban.identity, "a": ban.address, "r": ban.reason,
+             "b": ban.by, "e": ban.expires}
+        )  # fmt: skip
+        key = f"{ban.identity or ''}|{ban.address or ''}"
+        self._submit(server, Command(kind, body, key), _ignore)
+
+    def _keep_ban(self, body: Any) -> None:
+        """Another server's ban, kept here too (bans.json: never under the room's lock)."""
+        try:
+            self.bans.keep(
+                name=body["n"],
+                identity=body["i"],
+                address=body["a"],
+                expires=body["e"],
+                reason=body["r"],
+                by=body["b"],
+            )
+        except (BanStoreError, ValueError, KeyError, TypeError) as exc:
+            logger.error("Cannot keep the room's ban on %s: %s", body, exc)
+
+    def _lift_ban(self, body: Any) -> None:
+        """Another server lifted a ban: lift its twin here."""
+        try:
+            for ban in self.bans.matching(body["i"], body["a"]):
+                self.bans.remove(ban.id)
+        except (BanStoreError, ValueError, KeyError, TypeError) as exc:
+            logger.error("Cannot lift the room's ban on %s: %s", body, exc)
 
     def _remote_kick(self, identity: str) -> Callable[[str | None, str], None]:
         """A remote user's seat's kick: its own server removes it."""

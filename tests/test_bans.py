@@ -160,3 +160,17 @@ def test_guess_counter_refills_and_exempts() -> None:
         counter.charge("::1", 0.0)
     assert counter.retry_after("127.0.0.1", 0.0) is None
     assert counter.retry_after("::1", 0.0) is None
+
+
+def test_a_ban_from_another_server_is_kept_once_with_its_own_end(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = BanStore(tmp_path / BANS_FILE, clock=lambda: now[0])
+    fields = {"name": "Bob", "identity": "bob", "reason": "flood", "by": "alice"}
+    kept = store.keep(address="10.0.0.7", expires=1600.0, **fields)
+    assert kept is not None and kept.expires == 1600.0 and kept.address == "10.0.0.7/32"
+    assert store.keep(address="10.0.0.7/32", expires=1600.0, **fields) is None  # once
+    assert store.keep(address=None, expires=None, **fields) is not None  # another key
+    assert store.keep(address="10.0.0.8", expires=999.0, **fields) is None  # ended
+    assert [b.id for b in store.matching("bob", "10.0.0.7")] == [kept.id]
+    assert store.matching("bob", "10.0.0.9") == []
+    assert len(BanStore(tmp_path / BANS_FILE, clock=lambda: now[0]).in_force()) == 2  # written

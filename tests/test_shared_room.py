@@ -266,3 +266,44 @@ def test_a_command_sent_again_after_a_lost_reply_is_not_applied_twice(
     args[0], args[2], args[13] = "e1", "op-6", now_ms - 1
     assert client.eval(ROOM_SCRIPT, 1, prefix, *args)[0] == b"unavailable"
     assert client.xlen(prefix + "log") == 3
+
+
+def test_a_ban_made_on_one_server_holds_on_every_server(
+    shared: Callable[..., ChatServer], open_client: Callable[..., RawClient]
+) -> None:
+    one, two = shared(op_password="sekrit"), shared()
+    alice = open_client(one, "alice")
+    bob = open_client(two, "bob")
+    alice.skip_until("joined")
+    alice.send({"type": "op", "password": "sekrit"})
+    alice.skip_until("op-changed")
+    alice.send({"type": "ban", "name": "BOB", "duration": 3600, "reason": "flood"})
+    (ban,) = alice.skip_until("ban-list")["bans"]
+    assert bob.skip_until("error")["code"] == "kicked"
+    bob.expect_closed()
+
+    def refused_on(server: ChatServer) -> dict[str, Any]:
+        deadline = time.monotonic() + 5
+        while True:
+            client = open_client(server)
+            client.send({"type": "hello", "name": "bob", "protocol": 1})
+            answer = client.recv()
+            if answer["type"] == "error":
+                return answer
+            assert time.monotonic() < deadline, "the ban did not reach this server"
+            client.close()
+            time.sleep(0.05)
+
+    for server in (one, two, shared()):  # a server started after the ban knows it too
+        error = refused_on(server)
+        assert error["code"] == "banned" and "flood" in error["message"]
+    (kept,) = two.room.bans.in_force()
+    assert (kept.identity, kept.reason, kept.by) == ("bob", "flood", "alice")
+    assert abs((kept.expires or 0) - ban["expires"]) < 1  # the same end, not a new hour
+    alice.send({"type": "unban", "id": ban["id"]})
+    assert alice.skip_until("ban-list")["bans"] == []
+    deadline = time.monotonic() + 5
+    while two.room.bans.in_force():
+        assert time.monotonic() < deadline, "the lifted ban stayed on the other server"
+        time.sleep(0.05)
+    assert open_client(two).join("bob")["name"] == "bob"

@@ -42,6 +42,8 @@ class Kind:
     OP = "op"
     NOTICE = "notice"
     KICK = "kick"
+    BAN = "ban"  # a ban made on one server, kept by all (its ``identity``: the ban's key)
+    UNBAN = "unban"
     GONE = "gone"  # a server's users, all at once: it stopped, or was reaped
 
 
@@ -124,6 +126,7 @@ class Snapshot:
     last_id: int  # the last message id given
     holders: Sequence[Holder]
     history: Sequence[ChatMessage]  # the public messages the backplane keeps, oldest first
+    bans: Sequence[Any] = ()  # the bans in force, as the ``ban`` events' bodies
 
 
 class Replica(Protocol):

@@ -200,6 +200,46 @@ class BanStore:
                 raise
             return ban
 
+    def keep(
+        self,
+        *,
+        name: str | None,
+        identity: str | None,
+        address: str | None,
+        expires: float | None,
+        reason: str | None,
+        by: str | None,
+    ) -> Ban | None:
+        """Keep a ban another server made (a room several servers share), unless
+        one on the same name and address is here already or it has ended.
+
+        Raises what ``add`` raises.
+        """
+        now = self._clock()
+        if expires is not None and expires <= now:
+            return None
+        if self.matching(identity, address):
+            return None
+        return self.add(
+            name=name,
+            identity=identity,
+            address=address,
+            duration=None if expires is None else expires - now,
+            reason=reason,
+            by=by,
+        )
+
+    def matching(self, identity: str | None, address: str | None) -> list[Ban]:
+        """The bans in force on exactly this name identity and address (or prefix)."""
+        network = None if address is None else str(parse_network(address))
+        with self._lock:
+            self._prune(self._clock())
+            return [
+                ban
+                for ban in self._bans.values()
+                if ban.identity == identity and ban.address == network
+            ]
+
     def remove(self, ban_id: int) -> Ban | None:
         """Lift the ban ``ban_id`` and write the file; the ban, or ``None`` if there is none."""
         with self._lock:

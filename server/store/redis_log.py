@@ -170,6 +170,12 @@ elseif kind == 'op' or kind == 'kick' then
   return append()
 elseif kind == 'notice' then
   return append()
+elseif kind == 'ban' then
+  redis.call('HSET', p .. 'bans', identity, body)
+  return append()
+elseif kind == 'unban' then
+  redis.call('HDEL', p .. 'bans', identity)
+  return append()
 end
 return redis.error_reply('unknown command ' .. kind)
 """
@@ -188,6 +194,7 @@ return {redis.call('GET', p .. 'epoch'), redis.call('GET', p .. 'seq') or '0',
   redis.call('GET', p .. 'msgid') or '0', redis.call('HGETALL', p .. 'names'),
   redis.call('HKEYS', p .. 'ops'),
   redis.call('XREVRANGE', p .. 'history', '+', '-', 'COUNT', count),
+  redis.call('HVALS', p .. 'bans'),
   tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
 """
 
@@ -364,7 +371,7 @@ class RedisBackplane(Backplane):
         except RedisError as exc:
             logger.debug("Cannot register with Redis: %s", exc)
             return False
-        epoch, seq, last_id, names, ops, history, redis_ms = raw
+        epoch, seq, last_id, names, ops, history, bans, redis_ms = raw
         lease_end = self._lease_from(sent, int(redis_ms))
         snapshot = Snapshot(
             server,
@@ -372,6 +379,7 @@ class RedisBackplane(Backplane):
             int(last_id),
             _holders(names, {o.decode() for o in ops}),
             _history(history),
+            [json.loads(ban) for ban in bans],
         )
         with self._lock:
             # Under the lock: the reader reads nothing for this registration,
