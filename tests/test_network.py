@@ -1957,3 +1957,36 @@ def test_the_transports_fin_and_close_end_the_connection(
     assert failed.message == said
     assert [type(event) for event in wait_for(client, Stopped)] == [Stopped]
     assert made[0].sock.fileno() == -1  # closed
+
+
+def test_room_unavailable_on_reconnection_is_told_and_retried(
+    fake_server: Callable[..., FakeServer],
+    join: Callable[..., ChatClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server of a shared room that lost the room for a moment: say so, and
+    try again (not for good, unlike a protocol version)."""
+    monkeypatch.setattr(network, "BACKOFF_FIRST", 0.05)
+
+    def welcome_then_close(peer: Peer) -> None:
+        peer.send(welcome(peer.expect("hello")["name"]))
+
+    def unavailable(peer: Peer) -> None:
+        peer.expect("hello", protocol=1)
+        peer.send(
+            {
+                "type": "error",
+                "code": "room-unavailable",
+                "message": "This server cannot reach the room's other servers at the moment.",
+                "in_reply_to": "hello",
+            }
+        )
+
+    fake = fake_server(welcome_then_close, unavailable, welcome_then_close)
+    client = join(fake.port, "alice")
+    events = wait_for(client, Welcomed, timeout=10.0)
+    fake.finish()
+    lost = [e for e in events if isinstance(e, ConnectionLost)]
+    assert any("cannot reach the room" in e.message and e.retry_in > 0 for e in lost), lost
+    assert events[-1].reconnected is True
+    assert not any(isinstance(e, Stopped) for e in events)
