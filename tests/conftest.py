@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from tests.wire import RawClient
 # computer's real networks for servers (app.discovery.TARGETS_ENV): a test
 # that wants a search names its targets.
 os.environ[discovery.TARGETS_ENV] = ""
+
+SHARED_ROOM_ENV = "LAN_CHAT_TEST_SHARED_ROOM"  # a Redis URL: see start_server
 
 
 def _open_sockets() -> set[str]:
@@ -82,14 +85,21 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ChatServer]]:
     """Start a real ChatServer on 127.0.0.1, on a free port; stopped after the test.
 
     Keyword arguments override ``ServerConfig`` fields; the data folder is
-    a temporary one.
+    a temporary one. With ``SHARED_ROOM_ENV`` set to a Redis URL, every
+    server serves a shared room of its own there (tests/test_shared_room_protocol.py
+    runs the protocol's tests so).
     """
     running: list[tuple[ChatServer, threading.Thread]] = []
+    redis_url = os.environ.get(SHARED_ROOM_ENV)
 
     def start(**overrides: object) -> ChatServer:
         overrides.setdefault("data_dir", tmp_path / "data")
         overrides.setdefault("host", "127.0.0.1")
         overrides.setdefault("port", 0)
+        if redis_url:
+            overrides.setdefault("redis_url", redis_url)
+            overrides.setdefault("redis_room", uuid.uuid4().hex)
+            overrides.setdefault("redis_heartbeat", 0.2)
         config = ServerConfig(**overrides)  # type: ignore[arg-type]
         server = ChatServer(config)
         thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="test-serve")
