@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from server.protocol import (
     RemoteProtocolError,
     Renamed,
     clean_text,
+    compact_json,
     encode,
     name_identity,
     show_wire,
@@ -139,9 +139,7 @@ class SharedRoom(Room):
             token = next(self._tokens)
             self._joining[token] = _Joining(member, seat, done)
             self._token_of[member] = token
-        secure = self._insecure is not None and member.secure
-        body = _json({"n": name, "h": seat.host, "x": secure})
-        command = Command(Kind.JOIN, body, identity, token)
+        command = Command(Kind.JOIN, self._holder_body(name, member, seat), identity, token)
         self._submit(server, command, lambda reply: self._join_answered(token, name, reply))
         return None
 
@@ -167,7 +165,7 @@ class SharedRoom(Room):
         if server is not None and not closed and name is not None:
             # On the way out of a stopping server, its users go in one batch
             # (the backplane's close), not one event each.
-            body = _json({"r": reason.value, "b": by, "m": message})
+            body = compact_json({"r": reason.value, "b": by, "m": message})
             self._submit(server, Command(Kind.LEAVE, body, name_identity(name), token), _ignore)
         return max(0, len(self._names) - 1)  # its name is the room's until its leave comes back
 
@@ -182,8 +180,9 @@ class SharedRoom(Room):
             token = self._local_token(member)
             seat = self._seats[member]
             self._renaming[token] = done
-        body = _json({"n": name, "h": seat.host, "x": self._insecure is not None and member.secure})
-        command = Command(Kind.RENAME, body, name_identity(old), token, identity)
+        command = Command(
+            Kind.RENAME, self._holder_body(name, member, seat), name_identity(old), token, identity
+        )
         self._submit(server, command, lambda reply: self._rename_answered(token, name, reply))
         return None
 
@@ -211,7 +210,7 @@ class SharedRoom(Room):
             assert sender is not None, "only a member can speak"
             server = self._unavailable_unless_registered()
             token = self._local_token(member)
-        body = _json({"n": sender, "x": text, "a": action})
+        body = compact_json({"n": sender, "x": text, "a": action})
         command = Command(Kind.SAY, body, name_identity(sender), token, target)
         self._submit(server, command, lambda reply: done(_said(reply, to)))
         return None
@@ -222,7 +221,7 @@ class SharedRoom(Room):
         if found is None or server is None:
             return None
         target = found[0]
-        body = _json({"b": by})
+        body = compact_json({"b": by})
         self._submit(
             server,
             Command(Kind.OP, body, name_identity(target), target="1" if op else "0"),
@@ -234,7 +233,7 @@ class SharedRoom(Room):
         text = clean_text(text)
         server = self._server
         if server is not None:
-            self._submit(server, Command(Kind.NOTICE, _json({"x": text, "b": by})), _ignore)
+            self._submit(server, Command(Kind.NOTICE, compact_json({"x": text, "b": by})), _ignore)
 
     def ban(
         self,
@@ -392,7 +391,7 @@ class SharedRoom(Room):
             member.name = name
             server = self._server
             assert server is not None
-            body = _json({"r": joining.left.value, "b": None, "m": None})
+            body = compact_json({"r": joining.left.value, "b": None, "m": None})
             command = Command(Kind.LEAVE, body, event.identity, event.token)
             after.append(lambda: self._submit(server, command, _ignore))
             self._local.pop(event.token, None)
@@ -554,6 +553,11 @@ class SharedRoom(Room):
             raise _unavailable(self._why)
         return self._server
 
+    def _holder_body(self, name: str, member: Member, seat: Seat) -> str:
+        """What a join or rename tells the room of its holder: name, address, TLS."""
+        secure = self._insecure is not None and member.secure
+        return compact_json({"n": name, "h": seat.host, "x": secure})
+
     def _local_token(self, member: Member) -> int:
         """``member``'s token in this registration; ``room-unavailable`` if it
         joined before a fence (its ``shutdown`` is on its way). Lock held."""
@@ -586,7 +590,7 @@ class SharedRoom(Room):
         if server is None:
             logger.warning("A ban changed while the room was out of reach: this server only")
             return
-        body = _json(
+        body = compact_json(
             {"n": ban.name, "i": ban.identity, "a": ban.address, "r": ban.reason,
              "b": ban.by, "e": ban.expires}
         )  # fmt: skip
@@ -621,7 +625,7 @@ class SharedRoom(Room):
         def kick(by: str | None, message: str) -> None:
             server = self._server
             if server is not None:
-                command = Command(Kind.KICK, _json({"b": by, "m": message}), identity)
+                command = Command(Kind.KICK, compact_json({"b": by, "m": message}), identity)
                 self._submit(server, command, _ignore)
 
         return kick
@@ -645,10 +649,6 @@ class SharedRoom(Room):
         self._joining.clear()
         self._renaming.clear()
         self._ops_changed()
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _ignore(reply: Reply) -> None:

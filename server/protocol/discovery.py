@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from server.protocol.messages import PROTOCOL_VERSION
+from server.protocol.messages import PROTOCOL_VERSION, compact_json
 from server.protocol.rules import LONE_SURROGATE, TEXT_REMOVED
 
 MIN_QUERY = 256
@@ -159,4 +159,4 @@ def _shown_room(room: str) -> str:
 def _compact(obj: dict[str, Any]) -> bytes:
     # Non-ASCII as UTF-8 (2 to 4 bytes), not as 6-byte escapes: a longer name
     # fits. A lone surrogate has no UTF-8 form: it goes out as "?".
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    return compact_json(obj).encode("utf-8", "replace")

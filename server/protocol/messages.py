@@ -799,6 +799,13 @@ def json_string(text: str) -> str:
     return _ENCODER.encode(text)
 
 
+def compact_json(value: object) -> str:
+    """``value`` as JSON the way ``encode`` writes a payload: no spaces, non-ASCII
+    as itself. Raises ``ValueError`` for a NaN or infinity, ``TypeError`` for
+    what JSON cannot hold."""
+    return _ENCODER.encode(value)
+
+
 def encode(message: Message, max_frame: int = MAX_SERVER_FRAME) -> bytes:
     """The frame (length prefix and payload) that carries ``message``.
 
@@ -810,7 +817,7 @@ def encode(message: Message, max_frame: int = MAX_SERVER_FRAME) -> bytes:
         del obj[key]
     try:
         try:
-            text = _ENCODER.encode(obj)
+            text = compact_json(obj)
             payload = _splice(text, ready).encode()
         except UnicodeEncodeError:
             # A lone surrogate (say, echoed in a ping) has no UTF-8 form; JSON's

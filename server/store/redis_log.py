@@ -77,9 +77,10 @@ HISTORY_KEPT = 1_000  # public messages the history stream keeps, for new server
 OP_TTL = 60  # seconds an answer is kept for a command sent again
 REAP_BATCH = 1_000  # users announced gone per call of the clean-up
 READ_COUNT = 1_000  # events per read
-_UNREACHABLE = ("redis.ConnectionError", "redis.TimeoutError")
 
-_NEXT = """
+# Every script's helpers: the next value of a counter that never goes below
+# a floor, and Redis's clock in milliseconds (the room's one clock).
+_HELPERS = """
 local function bump(key, floor)
   local v = redis.call('INCR', key)
   if v <= floor then v = floor + 1; redis.call('SET', key, v) end
@@ -92,7 +93,7 @@ end
 """
 
 ROOM_SCRIPT = (
-    _NEXT
+    _HELPERS
     + """
 local p = KEYS[1]
 local epoch, srv, op, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -181,38 +182,42 @@ return redis.error_reply('unknown command ' .. kind)
 """
 )
 
-REGISTER_SCRIPT = """
+REGISTER_SCRIPT = (
+    _HELPERS
+    + """
 local p = KEYS[1]
 local candidate, srv, count, id_floor = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('SET', p .. 'epoch', candidate, 'NX')
 if tonumber(redis.call('GET', p .. 'msgid') or '0') < id_floor then
   redis.call('SET', p .. 'msgid', id_floor)
 end
-local t = redis.call('TIME')
-redis.call('ZADD', p .. 'servers', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), srv)
+local ms = now_ms()
+redis.call('ZADD', p .. 'servers', ms, srv)
 return {redis.call('GET', p .. 'epoch'), redis.call('GET', p .. 'seq') or '0',
   redis.call('GET', p .. 'msgid') or '0', redis.call('HGETALL', p .. 'names'),
   redis.call('HKEYS', p .. 'ops'),
   redis.call('XREVRANGE', p .. 'history', '+', '-', 'COUNT', count),
-  redis.call('HVALS', p .. 'bans'),
-  tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+  redis.call('HVALS', p .. 'bans'), ms}
 """
+)
 
-HEARTBEAT_SCRIPT = """
+HEARTBEAT_SCRIPT = (
+    _HELPERS
+    + """
 local p = KEYS[1]
 if redis.call('GET', p .. 'epoch') ~= ARGV[1] then return {'epoch', 0, 0} end
 if not redis.call('ZSCORE', p .. 'servers', ARGV[2]) then return {'reaped', 0, 0} end
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms = now_ms()
 redis.call('ZADD', p .. 'servers', 'XX', ms, ARGV[2])
 return {'ok', tonumber(redis.call('GET', p .. 'seq') or '0'), ms}
 """
+)
 
 # Removes one silent server's users (``ARGV[2]`` names one: a server leaving
 # on purpose), at most a batch of them per call; returns how many, and
 # whether that server is now gone altogether.
 REAP_SCRIPT = (
-    _NEXT
+    _HELPERS
     + """
 local p = KEYS[1]
 local epoch, dead, silent_ms, batch = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
