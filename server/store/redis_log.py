@@ -417,7 +417,8 @@ class RedisBackplane(Backplane):
         self._replica.fence(why)
 
     def _retire(self, server: str) -> None:
-        """A clean stop: this server's users are announced gone now, not at the clean-up."""
+        """Announce the users of ``server`` (this one stopping, or its registration
+        before a fence) gone now, not at the clean-up."""
         deadline = time.monotonic() + 2.0
         try:
             while time.monotonic() < deadline:
