@@ -744,9 +744,9 @@ def test_the_room_shows_a_message_once_the_store_has_kept_it_and_also_when_it_ca
 def test_the_search_index_is_merged_while_every_message_is_its_own_commit(
     open_store: Callable[..., SqliteHistory], tmp_path: Path
 ) -> None:
-    """At chat rates each message is a commit and a new FTS5 segment; the
-    writer's merge steps (every few commits) keep their number small, so
-    that a search reads a few segments."""
+    """At chat rates each message is a commit of its own; the index takes
+    them in batches, each a new FTS5 segment, and the writer's merge steps
+    keep the segments few, so that a search reads a few."""
     if not fts5_available():
         pytest.fail("this SQLite has no FTS5")
     store = open_store(fts=True)
@@ -765,3 +765,116 @@ def test_the_search_index_is_merged_while_every_message_is_its_own_commit(
     assert segments <= 8, f"{segments} segments for 300 commits"
     found, _more = store.search("lunch", 500)
     assert len(found) == 300
+
+
+# -- the search index, a little behind ------------------------------------------
+
+
+def indexed_ids(path: Path, fts: bool) -> set[int]:
+    connection = sqlite3.connect(path)
+    try:
+        sql = "SELECT rowid FROM message_fts" if fts else "SELECT DISTINCT id FROM message_words"
+        return {int(row[0]) for row in connection.execute(sql)}
+    finally:
+        connection.close()
+
+
+@search_index
+def test_a_kept_message_is_found_before_it_is_indexed_and_once_after(
+    open_store: Callable[..., SqliteHistory],
+    tmp_path: Path,
+    fts: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqlite_module, "INDEX_DELAY_S", 0.5)
+    store = open_store(fts=fts)
+    said = [say(store, f"lunch at {n}") for n in range(3)]
+    assert store.flush(10.0)
+    path = tmp_path / "history.sqlite3"
+    assert indexed_ids(path, fts) == set()  # committed, not indexed yet
+    assert store.search("lunch", 10) == (said[::-1], False)
+    assert store.search("lunch", 10, before=said[2].id) == (said[1::-1], False)
+    wait_for(lambda: indexed_ids(path, fts) == {m.id for m in said})  # on its own, soon
+    assert store.search("lunch", 10) == (said[::-1], False)  # once each
+
+
+@search_index
+def test_a_batch_of_kept_messages_is_indexed_at_once(
+    open_store: Callable[..., SqliteHistory],
+    tmp_path: Path,
+    fts: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqlite_module, "INDEX_DELAY_S", 3_600.0)
+    monkeypatch.setattr(sqlite_module, "INDEX_BATCH", 5)
+    store = open_store(fts=fts)
+    path = tmp_path / "history.sqlite3"
+    said = []
+    for n in range(4):
+        said.append(say(store, f"note {n}"))
+        assert store.flush(10.0)
+    assert indexed_ids(path, fts) == set()
+    said.append(say(store, "note 4"))
+    wait_for(lambda: indexed_ids(path, fts) == {m.id for m in said})
+    assert store.search("note", 10) == (said[::-1], False)
+
+
+UNINDEXED_KILL = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from pathlib import Path
+    from server.protocol import ChatMessage
+    from server.store import sqlite as sqlite_module
+    sqlite_module.INDEX_DELAY_S = 3_600.0
+    store = sqlite_module.SqliteHistory(Path(sys.argv[1]))
+    for n in range(20):
+        store.append(ChatMessage(store.next_id(), "alice", f"before the crash {n}", 1.0))
+    assert store.flush(20.0)
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+    """
+)
+
+
+@search_index
+def test_messages_kept_but_not_indexed_before_a_kill_are_indexed_at_start(
+    open_store: Callable[..., SqliteHistory], tmp_path: Path, fts: bool
+) -> None:
+    path = tmp_path / "history.sqlite3"
+    store = open_store(path, fts=fts)
+    first = say(store, "crash course")
+    store.close()  # indexed at close
+    assert indexed_ids(path, fts) == {first.id}
+    child = subprocess.run(
+        [sys.executable, "-c", UNINDEXED_KILL, str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    killed = -signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM
+    assert child.returncode == killed, child.stderr
+    assert indexed_ids(path, fts) == {first.id}  # the twenty were never indexed
+    store = open_store(path, fts=fts)
+    found, more = store.search("crash", 50)
+    assert [m.text for m in found] == [f"before the crash {n}" for n in range(19, -1, -1)] + [
+        "crash course"
+    ]
+    assert not more
+    assert indexed_ids(path, fts) == {m.id for m in found}
+
+
+@search_index
+def test_retention_indexes_before_it_deletes_so_that_no_index_row_outlives_its_message(
+    open_store: Callable[..., SqliteHistory],
+    tmp_path: Path,
+    fts: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqlite_module, "RETENTION_EVERY_S", 0.05)
+    monkeypatch.setattr(sqlite_module, "INDEX_DELAY_S", 3_600.0)
+    store = open_store(fts=fts, keep_messages=3)
+    said = [say(store, f"memo {n}") for n in range(10)]
+    wait_for(lambda: store.page(None, 50) == (said[-3:], False))
+    store.close()  # indexes what is left
+    assert indexed_ids(tmp_path / "history.sqlite3", fts) == {m.id for m in said[-3:]}

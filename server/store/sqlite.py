@@ -11,6 +11,17 @@ commits, and calls the room's ``watch_durable`` callback with the highest
 id committed. Messages said while it commits form the next batch, so
 batches grow with the load and an idle room waits for one commit only.
 
+The search index follows a little behind, in transactions of its own: at
+chat rates every message is its own commit, and indexing it there wrote
+four more tables' pages (a new FTS5 segment each time) and took half the
+writer's time. The writer indexes what was committed once ``INDEX_BATCH``
+messages are waiting, or ``INDEX_DELAY_S`` after the first of them, and
+before retention deletes or the store closes. Until then a search matches
+them in memory (their words were folded before their commit), so it finds
+everything that has been shown. The ``meta`` table's ``indexed`` is the
+highest id indexed, set in the index's own transaction; at start, messages
+stored above it (the last moments before a kill) are indexed at once.
+
 Durability: WAL with ``synchronous=NORMAL``, so a commit survives the
 process being killed (``kill -9``), which is the promise made for a
 message's echo; a power cut may lose the last commits before the next
@@ -18,7 +29,7 @@ checkpoint. Nothing slow runs inside a commit: a second thread
 checkpoints the WAL (passively, on its own connection, every
 ``CHECKPOINT_EVERY_S``), and FTS5's segment merging, which it would
 otherwise do inside whichever commit fills a level, is done by the writer
-a few pages at a time between commits (``_merge``).
+a few pages at a time after each index step (``_merge``).
 
 Ids: private messages take ids too but are never stored, so the highest
 id stored cannot say where to go on. The ``meta`` table keeps a
@@ -95,14 +106,9 @@ DELETE_CHUNK = 2_000  # rows deleted per transaction by retention
 RETRY_EVERY_S = 30.0  # after a failed write
 MAX_UNSAVED = 10_000  # messages kept in memory while the disk fails
 SLOW_COMMIT_S = 1.0
-MERGE_PAGES = 16  # FTS5 merge work per step between commits
-# Commits between two looks for merge work while it finds none. A look is a
-# write transaction of its own (about 30 us); at chat rates every message
-# is its own commit, so looking after each one cost a fifth of the writer's
-# time. FTS5 merges a level once it holds four segments, so a look every
-# eight commits finds the work in time; while it finds some it looks after
-# every commit.
-MERGE_EVERY = 8
+MERGE_PAGES = 16  # FTS5 merge work per step, after an index step and then between commits
+INDEX_BATCH = 64  # committed messages that make the writer index them
+INDEX_DELAY_S = 1.0  # ... or how long the first of fewer waits to be indexed
 CHECKPOINT_EVERY_S = 1.0
 SLOW_WARN_EVERY_S = 60.0
 _FTS = "fts5"
@@ -158,6 +164,7 @@ class SqliteHistory(HistoryStore, IdSource):
         "_fts",
         "_idle",
         "_in_flight",
+        "_index_due",
         "_keep_days",
         "_keep_messages",
         "_last",
@@ -174,7 +181,7 @@ class SqliteHistory(HistoryStore, IdSource):
         "_slack",
         "_slow_warned",
         "_stopping",
-        "_unmerged",
+        "_unindexed",
         "_unsaved",
         "_work",
         "_writer",
@@ -218,6 +225,11 @@ class SqliteHistory(HistoryStore, IdSource):
         self._queued_id = 0  # the highest id queued
         self._done_id = 0  # the highest id committed, or given up on
         self._unsaved: deque[ChatMessage] = deque()  # while saving fails
+        # Committed, not yet in the search index: each message with its words,
+        # oldest first. Only the writer changes it (under the lock: searches
+        # copy it); _index_due is when its first must be indexed.
+        self._unindexed: list[tuple[ChatMessage, frozenset[str]]] = []
+        self._index_due = float("inf")
         self._dropped = 0  # unsaved messages dropped for want of room
         self._saving = True
         self._bump_wanted = False
@@ -229,7 +241,6 @@ class SqliteHistory(HistoryStore, IdSource):
         self._readers: list[sqlite3.Connection] = []
         self._connection = self._open(fts)
         self._commits = 0  # transactions the writer has committed
-        self._unmerged = 0  # commits since the last merge step
         self._writer = threading.Thread(target=self._run, name="history-writer", daemon=True)
         self._checkpointer = threading.Thread(
             target=self._checkpoint,
@@ -268,6 +279,9 @@ class SqliteHistory(HistoryStore, IdSource):
             connection.execute("BEGIN IMMEDIATE")
             self._fts = self._make_schema(connection, fts)
             last = connection.execute("SELECT max(id) FROM messages").fetchone()[0] or 0
+            indexed = _meta(connection, "indexed")
+            # A database from before the index followed behind has all of it indexed.
+            self._index_stored(connection, indexed if isinstance(indexed, int) else last)
             reserved = _meta(connection, "reserved")
             self._last = max(last, reserved if isinstance(reserved, int) else 0)
             self._reserve(connection)
@@ -320,17 +334,7 @@ class SqliteHistory(HistoryStore, IdSource):
                     " PRIMARY KEY (word, id)) WITHOUT ROWID"
                 )
             self._fts = wanted == _FTS
-            after = 0
-            while True:  # every stored message, a chunk at a time
-                rows = connection.execute(
-                    "SELECT id, ts, sender, text, action, file FROM messages WHERE id > ?"
-                    " ORDER BY id LIMIT 10000",
-                    (after,),
-                ).fetchall()
-                if not rows:
-                    break
-                self._index(connection, [_message(row) for row in rows])
-                after = rows[-1][0]
+            self._index_stored(connection, 0)
             _set_meta(connection, "index", wanted)
         if wanted == _FTS:  # merged by the writer between commits instead (_merge)
             connection.execute(
@@ -338,6 +342,18 @@ class SqliteHistory(HistoryStore, IdSource):
             )
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return wanted == _FTS
+
+    def _index_stored(self, connection: sqlite3.Connection, after: int) -> None:
+        """Index every stored message with an id above ``after``, a chunk at a
+        time, and say so in ``meta`` (in the open transaction; none of them is
+        in the index yet)."""
+        while rows := connection.execute(
+            f"SELECT {_COLUMNS} FROM messages m WHERE m.id > ? ORDER BY m.id LIMIT 10000",
+            (after,),
+        ).fetchall():
+            self._index(connection, [_with_words(_message(row)) for row in rows])
+            after = rows[-1][0]
+        _set_meta(connection, "indexed", after)
 
     def _reserve(self, connection: sqlite3.Connection) -> None:
         """Reserve ids a block ahead of the counter (in the open transaction)."""
@@ -404,7 +420,11 @@ class SqliteHistory(HistoryStore, IdSource):
         _check_limit(limit)
         wanted = query_words(query)  # at most MAX_QUERY_WORDS of them
         below = MAX_ID if before is None else min(before, MAX_ID)
-        newest = [m for m in reversed(self._unsaved_below(below)) if wanted <= message_words(m)]
+        with self._lock:  # before the database: one indexed meanwhile is in one or both
+            unindexed = self._unindexed[:]
+        newest = [m for m in self._unsaved_below(below) if wanted <= message_words(m)]
+        newest += [m for m, words in unindexed if m.id < below and wanted <= words]
+        newest.sort(key=_message_id, reverse=True)
         if self._fts:
             match = " ".join(f'"{word}"' for word in sorted(wanted))
             rows = self._read(
@@ -561,7 +581,11 @@ class SqliteHistory(HistoryStore, IdSource):
                 while not (self._stopping or self._queue or self._bump_wanted):
                     now = time.monotonic()
                     if self._saving:
-                        wake = now if cutoff is not None or merging else next_round
+                        wake = (
+                            now
+                            if cutoff is not None or merging
+                            else min(next_round, self._index_due)
+                        )
                     else:
                         wake = next_retry
                     if wake <= now:
@@ -578,9 +602,7 @@ class SqliteHistory(HistoryStore, IdSource):
                     self._saving = False  # closed: what comes later stays in memory
             now = time.monotonic()
             if stopping:
-                if not saving:
-                    self._retry(resume=False)  # a last try
-                self._settle()
+                self._finish(saving)
                 return
             if not saving:
                 if now >= next_retry:
@@ -589,9 +611,14 @@ class SqliteHistory(HistoryStore, IdSource):
                 continue
             if batch or bump:
                 self._commit(batch)
-                merging = self._merge_after_commit(merging)
+                if len(self._unindexed) >= INDEX_BATCH and self._index_step():
+                    merging = True  # a new segment: look for merge work
+                if merging:
+                    merging = self._merge()
             elif merging:
                 merging = self._merge()
+            elif self._unindexed and now >= self._index_due:
+                merging = self._index_step()
             elif cutoff is None:
                 cutoff = self._cutoff()
                 next_round = now + RETENTION_EVERY_S
@@ -603,6 +630,7 @@ class SqliteHistory(HistoryStore, IdSource):
     def _commit(self, batch: list[ChatMessage]) -> None:
         connection = self._connection
         started = time.monotonic()
+        indexing = [_with_words(message) for message in batch]
         try:
             connection.execute("BEGIN IMMEDIATE")
             self._insert(connection, batch)
@@ -614,6 +642,7 @@ class SqliteHistory(HistoryStore, IdSource):
             self._fail(batch, error)
             return
         self._commits += 1
+        self._add_unindexed(indexing)
         elapsed = time.monotonic() - started
         if elapsed > SLOW_COMMIT_S and started - self._slow_warned > SLOW_WARN_EVERY_S:
             self._slow_warned = started
@@ -625,14 +654,34 @@ class SqliteHistory(HistoryStore, IdSource):
         if batch:
             self._release(batch[-1].id)
 
-    def _merge_after_commit(self, merging: bool) -> bool:
-        """A merge step between batches, however busy: after every commit while
-        the last step found work, else every ``MERGE_EVERY`` commits."""
-        self._unmerged += 1
-        if not merging and self._unmerged < MERGE_EVERY:
+    def _add_unindexed(self, indexing: list[tuple[ChatMessage, frozenset[str]]]) -> None:
+        """``indexing`` was committed: search finds it in memory until it is indexed."""
+        if not indexing:
+            return
+        if not self._unindexed:
+            self._index_due = time.monotonic() + INDEX_DELAY_S
+        with self._lock:
+            self._unindexed += indexing
+
+    def _index_step(self) -> bool:
+        """Index every message committed and not yet indexed, in a transaction of
+        its own (one FTS5 segment); whether it worked."""
+        pending = self._unindexed[:]
+        connection = self._connection
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            self._index(connection, pending)
+            _set_meta(connection, "indexed", pending[-1][0].id)
+            connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            _rollback(connection)
+            self._fail([], error)
             return False
-        self._unmerged = 0
-        return self._merge()
+        self._commits += 1
+        with self._lock:
+            del self._unindexed[: len(pending)]
+        self._index_due = float("inf")
+        return True
 
     def _merge(self) -> bool:
         """One bounded step of FTS5's segment merging; whether it found work.
@@ -641,7 +690,8 @@ class SqliteHistory(HistoryStore, IdSource):
         default, and a merge of large segments stalls that commit for tens
         of milliseconds: every message waiting on it waits that long. So
         the index is made with automerge off and merged here, a few pages
-        at a time (``MERGE_PAGES``), between commits.
+        at a time (``MERGE_PAGES``), after each index step and then between
+        commits while it finds work.
         """
         if not (self._fts and self._saving):
             return False
@@ -702,18 +752,19 @@ class SqliteHistory(HistoryStore, IdSource):
             "INSERT INTO messages (id, ts, sender, text, action, file) VALUES (?, ?, ?, ?, ?, ?)",
             [(m.id, m.ts, m.sender, m.text, int(m.action), _file_json(m.file)) for m in batch],
         )
-        self._index(connection, batch)
 
-    def _index(self, connection: sqlite3.Connection, batch: list[ChatMessage]) -> None:
+    def _index(
+        self, connection: sqlite3.Connection, batch: list[tuple[ChatMessage, frozenset[str]]]
+    ) -> None:
         if self._fts:
             connection.executemany(
                 "INSERT INTO message_fts (rowid, words) VALUES (?, ?)",
-                [(m.id, " ".join(found)) for m in batch if (found := message_words(m))],
+                [(m.id, " ".join(words)) for m, words in batch if words],
             )
         else:
             connection.executemany(
                 "INSERT INTO message_words (word, id) VALUES (?, ?)",
-                [(word, m.id) for m in batch for word in message_words(m)],
+                [(word, m.id) for m, words in batch for word in words],
             )
 
     def _release(self, last_id: int) -> None:
@@ -755,6 +806,7 @@ class SqliteHistory(HistoryStore, IdSource):
         while True:
             with self._lock:
                 pending = list(self._unsaved)
+            indexing = [_with_words(message) for message in pending]
             try:
                 connection.execute("BEGIN IMMEDIATE")
                 self._insert(connection, pending)
@@ -763,6 +815,7 @@ class SqliteHistory(HistoryStore, IdSource):
             except sqlite3.Error:
                 _rollback(connection)
                 return
+            self._add_unindexed(indexing)
             with self._lock:
                 while pending and self._unsaved and self._unsaved[0].id <= pending[-1].id:
                     self._unsaved.popleft()
@@ -791,6 +844,8 @@ class SqliteHistory(HistoryStore, IdSource):
     def _delete_chunk(self, cutoff: tuple[int, float]) -> bool:
         """Delete the oldest messages past ``cutoff``, a chunk; whether more may remain."""
         oldest_id, oldest_ts = cutoff
+        if self._unindexed and not self._index_step():
+            return False  # indexed after their deletion, they would stay in the index
         connection = self._connection
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -819,6 +874,14 @@ class SqliteHistory(HistoryStore, IdSource):
             self._fail([], error)
             return False
         return len(doomed) == DELETE_CHUNK
+
+    def _finish(self, saving: bool) -> None:
+        """The writer's last work, once everything queued is committed."""
+        if not saving:
+            self._retry(resume=False)  # a last try; what it saves is indexed at start
+        elif self._unindexed:
+            self._index_step()
+        self._settle()
 
     def _settle(self) -> None:
         """At close: reserve no id beyond the last one given, so that a clean
@@ -878,6 +941,10 @@ def _file(text: str | None) -> FileInfo | None:
     except (ValueError, TypeError, AttributeError, ProtocolError):
         logger.warning("history: a message's file could not be read back: %.80r", text)
         return None
+
+
+def _with_words(message: ChatMessage) -> tuple[ChatMessage, frozenset[str]]:
+    return message, message_words(message)
 
 
 def _message_id(message: ChatMessage) -> int:
