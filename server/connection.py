@@ -77,6 +77,7 @@ from server.protocol.transport import (
     Transport,
     TransportClosed,
     Want,
+    quick_send,
 )
 from server.room import Room
 from server.session import Session, State
@@ -156,6 +157,7 @@ class Connection:
         "outbox",
         "room",
         "secure",
+        "send_now",
         "session",
         "transport",
     )
@@ -173,6 +175,7 @@ class Connection:
         files: FileService | None = None,
     ) -> None:
         self.transport = transport
+        self.send_now = quick_send(transport)
         self.loop = loop
         self.room = room
         self.name: str | None = None  # set by the room
@@ -325,6 +328,7 @@ class Connection:
         self.transport = TlsTransport(
             self.transport.sock, self._tls, server_side=True, received=first
         )
+        self.send_now = quick_send(self.transport)
         self.secure = True
         self._read()  # the ClientHello read: answer it now
         return False
@@ -460,15 +464,18 @@ class Connection:
             and self.session.state is State.JOINED
         )
 
-    def send_tail(self, data: bytes) -> None:
-        """Write ``data``, the log's tail the room owed it (``Room.pull_tails``),
-        as ``flush`` would have; what the transport does not take waits."""
-        try:
-            sent = self.transport.send(data)
-        except TransportClosed as exc:
-            logger.debug("%s: send failed: %s", self.who, exc)
-            self.session.abort(LeaveReason.DISCONNECTED)
-            return
+    def send_tail(self, data: bytes, sent: int | Want) -> None:
+        """Leave what ``send_now`` did not write of ``data`` (the log's tail the
+        room owed it, ``Room.pull_tails``) waiting, as ``flush`` would have.
+        ``sent`` is what it wrote, or said; 0 if it raised, and then this
+        writes again to learn why."""
+        if sent == 0:
+            try:
+                sent = self.transport.send(data)
+            except TransportClosed as exc:
+                logger.debug("%s: send failed: %s", self.who, exc)
+                self.session.abort(LeaveReason.DISCONNECTED)
+                return
         if not isinstance(sent, Want):
             if sent == len(data):
                 return
