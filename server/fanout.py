@@ -294,6 +294,8 @@ def take_tails(outboxes: list[Outbox], log: BroadcastLog, max_bytes: int) -> lis
     end = log.visible
     base = log.base
     taken: list[bytes | None] = []
+    # Nearly all are at one cursor: its tail read once, without a call per member.
+    last_cursor, last_tail = end, b""
     for outbox in outboxes:
         cursor = outbox.cursor
         if (
@@ -304,11 +306,11 @@ def take_tails(outboxes: list[Outbox], log: BroadcastLog, max_bytes: int) -> lis
             or end - cursor > max_bytes
         ):
             taken.append(None)
-        elif cursor == end:
-            taken.append(b"")
         else:
+            if cursor != last_cursor:
+                last_cursor, last_tail = cursor, log.read(cursor, end)
             outbox.cursor = end
-            taken.append(log.read(cursor, end))
+            taken.append(last_tail)
     return taken
 
 

@@ -116,6 +116,7 @@ _WORDS = "words"
 _RARITY_CAP = 5_000  # index rows counted per word to find the rarest
 
 _COLUMNS = "m.id, m.ts, m.sender, m.text, m.action, m.file"
+_INSERT = "INSERT INTO messages (id, ts, sender, text, action, file) VALUES (?, ?, ?, ?, ?, ?)"
 _Row = tuple[int, float, str, str, int, str | None]
 
 
@@ -631,12 +632,19 @@ class SqliteHistory(HistoryStore, IdSource):
         connection = self._connection
         started = time.monotonic()
         indexing = [_with_words(message) for message in batch]
+        reserve = self._last >= self._reserved - ID_BLOCK // 2
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            self._insert(connection, batch)
-            if self._last >= self._reserved - ID_BLOCK // 2:
-                self._reserve(connection)
-            connection.execute("COMMIT")
+            if len(batch) == 1 and not reserve:
+                # At chat rates every message is a batch of one: a statement
+                # of its own (autocommitted, as durable) is one call into
+                # SQLite instead of three.
+                connection.execute(_INSERT, _row(batch[0]))
+            else:
+                connection.execute("BEGIN IMMEDIATE")
+                self._insert(connection, batch)
+                if reserve:
+                    self._reserve(connection)
+                connection.execute("COMMIT")
         except sqlite3.Error as error:
             _rollback(connection)
             self._fail(batch, error)
@@ -748,10 +756,7 @@ class SqliteHistory(HistoryStore, IdSource):
             connection.close()
 
     def _insert(self, connection: sqlite3.Connection, batch: list[ChatMessage]) -> None:
-        connection.executemany(
-            "INSERT INTO messages (id, ts, sender, text, action, file) VALUES (?, ?, ?, ?, ?, ?)",
-            [(m.id, m.ts, m.sender, m.text, int(m.action), _file_json(m.file)) for m in batch],
-        )
+        connection.executemany(_INSERT, [_row(m) for m in batch])
 
     def _index(
         self, connection: sqlite3.Connection, batch: list[tuple[ChatMessage, frozenset[str]]]
@@ -941,6 +946,10 @@ def _file(text: str | None) -> FileInfo | None:
     except (ValueError, TypeError, AttributeError, ProtocolError):
         logger.warning("history: a message's file could not be read back: %.80r", text)
         return None
+
+
+def _row(m: ChatMessage) -> tuple[int, float, str, str, int, str | None]:
+    return (m.id, m.ts, m.sender, m.text, int(m.action), _file_json(m.file))
 
 
 def _with_words(message: ChatMessage) -> tuple[ChatMessage, frozenset[str]]:
