@@ -873,8 +873,71 @@ def test_retention_indexes_before_it_deletes_so_that_no_index_row_outlives_its_m
 ) -> None:
     monkeypatch.setattr(sqlite_module, "RETENTION_EVERY_S", 0.05)
     monkeypatch.setattr(sqlite_module, "INDEX_DELAY_S", 3_600.0)
+    monkeypatch.setattr(sqlite_module, "INDEX_CHUNK", 4)  # three steps before it deletes
     store = open_store(fts=fts, keep_messages=3)
     said = [say(store, f"memo {n}") for n in range(10)]
     wait_for(lambda: store.page(None, 50) == (said[-3:], False))
     store.close()  # indexes what is left
     assert indexed_ids(tmp_path / "history.sqlite3", fts) == {m.id for m in said[-3:]}
+
+
+@search_index
+def test_a_backlog_is_indexed_a_chunk_at_a_time_and_all_of_it_at_close(
+    open_store: Callable[..., SqliteHistory],
+    tmp_path: Path,
+    fts: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqlite_module, "INDEX_CHUNK", 4)
+    monkeypatch.setattr(sqlite_module, "INDEX_DELAY_S", 3_600.0)
+    steps: list[int] = []
+    index = SqliteHistory._index
+
+    def counting(
+        self: SqliteHistory,
+        connection: sqlite3.Connection,
+        batch: list[tuple[ChatMessage, frozenset[str]]],
+    ) -> None:
+        steps.append(len(batch))
+        index(self, connection, batch)
+
+    monkeypatch.setattr(SqliteHistory, "_index", counting)
+    store = open_store(fts=fts)
+    said = [say(store, f"backlog {n}") for n in range(10)]
+    assert store.flush(10.0)
+    assert steps == []  # not due yet
+    store.close()
+    assert steps == [4, 4, 2]
+    assert indexed_ids(tmp_path / "history.sqlite3", fts) == {m.id for m in said}
+
+    monkeypatch.setattr(sqlite_module, "INDEX_DELAY_S", 0.05)
+    steps.clear()
+    store = open_store(fts=fts)
+    more = [say(store, f"backlog {n}") for n in range(10, 19)]
+    wait_for(lambda: sum(steps) == 9)  # due, then the rest at once
+    assert len(steps) >= 3 and max(steps) <= 4
+    assert store.search("backlog", 50) == ((said + more)[::-1], False)
+
+
+@search_index
+def test_past_its_bound_the_backlog_is_indexed_in_the_next_commit(
+    open_store: Callable[..., SqliteHistory],
+    tmp_path: Path,
+    fts: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood: the index keeps up with the commits, inside them, so that a
+    search never matches more than MAX_UNINDEXED messages in memory."""
+    monkeypatch.setattr(sqlite_module, "MAX_UNINDEXED", 5)
+    monkeypatch.setattr(sqlite_module, "INDEX_BATCH", 1_000)
+    monkeypatch.setattr(sqlite_module, "INDEX_DELAY_S", 3_600.0)
+    store = open_store(fts=fts)
+    path = tmp_path / "history.sqlite3"
+    said = [say(store, f"flood {n}") for n in range(3)]
+    assert store.flush(10.0)
+    assert indexed_ids(path, fts) == set()
+    said += [say(store, f"flood {n}") for n in range(3, 7)]
+    assert store.flush(10.0)
+    assert indexed_ids(path, fts) >= {m.id for m in said[:3]}  # the backlog with the flood
+    assert len(store._unindexed) <= 5
+    assert store.search("flood", 10) == (said[::-1], False)

@@ -16,9 +16,13 @@ chat rates every message is its own commit, and indexing it there wrote
 four more tables' pages (a new FTS5 segment each time) and took half the
 writer's time. The writer indexes what was committed once ``INDEX_BATCH``
 messages are waiting, or ``INDEX_DELAY_S`` after the first of them, and
-before retention deletes or the store closes. Until then a search matches
-them in memory (their words were folded before their commit), so it finds
-everything that has been shown. The ``meta`` table's ``indexed`` is the
+before retention deletes or the store closes, ``INDEX_CHUNK`` at a time
+while messages are queued (a message waits for one chunk at most). Until
+then a search matches them in memory (their words were folded before
+their commit), so it finds everything that has been shown. In a flood,
+past ``MAX_UNINDEXED`` of them, a commit indexes its own messages and
+those before them, as every commit once did, so that memory and a
+search's work stay bounded. The ``meta`` table's ``indexed`` is the
 highest id indexed, set in the index's own transaction; at start, messages
 stored above it (the last moments before a kill) are indexed at once.
 
@@ -88,6 +92,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 
 from server.config import DEFAULT_HISTORY
@@ -109,6 +114,14 @@ SLOW_COMMIT_S = 1.0
 MERGE_PAGES = 16  # FTS5 merge work per step, after an index step and then between commits
 INDEX_BATCH = 64  # committed messages that make the writer index them
 INDEX_DELAY_S = 1.0  # ... or how long the first of fewer waits to be indexed
+# Messages indexed per step at most: about 1.3 ms of the writer's time,
+# which is how long a message said meanwhile may wait behind it. A burst's
+# whole backlog at once (10,000 messages, 0.1 s) held up those after it.
+INDEX_CHUNK = 128
+# Messages search matches in memory at most (about 1 ms of a search): past
+# it, a flood, a commit indexes its own messages and those before them, as
+# it did before the index followed behind.
+MAX_UNINDEXED = 2_000
 CHECKPOINT_EVERY_S = 1.0
 SLOW_WARN_EVERY_S = 60.0
 _FTS = "fts5"
@@ -611,8 +624,9 @@ class SqliteHistory(HistoryStore, IdSource):
                     next_retry = now + RETRY_EVERY_S
                 continue
             if batch or bump:
-                self._commit(batch)
-                if len(self._unindexed) >= INDEX_BATCH and self._index_step():
+                if self._commit(batch) or (
+                    len(self._unindexed) >= INDEX_BATCH and self._index_step()
+                ):
                     merging = True  # a new segment: look for merge work
                 if merging:
                     merging = self._merge()
@@ -628,13 +642,20 @@ class SqliteHistory(HistoryStore, IdSource):
             if not self._saving:
                 next_retry = time.monotonic() + RETRY_EVERY_S
 
-    def _commit(self, batch: list[ChatMessage]) -> None:
+    def _commit(self, batch: list[ChatMessage]) -> bool:
+        """Commit ``batch`` (and move the id reservation if due); whether that
+        made a segment of the search index (past ``MAX_UNINDEXED``)."""
         connection = self._connection
         started = time.monotonic()
-        indexing = [_with_words(message) for message in batch]
         reserve = self._last >= self._reserved - ID_BLOCK // 2
+        flooded = bool(batch) and len(self._unindexed) + len(batch) > MAX_UNINDEXED
+        # Words kept for search only while the index is behind: a flood's
+        # batch is indexed as it goes (tens of thousands of word sets kept
+        # through its commit, more for the garbage collector to walk, made
+        # it a quarter slower: 18.8 against 14.6 us a message).
+        indexing = [] if flooded else [_with_words(message) for message in batch]
         try:
-            if len(batch) == 1 and not reserve:
+            if len(batch) == 1 and not (reserve or flooded):
                 # At chat rates every message is a batch of one: a statement
                 # of its own (autocommitted, as durable) is one call into
                 # SQLite instead of three.
@@ -644,13 +665,21 @@ class SqliteHistory(HistoryStore, IdSource):
                 self._insert(connection, batch)
                 if reserve:
                     self._reserve(connection)
+                if flooded:
+                    self._index(connection, chain(self._unindexed, map(_with_words, batch)))
+                    _set_meta(connection, "indexed", batch[-1].id)
                 connection.execute("COMMIT")
         except sqlite3.Error as error:
             _rollback(connection)
             self._fail(batch, error)
-            return
+            return False
         self._commits += 1
-        self._add_unindexed(indexing)
+        if flooded:
+            with self._lock:
+                self._unindexed = []
+            self._index_due = float("inf")
+        else:
+            self._add_unindexed(indexing)
         elapsed = time.monotonic() - started
         if elapsed > SLOW_COMMIT_S and started - self._slow_warned > SLOW_WARN_EVERY_S:
             self._slow_warned = started
@@ -661,6 +690,7 @@ class SqliteHistory(HistoryStore, IdSource):
             )
         if batch:
             self._release(batch[-1].id)
+        return flooded
 
     def _add_unindexed(self, indexing: list[tuple[ChatMessage, frozenset[str]]]) -> None:
         """``indexing`` was committed: search finds it in memory until it is indexed."""
@@ -672,13 +702,25 @@ class SqliteHistory(HistoryStore, IdSource):
             self._unindexed += indexing
 
     def _index_step(self) -> bool:
-        """Index every message committed and not yet indexed, in a transaction of
-        its own (one FTS5 segment); whether it worked."""
-        pending = self._unindexed[:]
+        """Index the messages committed and not yet indexed, oldest first, in
+        a transaction of its own (one FTS5 segment); whether it worked.
+
+        ``INDEX_CHUNK`` of them, and the next chunk only while no message is
+        queued: a message said meanwhile waits for one chunk at most, and an
+        idle writer makes one segment of a backlog instead of many (each is
+        read by every search until merged). What is left is due at once,
+        after what is queued.
+        """
+        unindexed = self._unindexed
+        pending = unindexed[:INDEX_CHUNK]
         connection = self._connection
         try:
             connection.execute("BEGIN IMMEDIATE")
             self._index(connection, pending)
+            while not self._queue and len(pending) < len(unindexed):  # a glance: no lock
+                chunk = unindexed[len(pending) : len(pending) + INDEX_CHUNK]
+                self._index(connection, chunk)
+                pending += chunk
             _set_meta(connection, "indexed", pending[-1][0].id)
             connection.execute("COMMIT")
         except sqlite3.Error as error:
@@ -688,7 +730,7 @@ class SqliteHistory(HistoryStore, IdSource):
         self._commits += 1
         with self._lock:
             del self._unindexed[: len(pending)]
-        self._index_due = float("inf")
+        self._index_due = time.monotonic() if self._unindexed else float("inf")
         return True
 
     def _merge(self) -> bool:
@@ -759,7 +801,7 @@ class SqliteHistory(HistoryStore, IdSource):
         connection.executemany(_INSERT, [_row(m) for m in batch])
 
     def _index(
-        self, connection: sqlite3.Connection, batch: list[tuple[ChatMessage, frozenset[str]]]
+        self, connection: sqlite3.Connection, batch: Iterable[tuple[ChatMessage, frozenset[str]]]
     ) -> None:
         if self._fts:
             connection.executemany(
@@ -849,8 +891,10 @@ class SqliteHistory(HistoryStore, IdSource):
     def _delete_chunk(self, cutoff: tuple[int, float]) -> bool:
         """Delete the oldest messages past ``cutoff``, a chunk; whether more may remain."""
         oldest_id, oldest_ts = cutoff
-        if self._unindexed and not self._index_step():
-            return False  # indexed after their deletion, they would stay in the index
+        if self._unindexed:
+            # Indexed after their deletion, they would stay in the index: a
+            # chunk first, and the deletion at a later call.
+            return self._index_step()
         connection = self._connection
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -884,8 +928,9 @@ class SqliteHistory(HistoryStore, IdSource):
         """The writer's last work, once everything queued is committed."""
         if not saving:
             self._retry(resume=False)  # a last try; what it saves is indexed at start
-        elif self._unindexed:
-            self._index_step()
+        else:
+            while self._unindexed and self._index_step():
+                pass
         self._settle()
 
     def _settle(self) -> None:
