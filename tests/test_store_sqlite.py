@@ -220,14 +220,10 @@ KILLED = textwrap.dedent(
 )
 
 
-@search_index
-def test_what_was_durable_before_a_kill_is_found_after_it_and_ids_go_on(
-    open_store: Callable[..., SqliteHistory], tmp_path: Path, fts: bool
-) -> None:
-    path = tmp_path / "history.sqlite3"
-    open_store(path, fts=fts).close()  # made with this index
+def run_until_killed(script: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` on the store at ``path`` in a child that kills itself."""
     child = subprocess.run(
-        [sys.executable, "-c", KILLED, str(path)],
+        [sys.executable, "-c", script, str(path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -236,6 +232,16 @@ def test_what_was_durable_before_a_kill_is_found_after_it_and_ids_go_on(
     )
     killed = -signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM
     assert child.returncode == killed, child.stderr
+    return child
+
+
+@search_index
+def test_what_was_durable_before_a_kill_is_found_after_it_and_ids_go_on(
+    open_store: Callable[..., SqliteHistory], tmp_path: Path, fts: bool
+) -> None:
+    path = tmp_path / "history.sqlite3"
+    open_store(path, fts=fts).close()  # made with this index
+    child = run_until_killed(KILLED, path)
     durable, said, handed = 0, [], 0
     for line in child.stdout.splitlines():
         word, number = line.split()
@@ -844,16 +850,7 @@ def test_messages_kept_but_not_indexed_before_a_kill_are_indexed_at_start(
     first = say(store, "crash course")
     store.close()  # indexed at close
     assert indexed_ids(path, fts) == {first.id}
-    child = subprocess.run(
-        [sys.executable, "-c", UNINDEXED_KILL, str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    killed = -signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM
-    assert child.returncode == killed, child.stderr
+    run_until_killed(UNINDEXED_KILL, path)
     assert indexed_ids(path, fts) == {first.id}  # the twenty were never indexed
     store = open_store(path, fts=fts)
     found, more = store.search("crash", 50)
