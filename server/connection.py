@@ -452,7 +452,7 @@ class Connection:
 
     @property
     def keeps_up(self) -> bool:
-        """Whether a broadcast may be written straight to it (``send_tail``):
+        """Whether a broadcast may be written straight to it (``send_now``):
         joined, nothing unsent or waiting to be written, no download, input
         not paused. The others are flushed."""
         return (

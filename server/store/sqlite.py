@@ -675,9 +675,7 @@ class SqliteHistory(HistoryStore, IdSource):
             return False
         self._commits += 1
         if flooded:
-            with self._lock:
-                self._unindexed = []
-            self._index_due = float("inf")
+            self._indexed(len(self._unindexed))
         else:
             self._add_unindexed(indexing)
         elapsed = time.monotonic() - started
@@ -728,10 +726,15 @@ class SqliteHistory(HistoryStore, IdSource):
             self._fail([], error)
             return False
         self._commits += 1
-        with self._lock:
-            del self._unindexed[: len(pending)]
-        self._index_due = time.monotonic() if self._unindexed else float("inf")
+        self._indexed(len(pending))
         return True
+
+    def _indexed(self, count: int) -> None:
+        """The oldest ``count`` messages waiting are in the index now; the rest,
+        if any, is due at once."""
+        with self._lock:
+            del self._unindexed[:count]
+        self._index_due = time.monotonic() if self._unindexed else float("inf")
 
     def _merge(self) -> bool:
         """One bounded step of FTS5's segment merging; whether it found work.
