@@ -204,12 +204,17 @@ class Browser:
         # One search's events at most (see search): found servers and its end.
         self.events: queue.Queue[DiscoveryEvent] = queue.Queue(max_servers + 1)
         self._stop = threading.Event()
+        # Set again just before a search posts its end, so that a caller who
+        # has read that end may search again at once (its thread is still
+        # returning then).
+        self._idle = threading.Event()
+        self._idle.set()
         self._thread: threading.Thread | None = None
         self._searches = 0
 
     @property
     def searching(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return not self._idle.is_set()
 
     def search(self) -> int | None:
         """Start a search and return its number; ``None`` while the last one
@@ -217,6 +222,7 @@ class Browser:
         if self._stop.is_set() or self.searching or not self.events.empty():
             return None
         self._searches += 1
+        self._idle.clear()
         self._thread = threading.Thread(
             target=self._run, args=(self._searches,), name="discovery", daemon=True
         )
@@ -248,6 +254,7 @@ class Browser:
             problem = str(exc) or type(exc).__name__
             logger.warning("The search for servers failed: %s", problem)
         finally:
+            self._idle.set()
             self.events.put_nowait(SearchDone(search, len(found), asked, problem))
 
     def _listen(

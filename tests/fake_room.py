@@ -25,6 +25,13 @@ from tests.wire import frame
 Answer = Callable[[dict[str, Any]], dict[str, Any] | bytes | None]
 
 
+def an_hour_ago_today() -> float:
+    """An hour ago, or midnight if that was yesterday: a time the client shows
+    under no day heading, whenever the test runs."""
+    midnight = time.mktime((*time.localtime()[:3], 0, 0, 0, 0, 0, -1))
+    return max(time.time() - 3600, midnight)
+
+
 def message(
     number: int, text: str | None = None, sender: str = "bob", ts: float | None = None
 ) -> dict[str, Any]:
@@ -34,7 +41,7 @@ def message(
         "id": number,
         "from": sender,
         "text": f"message {number}" if text is None else text,
-        "ts": time.time() - 3600 if ts is None else ts,
+        "ts": an_hour_ago_today() if ts is None else ts,
     }
 
 

@@ -30,6 +30,7 @@ from app.settings import Settings
 from server.chat_server import ChatServer
 from server.config import ServerConfig
 from server.protocol import ChatMessage
+from tests.fake_room import an_hour_ago_today
 from tests.test_gui import (
     HOST,
     NoJitterRng,
@@ -515,7 +516,7 @@ def test_names_are_coloured_readably_in_both_themes(app: ChatApp) -> None:
 def test_a_run_of_one_persons_messages_shows_the_name_once(app: ChatApp) -> None:
     shown_on_screen(app)
     view = app.view
-    now = time.time() - 3600
+    now = an_hour_ago_today()
     view.add_message(ChatMessage(1, "bob", "first", now))
     view.add_message(ChatMessage(2, "bob", "second", now + 30))
     view.add_message(ChatMessage(3, "bob", "third", now + 60))
@@ -580,7 +581,8 @@ def test_no_separator_when_everything_is_from_today(app: ChatApp) -> None:
 
 def test_notices_carry_their_time_and_help_none(app: ChatApp) -> None:
     view = app.view
-    view.add_notice("carol joined", ts=time.mktime((2026, 12, 1, 8, 24, 0, 0, 0, -1)))
+    today = time.localtime()[:3]
+    view.add_notice("carol joined", ts=time.mktime((*today, 8, 24, 0, 0, 0, -1)))
     app.on_send("/help")
     lines = view.transcript_text().splitlines()
     assert lines[0] == "08:24  carol joined"
